@@ -1,0 +1,285 @@
+//! The `danube` package: ProducerService, ConsumerService, Discovery and
+//! HealthCheck, as Danube 0.16 clients call them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use sava_metadata::DispatchMode;
+use sava_proto::danube::{
+    self as pb, consumer_request::SubscriptionType as PbSubscriptionType,
+    health_check_request::ClientType, health_check_response::ClientStatus,
+    schema_reference::VersionRef as PbVersionRef, topic_lookup_response::LookupType,
+};
+use tonic::{Request, Response, Status};
+use tracing::{debug, info};
+
+use super::ResponseStream;
+use super::session::{SessionGuard, one_by_one};
+use crate::broker::{Broker, ProducerSpec, SchemaSpec, SubscribeSpec, VersionRef};
+use crate::dispatch::SubscriptionType;
+use crate::dispatch::reliable::StartPosition;
+use crate::error::BrokerError;
+use crate::message::IncomingMessage;
+
+/// Serves every `danube` service over one broker.
+#[derive(Clone, Debug)]
+pub struct DanubeApi {
+    broker: Arc<Broker>,
+}
+
+impl DanubeApi {
+    pub fn new(broker: Arc<Broker>) -> DanubeApi {
+        DanubeApi { broker }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::producer_service_server::ProducerService for DanubeApi {
+    async fn create_producer(
+        &self,
+        request: Request<pb::ProducerRequest>,
+    ) -> Result<Response<pb::ProducerResponse>, Status> {
+        let request = request.into_inner();
+        let dispatch_mode = match pb::DispatchStrategy::try_from(request.dispatch_strategy) {
+            Ok(pb::DispatchStrategy::Reliable) => DispatchMode::Reliable,
+            Ok(pb::DispatchStrategy::NonReliable) => DispatchMode::NonReliable,
+            Err(_) => return Err(invalid("dispatch_strategy", request.dispatch_strategy)),
+        };
+        let exclusive = match pb::ProducerAccessMode::try_from(request.producer_access_mode) {
+            Ok(mode) => mode == pb::ProducerAccessMode::Exclusive,
+            Err(_) => return Err(invalid("producer_access_mode", request.producer_access_mode)),
+        };
+        let schema = request.schema_ref.map(|reference| SchemaSpec::Subject {
+            version: match reference.version_ref {
+                Some(PbVersionRef::PinnedVersion(v)) => VersionRef::Pinned(v),
+                Some(PbVersionRef::MinVersion(v)) => VersionRef::AtLeast(v),
+                Some(PbVersionRef::UseLatest(_)) | None => VersionRef::Latest,
+            },
+            subject: reference.subject,
+        });
+
+        let spec = ProducerSpec {
+            topic: request.topic_name,
+            name: request.producer_name,
+            exclusive,
+            dispatch_mode,
+            schema,
+        };
+        let (topic, producer) = self.broker.create_producer(spec).await?;
+        info!(topic = %topic.name, producer = %producer.name, id = producer.id, "producer attached");
+        Ok(Response::new(pb::ProducerResponse {
+            request_id: request.request_id,
+            producer_id: producer.id,
+            producer_name: producer.name.to_string(),
+        }))
+    }
+
+    async fn send_message(
+        &self,
+        request: Request<pb::StreamMessage>,
+    ) -> Result<Response<pb::MessageResponse>, Status> {
+        let message = request.into_inner();
+        let producer_id = message.msg_id.as_ref().map_or(0, |id| id.producer_id);
+        let (topic, producer) = self.broker.producer(producer_id)?;
+        if let (Some(sent), Some(schema)) = (message.schema_id, producer.schema.as_ref()) {
+            if sent != schema.schema_id {
+                return Err(BrokerError::InvalidRequest(format!(
+                    "message carries schema id {sent}, but producer {} was created with {}",
+                    producer.name, schema.schema_id
+                ))
+                .into());
+            }
+        }
+
+        let incoming = IncomingMessage {
+            payload: message.payload,
+            key: message.routing_key,
+            attributes: message.attributes.into_iter().collect(),
+        };
+        topic.publish(&producer, vec![incoming])?;
+        Ok(Response::new(pb::MessageResponse {
+            request_id: message.request_id,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::consumer_service_server::ConsumerService for DanubeApi {
+    type ReceiveMessagesStream = ResponseStream<pb::StreamMessage>;
+
+    async fn subscribe(
+        &self,
+        request: Request<pb::ConsumerRequest>,
+    ) -> Result<Response<pb::ConsumerResponse>, Status> {
+        let request = request.into_inner();
+        let kind = match PbSubscriptionType::try_from(request.subscription_type) {
+            Ok(PbSubscriptionType::Exclusive) => SubscriptionType::Exclusive,
+            Ok(PbSubscriptionType::Shared) => SubscriptionType::Shared,
+            Ok(PbSubscriptionType::Failover) => SubscriptionType::Failover,
+            Ok(PbSubscriptionType::KeyShared) => SubscriptionType::KeyShared,
+            Err(_) => return Err(invalid("subscription_type", request.subscription_type)),
+        };
+        let spec = SubscribeSpec {
+            topic: request.topic_name,
+            subscription: request.subscription,
+            consumer_name: request.consumer_name,
+            kind,
+            start: StartPosition::Latest,
+            key_filters: request.key_filters,
+            credit_flow: false,
+        };
+        let entry = self.broker.subscribe(spec).await?;
+        info!(
+            topic = %entry.topic.name,
+            subscription = %entry.subscription.name,
+            consumer = %entry.handle.name,
+            id = entry.handle.id,
+            "consumer subscribed"
+        );
+        Ok(Response::new(pb::ConsumerResponse {
+            request_id: request.request_id,
+            consumer_id: entry.handle.id,
+            consumer_name: entry.handle.name.clone(),
+        }))
+    }
+
+    async fn receive_messages(
+        &self,
+        request: Request<pb::ReceiveRequest>,
+    ) -> Result<Response<Self::ReceiveMessagesStream>, Status> {
+        let entry = self.broker.consumer(request.into_inner().consumer_id)?;
+        let topic = entry.topic.name.to_string();
+        let subscription = entry.subscription.name.clone();
+        let broker_addr = self.broker.advertised_url.clone();
+        let (guard, receiver) = SessionGuard::attach(entry)?;
+
+        let stream = one_by_one(guard, receiver).map(move |delivery| {
+            let message = &delivery.message;
+            Ok(pb::StreamMessage {
+                request_id: message.offset,
+                msg_id: Some(pb::MsgId {
+                    producer_id: message.producer_id,
+                    topic_name: topic.clone(),
+                    broker_addr: broker_addr.clone(),
+                    topic_offset: message.offset,
+                }),
+                payload: message.payload.clone(),
+                publish_time: message.publish_time_ms,
+                producer_name: message.producer_name.to_string(),
+                subscription_name: subscription.clone(),
+                attributes: message.attributes.iter().cloned().collect(),
+                schema_id: message.schema_id,
+                schema_version: message.schema_version,
+                routing_key: message.key.clone(),
+            })
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn ack(
+        &self,
+        request: Request<pb::AckRequest>,
+    ) -> Result<Response<pb::AckResponse>, Status> {
+        let request = request.into_inner();
+        let id = request.msg_id.ok_or_else(|| missing("msg_id"))?;
+        let subscription = self
+            .broker
+            .subscription_of(&id.topic_name, &request.subscription_name)?;
+        subscription.ack(vec![id.topic_offset], None);
+        Ok(Response::new(pb::AckResponse {
+            request_id: request.request_id,
+        }))
+    }
+
+    async fn nack(
+        &self,
+        request: Request<pb::NackRequest>,
+    ) -> Result<Response<pb::NackResponse>, Status> {
+        let request = request.into_inner();
+        let id = request.msg_id.ok_or_else(|| missing("msg_id"))?;
+        let subscription = self
+            .broker
+            .subscription_of(&id.topic_name, &request.subscription_name)?;
+        debug!(
+            topic = %id.topic_name,
+            offset = id.topic_offset,
+            reason = request.reason.as_deref().unwrap_or(""),
+            "message nacked"
+        );
+        subscription.nack(vec![id.topic_offset], request.delay_ms.map(Duration::from_millis));
+        Ok(Response::new(pb::NackResponse {
+            request_id: request.request_id,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::discovery_server::Discovery for DanubeApi {
+    async fn topic_lookup(
+        &self,
+        request: Request<pb::TopicLookupRequest>,
+    ) -> Result<Response<pb::TopicLookupResponse>, Status> {
+        let request = request.into_inner();
+        crate::names::TopicName::parse(&request.topic)?;
+        if self.broker.is_stopping() {
+            return Err(BrokerError::ShuttingDown.into());
+        }
+        // A single broker owns every topic.
+        Ok(Response::new(pb::TopicLookupResponse {
+            request_id: request.request_id,
+            response_type: LookupType::Connect as i32,
+            connect_url: self.broker.advertised_url.clone(),
+            broker_url: self.broker.advertised_url.clone(),
+            proxy: false,
+        }))
+    }
+
+    async fn topic_partitions(
+        &self,
+        request: Request<pb::TopicLookupRequest>,
+    ) -> Result<Response<pb::TopicPartitionsResponse>, Status> {
+        let request = request.into_inner();
+        let partitions = self.broker.partitions(&request.topic).await?;
+        Ok(Response::new(pb::TopicPartitionsResponse {
+            request_id: request.request_id,
+            partitions,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::health_check_server::HealthCheck for DanubeApi {
+    async fn health_check(
+        &self,
+        request: Request<pb::HealthCheckRequest>,
+    ) -> Result<Response<pb::HealthCheckResponse>, Status> {
+        let request = request.into_inner();
+        let alive = match ClientType::try_from(request.client) {
+            Ok(ClientType::Producer) => match self.broker.producer(request.id) {
+                Ok((_, producer)) => {
+                    producer.touch();
+                    true
+                }
+                Err(_) => false,
+            },
+            Ok(ClientType::Consumer) => self.broker.has_consumer(request.id),
+            Err(_) => return Err(invalid("client", request.client)),
+        };
+        let status = match alive && !self.broker.is_stopping() {
+            true => ClientStatus::Ok,
+            false => ClientStatus::Close,
+        };
+        Ok(Response::new(pb::HealthCheckResponse {
+            status: status as i32,
+        }))
+    }
+}
+
+fn invalid(field: &str, value: i32) -> Status {
+    BrokerError::InvalidRequest(format!("{field} {value} is not a known value")).into()
+}
+
+fn missing(field: &str) -> Status {
+    BrokerError::InvalidRequest(format!("{field} is missing")).into()
+}

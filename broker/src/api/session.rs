@@ -1,0 +1,61 @@
+//! A consumer's stream session: claims the consumer's buffer for one gRPC
+//! stream and gives it back when the stream is dropped, whatever the reason
+//! (the client went away, the server is stopping, a newer session took
+//! over).
+
+use std::collections::VecDeque;
+
+use futures::Stream;
+
+use crate::broker::ConsumerEntry;
+use crate::dispatch::consumer::DeliveryReceiver;
+use crate::error::BrokerError;
+use crate::message::Delivery;
+
+/// Holds the session open; dropping it detaches the consumer.
+pub struct SessionGuard {
+    entry: ConsumerEntry,
+    session: u64,
+}
+
+impl SessionGuard {
+    /// Claims the consumer's buffer. A second stream for the same consumer
+    /// replaces the first, which then ends.
+    pub fn attach(entry: ConsumerEntry) -> Result<(SessionGuard, DeliveryReceiver), BrokerError> {
+        let (session, receiver) = entry.handle.attach();
+        if session > 1 {
+            entry.subscription.session_started(&entry.handle)?;
+        }
+        Ok((SessionGuard { entry, session }, receiver))
+    }
+
+    pub fn entry(&self) -> &ConsumerEntry {
+        &self.entry
+    }
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        if self.entry.handle.detach(self.session) {
+            self.entry.subscription.session_ended(self.entry.handle.id);
+        }
+    }
+}
+
+/// The session's deliveries one at a time, as Danube's stream sends them.
+/// The guard lives inside the stream, so dropping the stream detaches.
+pub fn one_by_one(
+    guard: SessionGuard,
+    receiver: DeliveryReceiver,
+) -> impl Stream<Item = Delivery> + Send {
+    let state = (receiver, VecDeque::<Delivery>::new(), guard);
+    futures::stream::unfold(state, |(mut receiver, mut queue, guard)| async move {
+        if queue.is_empty() {
+            let chunk = receiver.recv().await?;
+            guard.entry.handle.taken(chunk.len());
+            queue.extend(chunk);
+        }
+        let delivery = queue.pop_front()?;
+        Some((delivery, (receiver, queue, guard)))
+    })
+}

@@ -1,0 +1,614 @@
+//! The core every API adapter calls: topics, producers, consumers and the
+//! schema registry, over the metadata catalog.
+//!
+//! Topics are loaded on first use from the catalog (or created there when
+//! the namespace allows it) and stay loaded while the broker runs.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use sava_metadata::{Catalog, DispatchMode, TopicRecord, TopicSchema};
+
+use crate::config::Config;
+use crate::dispatch::SubscriptionType;
+use crate::dispatch::consumer::ConsumerHandle;
+use crate::dispatch::reliable::StartPosition;
+use crate::error::BrokerError;
+use crate::names::{TopicName, check_label};
+use crate::schema::{PayloadCheck, normalize_type};
+use crate::subscription::{JoinRequest, Subscription};
+use crate::topic::{ActiveSchema, ProducerInfo, Topic, TopicLimits, now_ms};
+
+/// How a producer names the schema it writes with.
+#[derive(Clone, Debug)]
+pub enum SchemaSpec {
+    /// A type and definition given inline (native API); registered under
+    /// the topic's name as subject.
+    Inline {
+        schema_type: String,
+        definition: Vec<u8>,
+    },
+    /// A registry subject and which version (Danube API).
+    Subject { subject: String, version: VersionRef },
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum VersionRef {
+    Latest,
+    Pinned(u32),
+    AtLeast(u32),
+}
+
+/// Settings for a topic created on first use.
+#[derive(Clone, Debug)]
+pub struct TopicSpec {
+    pub dispatch_mode: DispatchMode,
+    pub partitions: u32,
+    pub schema: Option<SchemaSpec>,
+}
+
+/// A producer's request to attach.
+#[derive(Clone, Debug)]
+pub struct ProducerSpec {
+    pub topic: String,
+    pub name: String,
+    pub exclusive: bool,
+    pub dispatch_mode: DispatchMode,
+    pub schema: Option<SchemaSpec>,
+}
+
+/// A consumer's request to subscribe.
+#[derive(Clone, Debug)]
+pub struct SubscribeSpec {
+    pub topic: String,
+    pub subscription: String,
+    pub consumer_name: String,
+    pub kind: SubscriptionType,
+    pub start: StartPosition,
+    pub key_filters: Vec<String>,
+    pub credit_flow: bool,
+}
+
+/// A registered consumer with the topic and subscription it belongs to.
+#[derive(Clone, Debug)]
+pub struct ConsumerEntry {
+    pub topic: Arc<Topic>,
+    pub subscription: Arc<Subscription>,
+    pub handle: Arc<ConsumerHandle>,
+}
+
+/// A looked-up topic: its record and the names producers and consumers use.
+#[derive(Clone, Debug)]
+pub struct Lookup {
+    pub record: TopicRecord,
+    pub partitions: Vec<String>,
+}
+
+pub struct Broker {
+    pub config: Config,
+    pub advertised_url: String,
+    catalog: Catalog,
+    topics: RwLock<HashMap<String, Arc<Topic>>>,
+    loading: tokio::sync::Mutex<()>,
+    producers: RwLock<HashMap<u64, (Arc<Topic>, Arc<ProducerInfo>)>>,
+    consumers: RwLock<HashMap<u64, ConsumerEntry>>,
+    next_id: AtomicU64,
+    stopping: AtomicBool,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("advertised_url", &self.advertised_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    /// A broker over `catalog`, with the `default` namespace in place.
+    pub async fn new(config: Config, catalog: Catalog) -> Result<Arc<Broker>, BrokerError> {
+        catalog.ensure_namespace("default").await?;
+        Ok(Arc::new(Broker {
+            advertised_url: config.advertised_url(),
+            config,
+            catalog,
+            topics: RwLock::new(HashMap::new()),
+            loading: tokio::sync::Mutex::new(()),
+            producers: RwLock::new(HashMap::new()),
+            consumers: RwLock::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            stopping: AtomicBool::new(false),
+        }))
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// Marks the broker as stopping: new producers and consumers are refused.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    fn check_running(&self) -> Result<(), BrokerError> {
+        match self.is_stopping() {
+            true => Err(BrokerError::ShuttingDown),
+            false => Ok(()),
+        }
+    }
+
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The names to produce to and consume from for `topic`: its partitions
+    /// when it is partitioned (also those created one by one, as Danube's
+    /// client does), or the topic itself.
+    pub async fn partitions(&self, topic: &str) -> Result<Vec<String>, BrokerError> {
+        let name = TopicName::parse(topic)?;
+        if let Some(record) = self.catalog.topic(name.as_str()).await? {
+            return Ok(partition_names(&name, &record));
+        }
+        let mut parts: Vec<(u32, String)> = self
+            .catalog
+            .list_topics(name.namespace())
+            .await?
+            .into_iter()
+            .filter(|t| t.partition_of.as_deref() == Some(name.as_str()))
+            .filter_map(|t| {
+                let index = TopicName::parse(&t.name).ok()?.partition_index()?;
+                Some((index, t.name))
+            })
+            .collect();
+        if parts.is_empty() {
+            return Ok(vec![name.to_string()]);
+        }
+        parts.sort();
+        Ok(parts.into_iter().map(|(_, name)| name).collect())
+    }
+
+    /// Looks a topic up, creating it with `create` when it does not exist.
+    pub async fn lookup(
+        &self,
+        topic: &str,
+        create: Option<&TopicSpec>,
+    ) -> Result<Lookup, BrokerError> {
+        let name = TopicName::parse(topic)?;
+        let record = match self.catalog.topic(name.as_str()).await? {
+            Some(record) => record,
+            None => match create {
+                Some(spec) => self.create_topic(&name, spec).await?,
+                None => return Err(BrokerError::TopicNotFound(name.to_string())),
+            },
+        };
+        Ok(Lookup {
+            partitions: partition_names(&name, &record),
+            record,
+        })
+    }
+
+    /// Creates a topic (and its partitions) in the catalog.
+    pub async fn create_topic(
+        &self,
+        name: &TopicName,
+        spec: &TopicSpec,
+    ) -> Result<TopicRecord, BrokerError> {
+        self.check_running()?;
+        let namespace = self
+            .catalog
+            .namespace(name.namespace())
+            .await?
+            .ok_or_else(|| BrokerError::NamespaceNotFound(name.namespace().to_string()))?;
+        if !namespace.policies.auto_create_topics {
+            return Err(BrokerError::AutoCreateDisabled(namespace.name));
+        }
+
+        let schema = match &spec.schema {
+            Some(schema) => Some(self.bind_schema(name, schema).await?.0),
+            None => None,
+        };
+        let partition_of = name.partition_index().map(|_| {
+            let full = name.as_str();
+            full[..full.rfind("-part-").unwrap_or(full.len())].to_string()
+        });
+        let record = TopicRecord {
+            name: name.to_string(),
+            partitions: spec.partitions,
+            partition_of,
+            dispatch_mode: spec.dispatch_mode,
+            schema,
+            created_at_ms: now_ms(),
+        };
+        if spec.partitions > 0 {
+            let (parent, _) = self.catalog.create_partitioned_topic(record).await?;
+            return Ok(parent);
+        }
+        Ok(self.catalog.create_topic(record).await?)
+    }
+
+    /// The loaded topic `name`, loading it from the catalog (or creating it
+    /// with `create`) on first use.
+    pub async fn topic(
+        &self,
+        name: &TopicName,
+        create: Option<&TopicSpec>,
+    ) -> Result<Arc<Topic>, BrokerError> {
+        if let Some(topic) = self.loaded(name.as_str()) {
+            return Ok(topic);
+        }
+        let _guard = self.loading.lock().await;
+        if let Some(topic) = self.loaded(name.as_str()) {
+            return Ok(topic);
+        }
+
+        let record = match self.catalog.topic(name.as_str()).await? {
+            Some(record) => record,
+            None => match create {
+                Some(spec) => {
+                    let spec = TopicSpec {
+                        partitions: 0,
+                        ..spec.clone()
+                    };
+                    self.create_topic(name, &spec).await?
+                }
+                None => return Err(BrokerError::TopicNotFound(name.to_string())),
+            },
+        };
+        if record.partitions > 0 {
+            return Err(BrokerError::InvalidRequest(format!(
+                "topic {name} is partitioned into {} partitions; produce to and consume from {name}-part-0 .. {name}-part-{}",
+                record.partitions,
+                record.partitions - 1
+            )));
+        }
+        let schema = match &record.schema {
+            Some(bound) => Some(self.active_schema(bound.schema_id, Some(bound.version)).await?),
+            None => None,
+        };
+        let topic = Arc::new(Topic::new(name.clone(), record, schema, self.limits()));
+        self.topics
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), Arc::clone(&topic));
+        Ok(topic)
+    }
+
+    fn loaded(&self, name: &str) -> Option<Arc<Topic>> {
+        self.topics.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+    }
+
+    pub fn loaded_topics(&self) -> Vec<Arc<Topic>> {
+        self.topics.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+
+    fn limits(&self) -> TopicLimits {
+        let limits = &self.config.limits;
+        TopicLimits {
+            max_message_bytes: limits.max_message_bytes,
+            consumer_buffer: limits.consumer_buffer_messages,
+            max_unacked_per_consumer: limits.max_unacked_per_consumer,
+            reliable_memory_bytes: limits.reliable_memory_bytes,
+        }
+    }
+
+    /// Attaches a producer, creating its topic on first use.
+    pub async fn create_producer(
+        &self,
+        spec: ProducerSpec,
+    ) -> Result<(Arc<Topic>, Arc<ProducerInfo>), BrokerError> {
+        self.check_running()?;
+        check_label("producer", &spec.name)?;
+        let name = TopicName::parse(&spec.topic)?;
+        let create = TopicSpec {
+            dispatch_mode: spec.dispatch_mode,
+            partitions: 0,
+            schema: spec.schema.clone(),
+        };
+        let topic = self.topic(&name, Some(&create)).await?;
+        if topic.dispatch_mode() != spec.dispatch_mode {
+            return Err(BrokerError::DispatchModeMismatch {
+                topic: name.to_string(),
+                actual: mode_name(topic.dispatch_mode()),
+                requested: mode_name(spec.dispatch_mode),
+            });
+        }
+
+        let schema = match &spec.schema {
+            Some(schema) => Some(self.producer_schema(&topic, schema).await?),
+            None => None,
+        };
+        let producer = topic.add_producer(self.next_id(), &spec.name, spec.exclusive, schema)?;
+        self.producers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(producer.id, (Arc::clone(&topic), Arc::clone(&producer)));
+        Ok((topic, producer))
+    }
+
+    pub fn producer(&self, id: u64) -> Result<(Arc<Topic>, Arc<ProducerInfo>), BrokerError> {
+        self.producers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+            .ok_or(BrokerError::ProducerNotFound(id))
+    }
+
+    pub fn has_producer(&self, id: u64) -> bool {
+        self.producers.read().unwrap_or_else(|p| p.into_inner()).contains_key(&id)
+    }
+
+    pub fn close_producer(&self, id: u64) {
+        let removed = self.producers.write().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        if let Some((topic, _)) = removed {
+            topic.remove_producer(id);
+        }
+    }
+
+    /// Registers a consumer on a subscription, creating the subscription on
+    /// first use. The topic must exist, as Danube's clients expect.
+    pub async fn subscribe(&self, spec: SubscribeSpec) -> Result<ConsumerEntry, BrokerError> {
+        self.check_running()?;
+        check_label("subscription", &spec.subscription)?;
+        check_label("consumer", &spec.consumer_name)?;
+        let name = TopicName::parse(&spec.topic)?;
+        let topic = self.topic(&name, None).await?;
+
+        let subscription = topic.subscription(&spec.subscription, spec.kind, spec.start);
+        let request = JoinRequest {
+            id: self.next_id(),
+            name: spec.consumer_name,
+            key_filters: spec.key_filters,
+            credit_flow: spec.credit_flow,
+            capacity: topic.limits.consumer_buffer,
+        };
+        let handle = subscription.join(spec.kind, request)?;
+        let entry = ConsumerEntry {
+            topic,
+            subscription,
+            handle,
+        };
+        self.consumers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(entry.handle.id, entry.clone());
+        Ok(entry)
+    }
+
+    pub fn consumer(&self, id: u64) -> Result<ConsumerEntry, BrokerError> {
+        self.consumers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+            .ok_or(BrokerError::ConsumerNotFound(id))
+    }
+
+    pub fn has_consumer(&self, id: u64) -> bool {
+        self.consumers.read().unwrap_or_else(|p| p.into_inner()).contains_key(&id)
+    }
+
+    pub fn close_consumer(&self, id: u64) {
+        let removed = self.consumers.write().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        if let Some(entry) = removed {
+            entry.subscription.leave(id);
+        }
+    }
+
+    /// The subscription `name` of a loaded topic, for acks that name both.
+    pub fn subscription_of(
+        &self,
+        topic: &str,
+        subscription: &str,
+    ) -> Result<Arc<Subscription>, BrokerError> {
+        let topic = self
+            .loaded(topic)
+            .ok_or_else(|| BrokerError::TopicNotFound(topic.to_string()))?;
+        topic.existing_subscription(subscription).ok_or_else(|| {
+            BrokerError::InvalidRequest(format!(
+                "subscription {subscription} does not exist on {}",
+                topic.name
+            ))
+        })
+    }
+
+    /// Removes consumers that lost their stream longer ago than the grace
+    /// period, and Danube producers silent for longer than the idle limit.
+    pub fn expire_idle(&self) {
+        let grace = Duration::from_secs(self.config.limits.consumer_grace_secs);
+        for topic in self.loaded_topics() {
+            for subscription in topic.subscriptions() {
+                let expired = subscription.expire(grace);
+                let mut consumers = self.consumers.write().unwrap_or_else(|p| p.into_inner());
+                for id in expired {
+                    consumers.remove(&id);
+                }
+            }
+        }
+
+        let idle = Duration::from_secs(self.config.limits.producer_idle_secs);
+        let silent: Vec<u64> = self
+            .producers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|(_, p)| p.idle_for() > idle)
+            .map(|(_, p)| p.id)
+            .collect();
+        for id in silent {
+            tracing::info!(producer = id, "detaching silent producer");
+            self.close_producer(id);
+        }
+    }
+
+    /// The compiled check of schema `schema_id` at `version` (latest when
+    /// `None`).
+    pub async fn active_schema(
+        &self,
+        schema_id: u64,
+        version: Option<u32>,
+    ) -> Result<Arc<ActiveSchema>, BrokerError> {
+        let record = self
+            .catalog
+            .schema(schema_id, version)
+            .await?
+            .ok_or_else(|| BrokerError::SchemaNotFound(format!("with id {schema_id}")))?;
+        Ok(Arc::new(ActiveSchema {
+            check: PayloadCheck::compile(&record.schema_type, &record.definition)?,
+            subject: record.subject,
+            schema_id: record.schema_id,
+            version: record.version,
+        }))
+    }
+
+    /// Registers a schema after checking that it compiles.
+    pub async fn register_schema(
+        &self,
+        subject: &str,
+        schema_type: &str,
+        definition: &[u8],
+        description: &str,
+        created_by: &str,
+        tags: &[String],
+    ) -> Result<(sava_metadata::SchemaRecord, bool), BrokerError> {
+        check_label("schema subject", subject)?;
+        let schema_type = normalize_type(schema_type)?;
+        PayloadCheck::compile(schema_type, definition)?;
+        Ok(self
+            .catalog
+            .register_schema(subject, schema_type, definition, description, created_by, tags)
+            .await?)
+    }
+
+    /// Resolves `spec` to a registered schema version for topic `name`.
+    async fn bind_schema(
+        &self,
+        name: &TopicName,
+        spec: &SchemaSpec,
+    ) -> Result<(TopicSchema, Arc<ActiveSchema>), BrokerError> {
+        let record = match spec {
+            SchemaSpec::Inline {
+                schema_type,
+                definition,
+            } => {
+                let subject = base_topic(name);
+                self.register_schema(&subject, schema_type, definition, "", "sava-broker", &[])
+                    .await?
+                    .0
+            }
+            SchemaSpec::Subject { subject, version } => {
+                self.resolve_subject(subject, *version).await?
+            }
+        };
+        let bound = TopicSchema {
+            subject: record.subject.clone(),
+            schema_id: record.schema_id,
+            version: record.version,
+        };
+        let active = Arc::new(ActiveSchema {
+            check: PayloadCheck::compile(&record.schema_type, &record.definition)?,
+            subject: record.subject,
+            schema_id: record.schema_id,
+            version: record.version,
+        });
+        Ok((bound, active))
+    }
+
+    async fn resolve_subject(
+        &self,
+        subject: &str,
+        version: VersionRef,
+    ) -> Result<sava_metadata::SchemaRecord, BrokerError> {
+        let latest = self
+            .catalog
+            .latest_schema(subject)
+            .await?
+            .ok_or_else(|| BrokerError::SchemaNotFound(subject.to_string()))?;
+        match version {
+            VersionRef::Latest => Ok(latest),
+            VersionRef::AtLeast(min) if latest.version >= min => Ok(latest),
+            VersionRef::AtLeast(min) => Err(BrokerError::InvalidSchema(format!(
+                "subject {subject} is at version {}, below the required {min}",
+                latest.version
+            ))),
+            VersionRef::Pinned(pinned) => self
+                .catalog
+                .schema(latest.schema_id, Some(pinned))
+                .await?
+                .ok_or_else(|| {
+                    BrokerError::SchemaNotFound(format!("{subject} version {pinned}"))
+                }),
+        }
+    }
+
+    /// The schema a producer on `topic` validates with, checked against the
+    /// topic's own schema.
+    async fn producer_schema(
+        &self,
+        topic: &Topic,
+        spec: &SchemaSpec,
+    ) -> Result<Arc<ActiveSchema>, BrokerError> {
+        match (spec, &topic.schema) {
+            (SchemaSpec::Subject { subject, .. }, Some(bound)) if *subject != bound.subject => {
+                Err(BrokerError::InvalidSchema(format!(
+                    "topic {} uses schema subject {}, not {subject}",
+                    topic.name, bound.subject
+                )))
+            }
+            (SchemaSpec::Subject { .. }, _) => Ok(self.bind_schema(&topic.name, spec).await?.1),
+            (SchemaSpec::Inline { .. }, None) => Err(BrokerError::InvalidSchema(format!(
+                "topic {} has no schema; create a new topic to use one",
+                topic.name
+            ))),
+            (
+                SchemaSpec::Inline {
+                    schema_type,
+                    definition,
+                },
+                Some(bound),
+            ) => {
+                let record = self.catalog.schema(bound.schema_id, Some(bound.version)).await?;
+                let same = record.is_some_and(|r| {
+                    normalize_type(schema_type).ok() == Some(r.schema_type.as_str())
+                        && r.definition == *definition
+                });
+                match same {
+                    true => Ok(Arc::clone(bound)),
+                    false => Err(BrokerError::InvalidSchema(format!(
+                        "topic {} has a different schema ({} v{})",
+                        topic.name, bound.subject, bound.version
+                    ))),
+                }
+            }
+        }
+    }
+}
+
+/// The topic name without its `-part-N` suffix.
+fn base_topic(name: &TopicName) -> String {
+    let full = name.as_str();
+    match name.partition_index() {
+        Some(_) => full[..full.rfind("-part-").unwrap_or(full.len())].to_string(),
+        None => full.to_string(),
+    }
+}
+
+fn partition_names(name: &TopicName, record: &TopicRecord) -> Vec<String> {
+    match record.partitions {
+        0 => vec![name.to_string()],
+        n => (0..n).map(|i| name.partition(i).to_string()).collect(),
+    }
+}
+
+pub fn mode_name(mode: DispatchMode) -> &'static str {
+    match mode {
+        DispatchMode::NonReliable => "non-reliable",
+        DispatchMode::Reliable => "reliable",
+    }
+}

@@ -1,0 +1,272 @@
+//! The broker's configuration: defaults, the TOML file, `SAVA_<SECTION>__<KEY>`
+//! environment overrides and command-line flags, applied in that order.
+//!
+//! `deploy/config/sava.toml` is the commented example of every key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Errors reading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("environment variable {name} does not name a config key: {reason}")]
+    Env { name: String, reason: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub broker: BrokerSection,
+    pub metadata: MetadataSection,
+    pub storage: StorageSection,
+    pub limits: LimitsSection,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerSection {
+    /// Where the broker keeps its data.
+    pub data_dir: PathBuf,
+    /// The client API (both the `danube` and `sava.v1` families).
+    pub client_addr: SocketAddr,
+    /// The admin API.
+    pub admin_addr: SocketAddr,
+    /// `/metrics`, `/healthz`, `/readyz`.
+    pub http_addr: SocketAddr,
+    /// The URL clients reach this broker at; derived from `client_addr`
+    /// when empty.
+    pub advertised_url: String,
+    /// Names the cluster; every metadata key lives under it.
+    pub cluster: String,
+}
+
+impl Default for BrokerSection {
+    fn default() -> Self {
+        BrokerSection {
+            data_dir: PathBuf::from("./sava-data"),
+            client_addr: ([0, 0, 0, 0], 6650).into(),
+            admin_addr: ([0, 0, 0, 0], 50051).into(),
+            http_addr: ([0, 0, 0, 0], 9040).into(),
+            advertised_url: String::new(),
+            cluster: "sava".to_string(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetadataSection {
+    /// `embedded:///path`; empty means `embedded://<data_dir>/metadata.redb`.
+    pub url: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageSection {
+    /// `s3://bucket/prefix`, `file:///path` or `memory://`; empty means
+    /// `file://<data_dir>/objects`.
+    pub object_store: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Largest message accepted (payload, key and attributes).
+    pub max_message_bytes: usize,
+    /// Messages buffered per consumer; a non-reliable consumer whose buffer
+    /// is full loses the messages that do not fit.
+    pub consumer_buffer_messages: usize,
+    /// Unacknowledged messages one consumer of a reliable topic may hold.
+    pub max_unacked_per_consumer: usize,
+    /// Memory a reliable topic may use for messages some subscription has
+    /// not acknowledged; past it, producers are refused.
+    pub reliable_memory_bytes: usize,
+    /// How long a consumer without a stream keeps its place.
+    pub consumer_grace_secs: u64,
+    /// How long a Danube producer may stay silent (no send, no health
+    /// check) before it is detached.
+    pub producer_idle_secs: u64,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            max_message_bytes: 5 * 1024 * 1024,
+            consumer_buffer_messages: 10_000,
+            max_unacked_per_consumer: 1_000,
+            reliable_memory_bytes: 256 * 1024 * 1024,
+            consumer_grace_secs: 30,
+            producer_idle_secs: 60,
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path` (when given) and applies the `SAVA_*` variables of `env`.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                toml::from_str::<toml::Table>(&text).map_err(|source| ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    source: Box::new(source),
+                })?
+            }
+            None => toml::Table::new(),
+        };
+        for (name, value) in env {
+            apply_env(&mut table, &name, &value)?;
+        }
+        let config: Config = table
+            .try_into()
+            .map_err(|error: toml::de::Error| ConfigError::Invalid(error.message().to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.limits.max_message_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.max_message_bytes must be above 0".into(),
+            ));
+        }
+        if self.limits.consumer_buffer_messages == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.consumer_buffer_messages must be above 0".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The advertised client URL, derived from the listen address when unset.
+    pub fn advertised_url(&self) -> String {
+        if !self.broker.advertised_url.is_empty() {
+            return self.broker.advertised_url.clone();
+        }
+        let addr = self.broker.client_addr;
+        let host = if addr.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            addr.ip().to_string()
+        };
+        format!("http://{host}:{}", addr.port())
+    }
+
+    pub fn metadata_url(&self) -> String {
+        if !self.metadata.url.is_empty() {
+            return self.metadata.url.clone();
+        }
+        format!("embedded://{}", absolute(&self.broker.data_dir.join("metadata.redb")))
+    }
+
+    pub fn object_store_url(&self) -> String {
+        if !self.storage.object_store.is_empty() {
+            return self.storage.object_store.clone();
+        }
+        format!("file://{}", absolute(&self.broker.data_dir.join("objects")))
+    }
+}
+
+fn absolute(path: &Path) -> String {
+    std::path::absolute(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
+}
+
+/// Sets `section.key` from a variable named `SAVA_SECTION__KEY`.
+fn apply_env(table: &mut toml::Table, name: &str, value: &str) -> Result<(), ConfigError> {
+    let Some(rest) = name.strip_prefix("SAVA_") else {
+        return Ok(());
+    };
+    let Some((section, key)) = rest.split_once("__") else {
+        return Ok(());
+    };
+    let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
+    if section.is_empty() || key.is_empty() {
+        return Err(ConfigError::Env {
+            name: name.to_string(),
+            reason: "expected SAVA_<SECTION>__<KEY>".into(),
+        });
+    }
+    let entry = table
+        .entry(section)
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    let toml::Value::Table(section_table) = entry else {
+        return Err(ConfigError::Env {
+            name: name.to_string(),
+            reason: "the section is not a table".into(),
+        });
+    };
+    section_table.insert(key, scalar(value));
+    Ok(())
+}
+
+fn scalar(value: &str) -> toml::Value {
+    if let Ok(number) = value.parse::<i64>() {
+        return toml::Value::Integer(number);
+    }
+    match value {
+        "true" => toml::Value::Boolean(true),
+        "false" => toml::Value::Boolean(false),
+        _ => toml::Value::String(value.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_config_at_all_gives_the_single_node_defaults() {
+        let config = Config::load(None, []).unwrap();
+        assert_eq!(config.broker.client_addr.port(), 6650);
+        assert_eq!(config.broker.admin_addr.port(), 50051);
+        assert_eq!(config.broker.http_addr.port(), 9040);
+        assert!(config.metadata_url().starts_with("embedded:///"));
+        assert!(config.metadata_url().ends_with("sava-data/metadata.redb"));
+        assert_eq!(config.advertised_url(), "http://127.0.0.1:6650");
+    }
+
+    #[test]
+    fn environment_variables_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sava.toml");
+        std::fs::write(&path, "[limits]\nmax_message_bytes = 10\n").unwrap();
+        let env = [
+            ("SAVA_LIMITS__MAX_MESSAGE_BYTES".to_string(), "2048".to_string()),
+            ("SAVA_BROKER__ADVERTISED_URL".to_string(), "http://b1:6650".to_string()),
+            ("HOME".to_string(), "/root".to_string()),
+        ];
+        let config = Config::load(Some(&path), env).unwrap();
+        assert_eq!(config.limits.max_message_bytes, 2048);
+        assert_eq!(config.advertised_url(), "http://b1:6650");
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_by_name() {
+        let env = [("SAVA_LIMITS__MAX_MESAGE_BYTES".to_string(), "1".to_string())];
+        let error = Config::load(None, env).unwrap_err();
+        assert!(error.to_string().contains("max_mesage_bytes"), "{error}");
+    }
+}

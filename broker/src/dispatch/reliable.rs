@@ -1,0 +1,354 @@
+//! Reliable dispatch: one task per subscription reads the topic's log from
+//! the subscription's cursor and hands messages to consumers that have
+//! room, keeping every delivered offset pending until it is acknowledged.
+//!
+//! The task is the only writer of the subscription's state. A consumer that
+//! goes away, or a nack, makes its pending offsets ready again (a nack with
+//! a delay only once the delay has passed), and ready offsets go out before
+//! new ones. The acknowledged position is the `floor` (every offset below
+//! it is acknowledged) plus the acknowledged offsets above it.
+//!
+//! Known shortcomings: when the consumer that owns the next message has no
+//! room, dispatch waits for it (for Shared and Key-Shared too), so one slow
+//! Key-Shared consumer holds the subscription back; and the cursor lives in
+//! memory only, like the log it reads.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+
+use super::SubscriptionType;
+use super::consumer::ConsumerHandle;
+use super::router::{Member, Router};
+use crate::error::BrokerError;
+use crate::log::MemoryLog;
+use crate::message::Delivery;
+
+/// Messages read from the log per step.
+const READ_STEP: usize = 256;
+
+/// Where a new subscription starts reading.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartPosition {
+    Latest,
+    Earliest,
+    Offset(u64),
+    TimeMs(u64),
+}
+
+/// How a consumer's unacknowledged messages are bounded.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Most unacknowledged messages one consumer may hold.
+    pub max_unacked_per_consumer: usize,
+}
+
+enum Command {
+    Add(Arc<ConsumerHandle>, Member),
+    Remove(u64),
+    Ack {
+        offsets: Vec<u64>,
+        cumulative: Option<u64>,
+    },
+    Nack {
+        offsets: Vec<u64>,
+        delay: Option<Duration>,
+    },
+}
+
+/// The handle the subscription keeps; dropping it stops the task.
+#[derive(Debug)]
+pub struct ReliableDispatcher {
+    commands: mpsc::UnboundedSender<Command>,
+    wake: Arc<Notify>,
+    floor: Arc<AtomicU64>,
+}
+
+impl ReliableDispatcher {
+    /// Starts the dispatch task of a subscription over `log`.
+    pub fn start(
+        kind: SubscriptionType,
+        partition: u32,
+        log: Arc<MemoryLog>,
+        start: StartPosition,
+        limits: Limits,
+        wake: Arc<Notify>,
+    ) -> ReliableDispatcher {
+        let first = match start {
+            StartPosition::Latest => log.end(),
+            StartPosition::Earliest => log.start(),
+            StartPosition::Offset(offset) => offset.clamp(log.start(), log.end()),
+            StartPosition::TimeMs(time) => log.offset_at_time(time),
+        };
+        let floor = Arc::new(AtomicU64::new(first));
+        let (commands, receiver) = mpsc::unbounded_channel();
+        let task = Task {
+            router: Router::new(kind, partition),
+            consumers: Vec::new(),
+            log,
+            limits,
+            next_read: first,
+            floor: first,
+            acked_above: BTreeSet::new(),
+            pending: BTreeMap::new(),
+            ready: BTreeSet::new(),
+            delayed: BTreeMap::new(),
+            counts: HashMap::new(),
+            shared_floor: Arc::clone(&floor),
+        };
+        tokio::spawn(task.run(receiver, Arc::clone(&wake)));
+        ReliableDispatcher {
+            commands,
+            wake,
+            floor,
+        }
+    }
+
+    pub fn add(&self, consumer: Arc<ConsumerHandle>) -> Result<(), BrokerError> {
+        let member = Member::new(consumer.id, &consumer.name, &consumer.key_filters)?;
+        self.send(Command::Add(consumer, member));
+        Ok(())
+    }
+
+    pub fn remove(&self, id: u64) {
+        self.send(Command::Remove(id));
+    }
+
+    pub fn ack(&self, offsets: Vec<u64>, cumulative: Option<u64>) {
+        self.send(Command::Ack {
+            offsets,
+            cumulative,
+        });
+    }
+
+    pub fn nack(&self, offsets: Vec<u64>, delay: Option<Duration>) {
+        self.send(Command::Nack { offsets, delay });
+    }
+
+    /// Tells the task that the log grew.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Every offset below this one is acknowledged.
+    pub fn floor(&self) -> u64 {
+        self.floor.load(Ordering::Acquire)
+    }
+
+    fn send(&self, command: Command) {
+        // The task ends only when this handle is dropped, so sending cannot
+        // fail while `self` exists.
+        let _ = self.commands.send(command);
+    }
+}
+
+struct Pending {
+    consumer: u64,
+}
+
+struct Task {
+    router: Router,
+    /// In the order of `router.members()`.
+    consumers: Vec<Arc<ConsumerHandle>>,
+    log: Arc<MemoryLog>,
+    limits: Limits,
+    /// The next offset never delivered yet.
+    next_read: u64,
+    floor: u64,
+    acked_above: BTreeSet<u64>,
+    pending: BTreeMap<u64, Pending>,
+    ready: BTreeSet<u64>,
+    delayed: BTreeMap<Instant, Vec<u64>>,
+    counts: HashMap<u64, u32>,
+    shared_floor: Arc<AtomicU64>,
+}
+
+impl Task {
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>, wake: Arc<Notify>) {
+        loop {
+            self.release_due();
+            self.dispatch();
+
+            let next_due = self.delayed.keys().next().copied();
+            let due = async {
+                match next_due {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(command) => self.handle(command),
+                    None => return,
+                },
+                _ = wake.notified() => {}
+                _ = due => {}
+            }
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Add(consumer, member) => {
+                self.router.insert(member);
+                self.consumers.retain(|c| c.id != consumer.id);
+                self.consumers.push(consumer);
+                let order: Vec<u64> = self.router.members().iter().map(|m| m.id).collect();
+                self.consumers
+                    .sort_by_key(|c| order.iter().position(|id| *id == c.id));
+                // A consumer that comes back gets what it had not acked again.
+                let id = self.consumers.last().map(|c| c.id);
+                if let Some(id) = id {
+                    self.release_consumer(id);
+                }
+            }
+            Command::Remove(id) => {
+                self.router.remove(id);
+                self.consumers.retain(|c| c.id != id);
+                self.release_consumer(id);
+            }
+            Command::Ack {
+                offsets,
+                cumulative,
+            } => {
+                if let Some(up_to) = cumulative {
+                    let below: Vec<u64> = self.pending.range(..=up_to).map(|(o, _)| *o).collect();
+                    for offset in below {
+                        self.acknowledge(offset);
+                    }
+                    let up_to = up_to.min(self.next_read.saturating_sub(1));
+                    for offset in self.floor..=up_to {
+                        self.acknowledge(offset);
+                    }
+                }
+                for offset in offsets {
+                    self.acknowledge(offset);
+                }
+            }
+            Command::Nack { offsets, delay } => {
+                for offset in offsets {
+                    if self.pending.remove(&offset).is_none() {
+                        continue;
+                    }
+                    match delay {
+                        Some(delay) if !delay.is_zero() => {
+                            self.delayed.entry(Instant::now() + delay).or_default().push(offset);
+                        }
+                        _ => {
+                            self.ready.insert(offset);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn acknowledge(&mut self, offset: u64) {
+        if offset < self.floor || offset >= self.next_read {
+            return;
+        }
+        self.pending.remove(&offset);
+        self.ready.remove(&offset);
+        self.counts.remove(&offset);
+        self.acked_above.insert(offset);
+        while self.acked_above.remove(&self.floor) {
+            self.floor += 1;
+        }
+        self.shared_floor.store(self.floor, Ordering::Release);
+    }
+
+    fn release_consumer(&mut self, id: u64) {
+        let theirs: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.consumer == id)
+            .map(|(o, _)| *o)
+            .collect();
+        for offset in theirs {
+            self.pending.remove(&offset);
+            self.ready.insert(offset);
+        }
+    }
+
+    fn release_due(&mut self) {
+        let now = Instant::now();
+        while let Some(entry) = self.delayed.first_entry() {
+            if *entry.key() > now {
+                break;
+            }
+            for offset in entry.remove() {
+                self.ready.insert(offset);
+            }
+        }
+    }
+
+    fn dispatch(&mut self) {
+        if self.consumers.is_empty() {
+            return;
+        }
+        let mut room: Vec<usize> = self.consumers.iter().map(|c| self.room_of(c)).collect();
+        let mut chunks: Vec<Vec<Delivery>> = vec![Vec::new(); self.consumers.len()];
+
+        let ready: Vec<u64> = self.ready.iter().copied().collect();
+        for offset in ready {
+            let Some(message) = self.log.get(offset) else {
+                self.ready.remove(&offset);
+                continue;
+            };
+            let Some(index) = self.router.choose(message.routing_key(), &room) else {
+                break;
+            };
+            self.ready.remove(&offset);
+            room[index] -= 1;
+            chunks[index].push(self.deliver(index, message));
+        }
+
+        'read: while self.next_read < self.log.end() {
+            if room.iter().all(|r| *r == 0) {
+                break;
+            }
+            for message in self.log.read_from(self.next_read, READ_STEP) {
+                let Some(index) = self.router.choose(message.routing_key(), &room) else {
+                    break 'read;
+                };
+                room[index] -= 1;
+                self.next_read = message.offset + 1;
+                chunks[index].push(self.deliver(index, message));
+            }
+        }
+
+        for (consumer, chunk) in self.consumers.iter().zip(chunks) {
+            if chunk.is_empty() {
+                continue;
+            }
+            if let Err(chunk) = consumer.push(chunk) {
+                for delivery in chunk {
+                    self.pending.remove(&delivery.message.offset);
+                    self.ready.insert(delivery.message.offset);
+                }
+            }
+        }
+    }
+
+    fn deliver(&mut self, index: usize, message: Arc<crate::message::Message>) -> Delivery {
+        let consumer = self.consumers[index].id;
+        let count = self.counts.entry(message.offset).or_insert(0);
+        *count += 1;
+        let delivery_count = *count;
+        self.pending.insert(message.offset, Pending { consumer });
+        Delivery {
+            message,
+            delivery_count,
+        }
+    }
+
+    fn room_of(&self, consumer: &ConsumerHandle) -> usize {
+        let unacked = self.pending.values().filter(|p| p.consumer == consumer.id).count();
+        let window = self.limits.max_unacked_per_consumer.saturating_sub(unacked);
+        consumer.room().min(window)
+    }
+}

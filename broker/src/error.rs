@@ -1,0 +1,140 @@
+//! The broker's errors and their one mapping onto the wire.
+
+use sava_metadata::MetadataError;
+use sava_proto::{ErrorKind, WireError};
+
+/// Everything that can refuse a client request.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    #[error("invalid name {name:?}: {reason}")]
+    InvalidName { name: String, reason: String },
+
+    #[error("topic {0} does not exist")]
+    TopicNotFound(String),
+
+    #[error("namespace {0} does not exist")]
+    NamespaceNotFound(String),
+
+    #[error("namespace {0} does not allow creating topics on first use")]
+    AutoCreateDisabled(String),
+
+    #[error("producer {0} does not exist")]
+    ProducerNotFound(u64),
+
+    #[error("consumer {0} does not exist")]
+    ConsumerNotFound(u64),
+
+    #[error("topic {topic} is held by exclusive producer {holder}")]
+    ProducerFenced { topic: String, holder: String },
+
+    #[error("topic {topic} already has producers; an exclusive producer needs it to itself")]
+    ExclusiveRefused { topic: String },
+
+    #[error("topic {topic} is {actual}; a {requested} producer cannot use it")]
+    DispatchModeMismatch {
+        topic: String,
+        actual: &'static str,
+        requested: &'static str,
+    },
+
+    #[error("subscription {subscription} on {topic} is {actual}, not {requested}")]
+    SubscriptionTypeMismatch {
+        topic: String,
+        subscription: String,
+        actual: &'static str,
+        requested: &'static str,
+    },
+
+    #[error("exclusive subscription {subscription} on {topic} is held by consumer {holder}")]
+    ExclusiveSubscriptionHeld {
+        topic: String,
+        subscription: String,
+        holder: String,
+    },
+
+    #[error("message {index} is {size} bytes, over the limit of {limit} bytes")]
+    MessageTooLarge {
+        index: usize,
+        size: usize,
+        limit: usize,
+    },
+
+    #[error("message {index} does not match the {schema} schema of {topic}: {reason}")]
+    SchemaViolation {
+        topic: String,
+        schema: String,
+        index: usize,
+        reason: String,
+    },
+
+    #[error("invalid schema: {0}")]
+    InvalidSchema(String),
+
+    #[error("schema subject {0} does not exist")]
+    SchemaNotFound(String),
+
+    #[error("{0}")]
+    InvalidRequest(String),
+
+    #[error("topic {topic} holds {bytes} bytes of unacknowledged messages in memory, its limit; consumers must catch up")]
+    BacklogFull { topic: String, bytes: usize },
+
+    #[error("the broker is shutting down")]
+    ShuttingDown,
+
+    #[error("metadata: {0}")]
+    Metadata(#[from] MetadataError),
+}
+
+impl BrokerError {
+    /// What the client can do about this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            BrokerError::InvalidName { .. }
+            | BrokerError::MessageTooLarge { .. }
+            | BrokerError::SchemaViolation { .. }
+            | BrokerError::InvalidSchema(_)
+            | BrokerError::InvalidRequest(_) => ErrorKind::InvalidArgument,
+            BrokerError::TopicNotFound(_)
+            | BrokerError::NamespaceNotFound(_)
+            | BrokerError::ProducerNotFound(_)
+            | BrokerError::ConsumerNotFound(_)
+            | BrokerError::SchemaNotFound(_) => ErrorKind::NotFound,
+            BrokerError::AutoCreateDisabled(_) => ErrorKind::PermissionDenied,
+            BrokerError::ProducerFenced { .. }
+            | BrokerError::ExclusiveRefused { .. }
+            | BrokerError::DispatchModeMismatch { .. }
+            | BrokerError::SubscriptionTypeMismatch { .. }
+            | BrokerError::ExclusiveSubscriptionHeld { .. } => ErrorKind::Conflict,
+            BrokerError::BacklogFull { .. } => ErrorKind::ResourceExhausted,
+            BrokerError::ShuttingDown => ErrorKind::Unavailable,
+            BrokerError::Metadata(error) => metadata_kind(error),
+        }
+    }
+}
+
+fn metadata_kind(error: &MetadataError) -> ErrorKind {
+    match error {
+        MetadataError::NotFound { .. } => ErrorKind::NotFound,
+        MetadataError::AlreadyExists { .. } => ErrorKind::AlreadyExists,
+        MetadataError::Invalid { .. } | MetadataError::ValueTooLarge { .. } => {
+            ErrorKind::InvalidArgument
+        }
+        MetadataError::NotEmpty { .. } => ErrorKind::Conflict,
+        error if error.is_retryable() => ErrorKind::Unavailable,
+        _ => ErrorKind::Internal,
+    }
+}
+
+impl From<BrokerError> for WireError {
+    fn from(error: BrokerError) -> WireError {
+        WireError::new(error.kind(), error.to_string())
+    }
+}
+
+impl From<BrokerError> for tonic::Status {
+    fn from(error: BrokerError) -> tonic::Status {
+        WireError::from(error).into()
+    }
+}

@@ -1,0 +1,141 @@
+//! Starts the broker's listeners and runs them until shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sava_metadata::Catalog;
+use sava_proto::danube::{
+    consumer_service_server::ConsumerServiceServer, discovery_server::DiscoveryServer,
+    health_check_server::HealthCheckServer, producer_service_server::ProducerServiceServer,
+};
+use sava_proto::danube_schema::schema_registry_server::SchemaRegistryServer;
+use sava_proto::sava::v1::sava_client_server::SavaClientServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::info;
+
+use crate::api::danube::DanubeApi;
+use crate::api::native::NativeApi;
+use crate::api::schema::SchemaRegistryApi;
+use crate::broker::Broker;
+use crate::config::Config;
+
+/// Errors that stop the broker from starting or running.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("metadata store {url}: {source}")]
+    Metadata {
+        url: String,
+        source: sava_metadata::MetadataError,
+    },
+    #[error(transparent)]
+    Broker(#[from] crate::error::BrokerError),
+    #[error("grpc server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Runs a broker with `config` until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let data_dir = config.broker.data_dir.clone();
+    std::fs::create_dir_all(&data_dir).map_err(|source| ServeError::DataDir {
+        path: data_dir.clone(),
+        source,
+    })?;
+    let metadata_url = config.metadata_url();
+    let store = sava_metadata::open(&metadata_url)
+        .await
+        .map_err(|source| ServeError::Metadata {
+            url: metadata_url.clone(),
+            source,
+        })?;
+    let catalog = Catalog::with_cluster(store, &config.broker.cluster);
+
+    let client_listener = bind("client API", config.broker.client_addr).await?;
+    let http_listener = bind("HTTP", config.broker.http_addr).await?;
+    let broker = Broker::new(config.clone(), catalog).await?;
+    info!(
+        client = %client_listener.local_addr().map_or(config.broker.client_addr, |a| a),
+        http = %http_listener.local_addr().map_or(config.broker.http_addr, |a| a),
+        advertised = %broker.advertised_url,
+        data_dir = %data_dir.display(),
+        metadata = %metadata_url,
+        object_store = %config.object_store_url(),
+        "sava broker listening (object store offload is not built yet; reliable topics are kept in memory)"
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let janitor = tokio::spawn(janitor(Arc::clone(&broker), stop_rx.clone()));
+    let http = tokio::spawn({
+        let mut stop = stop_rx.clone();
+        let app = crate::http::router(Arc::clone(&broker));
+        async move {
+            let _ = axum::serve(http_listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+        }
+    });
+
+    let stopping = Arc::clone(&broker);
+    let signal = async move {
+        shutdown.await;
+        info!("stopping broker");
+        stopping.stop();
+        let _ = stop_tx.send(true);
+    };
+
+    let danube = DanubeApi::new(Arc::clone(&broker));
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .initial_stream_window_size(Some(4 * 1024 * 1024))
+        .initial_connection_window_size(Some(16 * 1024 * 1024))
+        .add_service(ProducerServiceServer::new(danube.clone()))
+        .add_service(ConsumerServiceServer::new(danube.clone()))
+        .add_service(DiscoveryServer::new(danube.clone()))
+        .add_service(HealthCheckServer::new(danube))
+        .add_service(SchemaRegistryServer::new(SchemaRegistryApi::new(Arc::clone(&broker))))
+        .add_service(
+            SavaClientServer::new(NativeApi::new(Arc::clone(&broker)))
+                .max_decoding_message_size(64 * 1024 * 1024)
+                .max_encoding_message_size(64 * 1024 * 1024),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(client_listener), signal)
+        .await?;
+
+    janitor.abort();
+    let _ = http.await;
+    info!("broker stopped");
+    Ok(())
+}
+
+async fn bind(what: &'static str, addr: std::net::SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { what, addr, source })
+}
+
+async fn janitor(broker: Arc<Broker>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => broker.expire_idle(),
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! A subscription: its consumers, who may join, and its dispatcher.
+//!
+//! Consumers stay registered while they reconnect: a consumer whose stream
+//! ended stops receiving at once (its unacknowledged messages go to the
+//! others) but keeps its id for a grace period, so a Danube client that
+//! reopens its stream or resubscribes with the same name picks up where it
+//! was. Expired consumers are removed by the broker's janitor.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::dispatch::SubscriptionType;
+use crate::dispatch::consumer::{ConsumerHandle, ConsumerSpec};
+use crate::dispatch::push::PushDispatcher;
+use crate::dispatch::reliable::ReliableDispatcher;
+use crate::error::BrokerError;
+use crate::message::Message;
+
+#[derive(Debug)]
+pub enum Dispatcher {
+    Push(PushDispatcher),
+    Reliable(ReliableDispatcher),
+}
+
+/// What a consumer asks for when it joins.
+pub struct JoinRequest {
+    pub id: u64,
+    pub name: String,
+    pub key_filters: Vec<String>,
+    pub credit_flow: bool,
+    pub capacity: usize,
+}
+
+#[derive(Debug)]
+pub struct Subscription {
+    pub name: String,
+    pub kind: SubscriptionType,
+    pub topic: String,
+    dispatcher: Dispatcher,
+    wake: Arc<Notify>,
+    consumers: Mutex<HashMap<u64, Arc<ConsumerHandle>>>,
+}
+
+impl Subscription {
+    pub fn new(
+        topic: &str,
+        name: &str,
+        kind: SubscriptionType,
+        dispatcher: Dispatcher,
+        wake: Arc<Notify>,
+    ) -> Subscription {
+        Subscription {
+            name: name.to_string(),
+            kind,
+            topic: topic.to_string(),
+            dispatcher,
+            wake,
+            consumers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Registers a consumer, or returns the registered one with the same
+    /// name (a reconnect). Exclusive subscriptions refuse a second name.
+    pub fn join(
+        &self,
+        kind: SubscriptionType,
+        request: JoinRequest,
+    ) -> Result<Arc<ConsumerHandle>, BrokerError> {
+        if kind != self.kind {
+            return Err(BrokerError::SubscriptionTypeMismatch {
+                topic: self.topic.clone(),
+                subscription: self.name.clone(),
+                actual: self.kind.name(),
+                requested: kind.name(),
+            });
+        }
+        let mut consumers = self.lock();
+        if let Some(existing) = consumers.values().find(|c| c.name == request.name) {
+            return Ok(Arc::clone(existing));
+        }
+        if self.kind == SubscriptionType::Exclusive {
+            if let Some(holder) = consumers.values().next() {
+                return Err(BrokerError::ExclusiveSubscriptionHeld {
+                    topic: self.topic.clone(),
+                    subscription: self.name.clone(),
+                    holder: holder.name.clone(),
+                });
+            }
+        }
+
+        let spec = ConsumerSpec {
+            id: request.id,
+            name: request.name,
+            topic: self.topic.clone(),
+            subscription: self.name.clone(),
+            key_filters: request.key_filters,
+            credit_flow: request.credit_flow,
+            capacity: request.capacity,
+        };
+        let consumer = Arc::new(ConsumerHandle::new(spec, Arc::clone(&self.wake)));
+        self.route_to(Arc::clone(&consumer))?;
+        consumers.insert(consumer.id, Arc::clone(&consumer));
+        Ok(consumer)
+    }
+
+    /// A new stream of `consumer` started: route messages to it again.
+    pub fn session_started(&self, consumer: &Arc<ConsumerHandle>) -> Result<(), BrokerError> {
+        self.route_to(Arc::clone(consumer))
+    }
+
+    /// The current stream of `consumer` ended: route its messages elsewhere.
+    pub fn session_ended(&self, consumer_id: u64) {
+        match &self.dispatcher {
+            Dispatcher::Push(push) => push.remove(consumer_id),
+            Dispatcher::Reliable(reliable) => reliable.remove(consumer_id),
+        }
+    }
+
+    /// Removes a consumer for good.
+    pub fn leave(&self, consumer_id: u64) {
+        if let Some(consumer) = self.lock().remove(&consumer_id) {
+            consumer.close();
+        }
+        self.session_ended(consumer_id);
+    }
+
+    /// Removes consumers that have had no stream for longer than `grace`,
+    /// returning their ids.
+    pub fn expire(&self, grace: Duration) -> Vec<u64> {
+        let expired: Vec<u64> = self
+            .lock()
+            .values()
+            .filter(|c| c.detached_since().is_some_and(|since| since.elapsed() > grace))
+            .map(|c| c.id)
+            .collect();
+        for id in &expired {
+            self.leave(*id);
+        }
+        expired
+    }
+
+    pub fn consumers(&self) -> Vec<Arc<ConsumerHandle>> {
+        self.lock().values().cloned().collect()
+    }
+
+    /// Hands a freshly published batch to the subscription.
+    pub fn on_publish(&self, batch: &[Arc<Message>]) {
+        match &self.dispatcher {
+            Dispatcher::Push(push) => push.dispatch(batch),
+            Dispatcher::Reliable(reliable) => reliable.wake(),
+        }
+    }
+
+    pub fn ack(&self, offsets: Vec<u64>, cumulative: Option<u64>) {
+        if let Dispatcher::Reliable(reliable) = &self.dispatcher {
+            reliable.ack(offsets, cumulative);
+        }
+    }
+
+    pub fn nack(&self, offsets: Vec<u64>, delay: Option<Duration>) {
+        if let Dispatcher::Reliable(reliable) = &self.dispatcher {
+            reliable.nack(offsets, delay);
+        }
+    }
+
+    /// Every offset below this one is acknowledged (reliable topics).
+    pub fn floor(&self) -> Option<u64> {
+        match &self.dispatcher {
+            Dispatcher::Push(_) => None,
+            Dispatcher::Reliable(reliable) => Some(reliable.floor()),
+        }
+    }
+
+    fn route_to(&self, consumer: Arc<ConsumerHandle>) -> Result<(), BrokerError> {
+        match &self.dispatcher {
+            Dispatcher::Push(push) => push.add(consumer),
+            Dispatcher::Reliable(reliable) => reliable.add(consumer),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Arc<ConsumerHandle>>> {
+        self.consumers.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}

@@ -1,0 +1,69 @@
+//! Exponential backoff with jitter for reconnecting producers and consumers.
+//!
+//! Each broken stream owns one [`Backoff`]; a successful reconnect resets it.
+
+use std::time::Duration;
+
+use rand::Rng;
+
+/// The first delay after a stream breaks.
+const INITIAL: Duration = Duration::from_millis(100);
+
+/// The longest delay between two attempts.
+const MAXIMUM: Duration = Duration::from_secs(5);
+
+/// Delays that double after every failed attempt, up to [`MAXIMUM`].
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    next: Duration,
+    attempts: u32,
+}
+
+impl Backoff {
+    pub(crate) fn new() -> Backoff {
+        Backoff {
+            next: INITIAL,
+            attempts: 0,
+        }
+    }
+
+    /// The delay to wait before the next attempt. A random quarter is taken
+    /// off so that many clients cut off at once do not come back in step.
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(MAXIMUM);
+        self.attempts += 1;
+
+        let jitter = rand::rng().random_range(0.0..0.25);
+        delay.mul_f64(1.0 - jitter)
+    }
+
+    /// How many delays were handed out since the last reset.
+    pub(crate) fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    pub(crate) fn reset(&mut self) {
+        *self = Backoff::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_double_up_to_the_maximum_and_reset_starts_over() {
+        let mut backoff = Backoff::new();
+        let delays: Vec<Duration> = (0..10).map(|_| backoff.next_delay()).collect();
+
+        assert!(delays[0] <= INITIAL && delays[0] >= INITIAL.mul_f64(0.75));
+        assert!(delays[1] > INITIAL);
+        assert!(delays.iter().all(|delay| *delay <= MAXIMUM));
+        assert!(delays[9] >= MAXIMUM.mul_f64(0.75));
+        assert_eq!(backoff.attempts(), 10);
+
+        backoff.reset();
+        assert!(backoff.next_delay() <= INITIAL);
+    }
+}

@@ -1,0 +1,454 @@
+//! Batching and in-flight bookkeeping for one partition's publish stream.
+//!
+//! Both structures belong to the partition's task, its single writer, and do
+//! no I/O: the [`Accumulator`] groups queued messages into batches and closes
+//! them at a byte or message limit (the task closes them at the linger
+//! deadline), and [`InFlight`] keeps every sent batch until the broker
+//! answers it, so that its senders learn their offsets (or the broker's
+//! error) and so that a broken stream can be replayed on a new one.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use sava_proto::ErrorKind;
+use sava_proto::sava::v1::{BatchAck, BatchError, MessageBatch, OutgoingMessage};
+use tokio::sync::oneshot;
+
+use crate::error::{Error, Result};
+use crate::message::{Message, MessageId, time_from_millis};
+
+/// Where the outcome of one message goes: the [`SendFuture`](super::SendFuture)
+/// holds the other end.
+pub(crate) type Reply = oneshot::Sender<Result<MessageId>>;
+
+/// A message queued by `Producer::send`, waiting for its batch.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub(crate) message: Message,
+    pub(crate) reply: Reply,
+}
+
+/// The limits at which a batch closes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BatchLimits {
+    pub(crate) max_bytes: usize,
+    pub(crate) max_messages: usize,
+}
+
+/// A closed batch, numbered, waiting to be sent.
+#[derive(Debug)]
+pub(crate) struct ReadyBatch {
+    pub(crate) sequence: u64,
+    pub(crate) messages: Vec<OutgoingMessage>,
+    pub(crate) replies: Vec<Reply>,
+}
+
+/// Groups messages into batches, in the order they were queued.
+#[derive(Debug)]
+pub(crate) struct Accumulator {
+    limits: BatchLimits,
+    messages: Vec<OutgoingMessage>,
+    replies: Vec<Reply>,
+    bytes: usize,
+    opened_at: Option<Instant>,
+    ready: VecDeque<ReadyBatch>,
+    next_sequence: u64,
+}
+
+impl Accumulator {
+    pub(crate) fn new(limits: BatchLimits) -> Accumulator {
+        debug_assert!(limits.max_bytes > 0 && limits.max_messages > 0);
+        Accumulator {
+            limits,
+            messages: Vec::new(),
+            replies: Vec::new(),
+            bytes: 0,
+            opened_at: None,
+            ready: VecDeque::new(),
+            next_sequence: 0,
+        }
+    }
+
+    /// Adds a message to the open batch. A message that would take the batch
+    /// past its byte limit goes into a new batch instead; a message larger
+    /// than the limit travels alone.
+    pub(crate) fn push(&mut self, pending: Pending, now: Instant) {
+        let bytes = pending.message.encoded_len();
+        if !self.messages.is_empty() && self.bytes + bytes > self.limits.max_bytes {
+            self.close();
+        }
+
+        if self.messages.is_empty() {
+            self.opened_at = Some(now);
+        }
+        self.messages.push(pending.message.into_outgoing());
+        self.replies.push(pending.reply);
+        self.bytes += bytes;
+
+        let full = self.messages.len() >= self.limits.max_messages;
+        if full || self.bytes >= self.limits.max_bytes {
+            self.close();
+        }
+    }
+
+    /// Closes the open batch, if it has any message, and numbers it.
+    pub(crate) fn close(&mut self) {
+        if self.messages.is_empty() {
+            return;
+        }
+        let capacity = self.messages.len();
+        self.ready.push_back(ReadyBatch {
+            sequence: self.next_sequence,
+            messages: std::mem::replace(&mut self.messages, Vec::with_capacity(capacity)),
+            replies: std::mem::replace(&mut self.replies, Vec::with_capacity(capacity)),
+        });
+        self.next_sequence += 1;
+        self.bytes = 0;
+        self.opened_at = None;
+    }
+
+    /// When the open batch was opened, if there is one.
+    pub(crate) fn opened_at(&self) -> Option<Instant> {
+        self.opened_at
+    }
+
+    /// The oldest closed batch.
+    pub(crate) fn pop_ready(&mut self) -> Option<ReadyBatch> {
+        self.ready.pop_front()
+    }
+
+    /// How many closed batches wait to be sent.
+    pub(crate) fn ready_len(&self) -> usize {
+        self.ready.len()
+    }
+
+    /// The sequence of the oldest batch not sent yet, open or closed.
+    pub(crate) fn oldest_sequence(&self) -> Option<u64> {
+        match self.ready.front() {
+            Some(batch) => Some(batch.sequence),
+            None if !self.messages.is_empty() => Some(self.next_sequence),
+            None => None,
+        }
+    }
+
+    /// The sequence of the last batch closed so far.
+    pub(crate) fn last_closed_sequence(&self) -> Option<u64> {
+        self.next_sequence.checked_sub(1)
+    }
+
+    /// Whether no message waits here at all.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.messages.is_empty() && self.ready.is_empty()
+    }
+
+    /// Fails every message waiting here with `error`.
+    pub(crate) fn fail_all(&mut self, error: &Error) {
+        self.close();
+        for batch in self.ready.drain(..) {
+            fail_replies(batch.replies, error);
+        }
+    }
+}
+
+/// A batch sent on the stream and not answered yet.
+#[derive(Debug)]
+struct InFlightBatch {
+    request: MessageBatch,
+    replies: Vec<Reply>,
+}
+
+/// The batches sent and not answered, oldest first.
+#[derive(Debug, Default)]
+pub(crate) struct InFlight {
+    batches: VecDeque<InFlightBatch>,
+}
+
+impl InFlight {
+    /// Keeps `batch` until it is answered and returns the request to send.
+    pub(crate) fn start(&mut self, batch: ReadyBatch) -> MessageBatch {
+        debug_assert!(self.batches.back().is_none_or(|last| last.request.sequence < batch.sequence));
+        let request = MessageBatch {
+            sequence: batch.sequence,
+            messages: batch.messages,
+        };
+        self.batches.push_back(InFlightBatch {
+            request: request.clone(),
+            replies: batch.replies,
+        });
+        request
+    }
+
+    /// Resolves the futures of the acknowledged batch: message `i` of the
+    /// batch got offset `first_offset + i`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Protocol`] when no batch has that sequence or the count does
+    /// not match; the batch's futures are then resolved as far as the ack
+    /// goes and the rest fail.
+    pub(crate) fn on_ack(&mut self, ack: &BatchAck, topic: &Arc<str>) -> Result<()> {
+        let batch = self.remove(ack.sequence)?;
+        let publish_time = time_from_millis(ack.publish_time);
+        let acknowledged = ack.count as usize;
+        let sent = batch.replies.len();
+
+        for (index, reply) in batch.replies.into_iter().enumerate() {
+            let outcome = if index < acknowledged {
+                Ok(MessageId {
+                    topic: Arc::clone(topic),
+                    offset: ack.first_offset + index as u64,
+                    publish_time,
+                })
+            } else {
+                Err(Error::Protocol(format!(
+                    "batch {} acknowledged with {acknowledged} offsets for {sent} messages",
+                    ack.sequence
+                )))
+            };
+            let _ = reply.send(outcome);
+        }
+
+        if acknowledged != sent {
+            return Err(Error::Protocol(format!(
+                "batch {} of {sent} messages acknowledged with {acknowledged} offsets",
+                ack.sequence
+            )));
+        }
+        Ok(())
+    }
+
+    /// Fails the futures of the refused batch, and only those.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Protocol`] when no batch has that sequence.
+    pub(crate) fn on_error(&mut self, refusal: BatchError) -> Result<()> {
+        let batch = self.remove(refusal.sequence)?;
+        let error = Error::Rejected {
+            kind: ErrorKind::from_code(tonic::Code::from(refusal.code)),
+            message: refusal.message,
+            message_index: refusal.message_index,
+        };
+        fail_replies(batch.replies, &error);
+        Ok(())
+    }
+
+    /// The requests to send again, in order, on a new stream.
+    pub(crate) fn replay(&self) -> impl Iterator<Item = MessageBatch> + '_ {
+        self.batches.iter().map(|batch| batch.request.clone())
+    }
+
+    /// The sequence of the oldest batch not answered.
+    pub(crate) fn oldest_sequence(&self) -> Option<u64> {
+        self.batches.front().map(|batch| batch.request.sequence)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.batches.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+
+    /// Fails every batch in flight with `error`.
+    pub(crate) fn fail_all(&mut self, error: &Error) {
+        for batch in self.batches.drain(..) {
+            fail_replies(batch.replies, error);
+        }
+    }
+
+    /// Takes the batch with `sequence` out. Answers come in order, so it is
+    /// nearly always the first one.
+    fn remove(&mut self, sequence: u64) -> Result<InFlightBatch> {
+        let position = self
+            .batches
+            .iter()
+            .position(|batch| batch.request.sequence == sequence)
+            .ok_or_else(|| Error::Protocol(format!("answer for unknown batch {sequence}")))?;
+        Ok(self
+            .batches
+            .remove(position)
+            .expect("the position was just found in the queue"))
+    }
+}
+
+fn fail_replies(replies: Vec<Reply>, error: &Error) {
+    for reply in replies {
+        let _ = reply.send(Err(error.duplicate()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use tokio::sync::oneshot::Receiver;
+
+    use super::*;
+
+    const LIMITS: BatchLimits = BatchLimits {
+        max_bytes: 1000,
+        max_messages: 4,
+    };
+
+    fn pending(payload_len: usize) -> (Pending, Receiver<Result<MessageId>>) {
+        let (reply, receiver) = oneshot::channel();
+        let message = Message::new(Bytes::from(vec![7; payload_len]));
+        (Pending { message, reply }, receiver)
+    }
+
+    fn push(accumulator: &mut Accumulator, payload_len: usize) -> Receiver<Result<MessageId>> {
+        let (pending, receiver) = pending(payload_len);
+        accumulator.push(pending, Instant::now());
+        receiver
+    }
+
+    #[test]
+    fn a_batch_closes_when_it_reaches_max_messages() {
+        let mut accumulator = Accumulator::new(LIMITS);
+        for _ in 0..3 {
+            push(&mut accumulator, 10);
+        }
+        assert_eq!(accumulator.ready_len(), 0);
+        assert!(accumulator.opened_at().is_some());
+
+        push(&mut accumulator, 10);
+        assert_eq!(accumulator.ready_len(), 1);
+        assert!(accumulator.opened_at().is_none());
+        assert_eq!(accumulator.pop_ready().unwrap().messages.len(), 4);
+    }
+
+    #[test]
+    fn a_message_that_would_pass_max_bytes_starts_the_next_batch() {
+        let mut accumulator = Accumulator::new(LIMITS);
+        push(&mut accumulator, 600);
+        push(&mut accumulator, 600);
+
+        let first = accumulator.pop_ready().expect("the first batch is closed");
+        assert_eq!(first.messages.len(), 1);
+        assert_eq!(first.sequence, 0);
+        assert_eq!(accumulator.oldest_sequence(), Some(1));
+        assert!(!accumulator.is_empty());
+    }
+
+    #[test]
+    fn a_message_larger_than_max_bytes_travels_alone() {
+        let mut accumulator = Accumulator::new(LIMITS);
+        push(&mut accumulator, 10);
+        push(&mut accumulator, 5000);
+        push(&mut accumulator, 10);
+
+        let sizes: Vec<usize> = std::iter::from_fn(|| accumulator.pop_ready())
+            .map(|batch| batch.messages.len())
+            .collect();
+        assert_eq!(sizes, [1, 1]);
+        accumulator.close();
+        assert_eq!(accumulator.pop_ready().unwrap().sequence, 2);
+        assert!(accumulator.is_empty());
+    }
+
+    #[test]
+    fn closing_an_empty_batch_numbers_nothing() {
+        let mut accumulator = Accumulator::new(LIMITS);
+        accumulator.close();
+        assert_eq!(accumulator.ready_len(), 0);
+        assert_eq!(accumulator.last_closed_sequence(), None);
+    }
+
+    #[tokio::test]
+    async fn acked_futures_get_the_first_offset_plus_their_index() {
+        let mut accumulator = Accumulator::new(LIMITS);
+        let receivers: Vec<_> = (0..3).map(|_| push(&mut accumulator, 10)).collect();
+        accumulator.close();
+
+        let mut in_flight = InFlight::default();
+        let request = in_flight.start(accumulator.pop_ready().unwrap());
+        assert_eq!(request.messages.len(), 3);
+
+        let topic: Arc<str> = Arc::from("/default/t");
+        let ack = BatchAck {
+            sequence: request.sequence,
+            first_offset: 40,
+            count: 3,
+            publish_time: 1_700_000_000_000,
+        };
+        in_flight.on_ack(&ack, &topic).unwrap();
+        assert!(in_flight.is_empty());
+
+        for (index, receiver) in receivers.into_iter().enumerate() {
+            let id = receiver.await.unwrap().unwrap();
+            assert_eq!(id.offset, 40 + index as u64);
+            assert_eq!(&*id.topic, "/default/t");
+            assert_eq!(id.publish_time, time_from_millis(1_700_000_000_000));
+        }
+    }
+
+    #[tokio::test]
+    async fn an_error_fails_exactly_the_futures_of_its_batch() {
+        let mut accumulator = Accumulator::new(LIMITS);
+        let mut in_flight = InFlight::default();
+        let mut batches = Vec::new();
+        for _ in 0..3 {
+            let receivers: Vec<_> = (0..2).map(|_| push(&mut accumulator, 10)).collect();
+            accumulator.close();
+            in_flight.start(accumulator.pop_ready().unwrap());
+            batches.push(receivers);
+        }
+
+        let refusal = BatchError {
+            sequence: 1,
+            code: tonic::Code::InvalidArgument as i32,
+            message: "payload breaks the schema of /default/t".to_owned(),
+            message_index: Some(1),
+        };
+        in_flight.on_error(refusal).unwrap();
+        assert_eq!(in_flight.len(), 2);
+        assert_eq!(in_flight.oldest_sequence(), Some(0));
+
+        for receiver in batches.remove(1) {
+            match receiver.await.unwrap() {
+                Err(Error::Rejected {
+                    kind,
+                    message_index,
+                    ..
+                }) => {
+                    assert_eq!(kind, ErrorKind::InvalidArgument);
+                    assert_eq!(message_index, Some(1));
+                }
+                other => panic!("expected a rejection, got {other:?}"),
+            }
+        }
+        for receivers in &mut batches {
+            for receiver in receivers {
+                assert!(receiver.try_recv().is_err(), "other batches stay pending");
+            }
+        }
+    }
+
+    #[test]
+    fn an_answer_for_an_unknown_batch_is_a_protocol_violation() {
+        let mut in_flight = InFlight::default();
+        let ack = BatchAck {
+            sequence: 9,
+            first_offset: 0,
+            count: 1,
+            publish_time: 0,
+        };
+        let error = in_flight.on_ack(&ack, &Arc::from("/default/t")).unwrap_err();
+        assert!(matches!(error, Error::Protocol(_)), "{error}");
+    }
+
+    #[test]
+    fn in_flight_batches_replay_in_their_original_order() {
+        let mut accumulator = Accumulator::new(LIMITS);
+        let mut in_flight = InFlight::default();
+        for _ in 0..3 {
+            push(&mut accumulator, 10);
+            accumulator.close();
+            in_flight.start(accumulator.pop_ready().unwrap());
+        }
+        let sequences: Vec<u64> = in_flight.replay().map(|batch| batch.sequence).collect();
+        assert_eq!(sequences, [0, 1, 2]);
+    }
+}

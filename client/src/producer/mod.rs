@@ -1,0 +1,428 @@
+//! Producers: batched, pipelined publishing to a topic and its partitions.
+//!
+//! [`Producer::send`] queues a message for one partition and returns a
+//! [`SendFuture`] at once, so many messages are on their way together. Each
+//! partition has a background task that owns its publish stream (see
+//! `task.rs`); the producer handle only routes messages and waits for queue
+//! space, which is the backpressure when the broker falls behind.
+//!
+//! Delivery is at least once: after a broken stream the task sends the
+//! batches the broker had not answered again, and the broker may have
+//! stored some of them already, so a message can be stored twice.
+
+mod batch;
+mod routing;
+mod task;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::future::try_join_all;
+use sava_proto::sava::v1::{AccessMode, DispatchMode, OpenProducer, TopicSettings};
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+
+pub use self::routing::Routing;
+use self::batch::{BatchLimits, Pending};
+use self::routing::Router;
+use self::task::{FatalSlot, Input, PartitionTask, TaskSettings, open_stream};
+use crate::client::Client;
+use crate::error::{Error, Result};
+use crate::message::{Message, MessageId, Schema};
+
+/// Configures a [`Producer`]; made by [`Client::producer`].
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `create` is called"]
+pub struct ProducerBuilder {
+    client: Client,
+    topic: String,
+    name: Option<String>,
+    partitions: Option<u32>,
+    reliable: bool,
+    exclusive: bool,
+    schema: Option<Schema>,
+    limits: BatchLimits,
+    linger: Duration,
+    max_in_flight: usize,
+    routing: Routing,
+}
+
+impl ProducerBuilder {
+    pub(crate) fn new(client: Client, topic: String) -> ProducerBuilder {
+        ProducerBuilder {
+            client,
+            topic,
+            name: None,
+            partitions: None,
+            reliable: false,
+            exclusive: false,
+            schema: None,
+            limits: BatchLimits {
+                max_bytes: 128 * 1024,
+                max_messages: 1000,
+            },
+            linger: Duration::from_millis(1),
+            max_in_flight: 64,
+            routing: Routing::default(),
+        }
+    }
+
+    /// The producer's name, unique per topic (default: generated). A
+    /// reconnecting producer reopens under the same name.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Creates the topic with `partitions` partitions when it does not
+    /// exist. An existing topic keeps its own partition count.
+    pub fn partitions(mut self, partitions: u32) -> Self {
+        self.partitions = Some(partitions);
+        self
+    }
+
+    /// Whether the topic is reliable: acks mean the message is on disk and
+    /// every subscription gets it at least once (default false). Must match
+    /// an existing topic's dispatch mode.
+    pub fn reliable(mut self, reliable: bool) -> Self {
+        self.reliable = reliable;
+        self
+    }
+
+    /// Whether this must be the topic's only producer (default false).
+    pub fn exclusive(mut self, exclusive: bool) -> Self {
+        self.exclusive = exclusive;
+        self
+    }
+
+    /// The schema payloads must match; the topic is created with it and an
+    /// existing topic must have the same one.
+    pub fn schema(mut self, schema: Schema) -> Self {
+        self.schema = Some(schema);
+        self
+    }
+
+    /// A batch closes before it passes this many bytes (default 128 KiB). A
+    /// larger message travels alone.
+    pub fn batch_max_bytes(mut self, bytes: usize) -> Self {
+        self.limits.max_bytes = bytes;
+        self
+    }
+
+    /// A batch closes at this many messages (default 1000).
+    pub fn batch_max_messages(mut self, messages: usize) -> Self {
+        self.limits.max_messages = messages;
+        self
+    }
+
+    /// How long a batch waits for more messages after its first one
+    /// (default 1 ms). Zero sends whatever is queued as soon as the stream
+    /// has room.
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self
+    }
+
+    /// How many batches per partition may wait for their ack at once
+    /// (default 64). Past it, [`Producer::send`] waits.
+    pub fn max_in_flight_batches(mut self, batches: usize) -> Self {
+        self.max_in_flight = batches;
+        self
+    }
+
+    /// How messages are spread over partitions (default
+    /// [`Routing::KeyHash`]).
+    pub fn routing(mut self, routing: Routing) -> Self {
+        self.routing = routing;
+        self
+    }
+
+    /// Looks the topic up (creating it when missing) and opens one publish
+    /// stream per partition.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for a zero limit or partition count;
+    /// [`Error::Broker`] with [`ErrorKind::Conflict`](sava_proto::ErrorKind::Conflict)
+    /// when another exclusive producer holds the topic or the dispatch mode
+    /// differs, [`ErrorKind::InvalidArgument`](sava_proto::ErrorKind::InvalidArgument)
+    /// for a bad name or schema; [`Error::Transport`] or [`Error::Timeout`]
+    /// when the broker cannot be reached.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future closes the streams opened so far; the topic may
+    /// have been created already.
+    pub async fn create(self) -> Result<Producer> {
+        self.validate()?;
+        let name = self.name.clone().unwrap_or_else(generated_name);
+
+        let settings = TopicSettings {
+            dispatch_mode: self.dispatch_mode() as i32,
+            partitions: self.partitions.unwrap_or(0),
+            schema: self.schema.as_ref().map(Schema::to_proto),
+        };
+        let lookup = self.client.lookup(&self.topic, Some(settings)).await?;
+        let partitions = if lookup.partitions.is_empty() {
+            vec![self.topic.clone()]
+        } else {
+            lookup.partitions.clone()
+        };
+
+        let opening = partitions.iter().map(|partition| {
+            let open = self.open_request(partition, &name);
+            let stub = self.client.owner_stub(&lookup);
+            async move {
+                let connection =
+                    open_stream(&self.client, stub?, &open, self.max_in_flight).await?;
+                Ok::<_, Error>((open, connection))
+            }
+        });
+        let opened = try_join_all(opening).await?;
+
+        let handles = opened
+            .into_iter()
+            .zip(&partitions)
+            .map(|((open, connection), partition)| self.spawn_partition(partition, open, connection))
+            .collect();
+        let router = Router::new(self.routing, partitions.len(), self.limits, self.linger);
+
+        Ok(Producer {
+            topic: self.topic,
+            name,
+            partitions: handles,
+            router,
+        })
+    }
+
+    fn validate(&self) -> Result<()> {
+        let problem = if self.partitions == Some(0) {
+            "a partitioned topic needs at least one partition"
+        } else if self.limits.max_bytes == 0 {
+            "batch_max_bytes must be at least 1"
+        } else if self.limits.max_messages == 0 {
+            "batch_max_messages must be at least 1"
+        } else if self.max_in_flight == 0 {
+            "max_in_flight_batches must be at least 1"
+        } else {
+            return Ok(());
+        };
+        Err(Error::InvalidArgument(format!(
+            "producer on {}: {problem}",
+            self.topic
+        )))
+    }
+
+    fn dispatch_mode(&self) -> DispatchMode {
+        if self.reliable {
+            DispatchMode::Reliable
+        } else {
+            DispatchMode::NonReliable
+        }
+    }
+
+    fn open_request(&self, partition: &str, name: &str) -> OpenProducer {
+        let access_mode = if self.exclusive {
+            AccessMode::Exclusive
+        } else {
+            AccessMode::Shared
+        };
+        OpenProducer {
+            topic: partition.to_owned(),
+            producer_name: name.to_owned(),
+            access_mode: access_mode as i32,
+            dispatch_mode: self.dispatch_mode() as i32,
+            schema: self.schema.as_ref().map(Schema::to_proto),
+        }
+    }
+
+    fn spawn_partition(
+        &self,
+        partition: &str,
+        open: OpenProducer,
+        connection: task::Connection,
+    ) -> PartitionHandle {
+        let partition: Arc<str> = Arc::from(partition);
+        let capacity = (2 * self.limits.max_messages).clamp(1024, 65536);
+        let (input, receiver) = mpsc::channel(capacity);
+        let fatal = FatalSlot::default();
+
+        let settings = TaskSettings {
+            topic: self.topic.clone(),
+            partition: Arc::clone(&partition),
+            open,
+            limits: self.limits,
+            linger: self.linger,
+            max_in_flight: self.max_in_flight,
+        };
+        let task = PartitionTask::new(self.client.clone(), settings, receiver, Arc::clone(&fatal));
+        let span = tracing::info_span!("client.produce", topic = %partition);
+        tokio::spawn(task.run(connection).instrument(span));
+
+        PartitionHandle { input, fatal }
+    }
+}
+
+/// Publishes messages to one topic; made by [`ProducerBuilder::create`].
+///
+/// Every method takes `&self`, so one producer can be shared between tasks
+/// (in an [`Arc`]). Dropping the producer without [`Producer::close`] lets
+/// the queued messages go out while the streams stay up, but gives up on
+/// them if a stream breaks afterwards.
+#[derive(Debug)]
+pub struct Producer {
+    topic: String,
+    name: String,
+    partitions: Vec<PartitionHandle>,
+    router: Router,
+}
+
+#[derive(Debug)]
+struct PartitionHandle {
+    input: mpsc::Sender<Input>,
+    fatal: FatalSlot,
+}
+
+impl PartitionHandle {
+    /// Why the partition's task no longer takes messages.
+    fn failure(&self) -> Error {
+        let fatal = self
+            .fatal
+            .lock()
+            .expect("the fatal error lock is never held across a panic");
+        fatal.as_ref().map_or(Error::Closed, Error::duplicate)
+    }
+
+    async fn request(&self, make: impl FnOnce(oneshot::Sender<Result<()>>) -> Input) -> Result<()> {
+        let (done, answer) = oneshot::channel();
+        self.input
+            .send(make(done))
+            .await
+            .map_err(|_| self.failure())?;
+        answer.await.map_err(|_| self.failure())?
+    }
+}
+
+impl Producer {
+    /// The topic as it was named to [`Client::producer`].
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The producer's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// How many partitions the producer writes to (1 for a topic that is
+    /// not partitioned).
+    pub fn partition_count(&self) -> usize {
+        self.partitions.len()
+    }
+
+    /// Queues `message` in the open batch of its partition and returns a
+    /// future that resolves to the message's id once the broker acks the
+    /// batch. Waits only while the partition's queue is full.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] after [`Producer::close`], or the error that ended
+    /// the partition for good (a deleted topic, say). Errors of the message
+    /// itself come from the returned [`SendFuture`].
+    ///
+    /// # Cancel safety
+    ///
+    /// If the future is dropped before it completes, the message was not
+    /// queued and is lost (it is dropped, never sent). Once it completes,
+    /// dropping the [`SendFuture`] does not stop the message from being
+    /// published.
+    pub async fn send(&self, message: Message) -> Result<SendFuture> {
+        let index = self.router.choose(message.key(), message.encoded_len());
+        let partition = &self.partitions[index];
+
+        let (reply, outcome) = oneshot::channel();
+        let pending = Pending { message, reply };
+        partition
+            .input
+            .send(Input::Message(pending))
+            .await
+            .map_err(|_| partition.failure())?;
+        Ok(SendFuture { outcome })
+    }
+
+    /// Closes the open batches and waits until every message queued before
+    /// the call is acknowledged or refused.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] after [`Producer::close`], or the error that ended
+    /// a partition. Refused messages do not fail the flush: their own
+    /// futures carry the error.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future stops the wait, nothing else: the batches are
+    /// sent anyway.
+    pub async fn flush(&self) -> Result<()> {
+        let flushes = self
+            .partitions
+            .iter()
+            .map(|partition| partition.request(Input::Flush));
+        try_join_all(flushes).await.map(drop)
+    }
+
+    /// Sends what is queued, waits for every ack and closes the streams.
+    /// Later sends fail with [`Error::Closed`].
+    ///
+    /// # Errors
+    ///
+    /// The error that ended a partition before its messages were
+    /// acknowledged.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future stops the wait; the partitions still finish
+    /// sending and then close.
+    pub async fn close(&self) -> Result<()> {
+        let closes = self
+            .partitions
+            .iter()
+            .map(|partition| partition.request(Input::Close));
+        match try_join_all(closes).await {
+            Ok(_) | Err(Error::Closed) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+}
+
+/// Resolves to a message's id once the broker acknowledges its batch;
+/// returned by [`Producer::send`].
+///
+/// Dropping it does not cancel the message.
+#[derive(Debug)]
+pub struct SendFuture {
+    outcome: oneshot::Receiver<Result<MessageId>>,
+}
+
+impl Future for SendFuture {
+    type Output = Result<MessageId>;
+
+    /// # Errors
+    ///
+    /// [`Error::Rejected`] when the broker refused the message's batch,
+    /// [`Error::Closed`] or the partition's final error when the producer
+    /// gave up on it.
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.outcome)
+            .poll(cx)
+            .map(|outcome| outcome.unwrap_or(Err(Error::Closed)))
+    }
+}
+
+/// A producer name no other producer is likely to have.
+fn generated_name() -> String {
+    format!("producer-{:016x}", rand::random::<u64>())
+}
