@@ -264,6 +264,18 @@ mod tests {
     }
 
     #[test]
+    fn the_commented_example_config_is_complete_and_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/sava.toml");
+        let example = Config::load(Some(&path), []).unwrap();
+        let defaults = Config::load(None, []).unwrap();
+        assert_eq!(
+            toml::to_string(&example).unwrap(),
+            toml::to_string(&defaults).unwrap(),
+            "the example must list every key at its default"
+        );
+    }
+
+    #[test]
     fn an_unknown_key_is_refused_by_name() {
         let env = [("SAVA_LIMITS__MAX_MESAGE_BYTES".to_string(), "1".to_string())];
         let error = Config::load(None, env).unwrap_err();

@@ -3,9 +3,10 @@
 //! Each function takes a fresh store, drives it through one behaviour of the
 //! trait and panics with a message naming the broken promise. A backend's
 //! tests call [`run_all`] or, for one test per behaviour, each function on
-//! its own. Keys live under `conformance/<test>/`, so the suite can also share
-//! a store with other data. Available to other crates behind the `testsuite`
-//! feature.
+//! its own. Keys live under `conformance/<test>/`, out of the way of other
+//! data, and each test expects its keys to start out missing. Available to
+//! other crates behind the `testsuite` feature, with
+//! [`UnknownResultAfterCommit`], a store wrapper for testing retries.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -50,20 +51,35 @@ pub async fn reads_see_own_writes(store: Arc<dyn MetadataStore>) {
     let counter = test_key("own-writes", "counter");
     let mut tx = begin(&store).await;
 
-    assert_eq!(get(tx.as_mut(), &key).await, None, "a fresh key must be missing");
+    assert_eq!(
+        get(tx.as_mut(), &key).await,
+        None,
+        "a fresh key must be missing"
+    );
     tx.set(&key, b"1");
     assert_eq!(get(tx.as_mut(), &key).await.as_deref(), Some(&b"1"[..]));
     tx.clear(&key);
-    assert_eq!(get(tx.as_mut(), &key).await, None, "a cleared key must read as missing");
+    assert_eq!(
+        get(tx.as_mut(), &key).await,
+        None,
+        "a cleared key must read as missing"
+    );
     tx.set(&key, b"2");
 
     tx.atomic_add(&counter, 3);
     tx.atomic_add(&counter, 4);
-    assert_eq!(get(tx.as_mut(), &counter).await.as_deref(), Some(&7i64.to_le_bytes()[..]));
+    assert_eq!(
+        get(tx.as_mut(), &counter).await.as_deref(),
+        Some(&7i64.to_le_bytes()[..])
+    );
 
     let (begin_key, end_key) = test_range("own-writes");
     let pairs = range(tx.as_mut(), &begin_key, &end_key, RangeOptions::default()).await;
-    assert_eq!(keys_of(&pairs), ["a", "counter"], "range reads must see own writes");
+    assert_eq!(
+        keys_of(&pairs),
+        ["a", "counter"],
+        "range reads must see own writes"
+    );
     commit(tx).await;
 }
 
@@ -76,7 +92,11 @@ pub async fn commit_makes_writes_visible_to_new_transactions(store: Arc<dyn Meta
     let mut writer = begin(&store).await;
     writer.set(&key, b"value");
     let mut reader = begin(&store).await;
-    assert_eq!(get(reader.as_mut(), &key).await, None, "uncommitted writes must stay hidden");
+    assert_eq!(
+        get(reader.as_mut(), &key).await,
+        None,
+        "uncommitted writes must stay hidden"
+    );
     commit(writer).await;
 
     let mut dropped = begin(&store).await;
@@ -84,8 +104,15 @@ pub async fn commit_makes_writes_visible_to_new_transactions(store: Arc<dyn Meta
     drop(dropped);
 
     let mut reader = begin(&store).await;
-    assert_eq!(get(reader.as_mut(), &key).await.as_deref(), Some(&b"value"[..]));
-    assert_eq!(get(reader.as_mut(), &dropped_key).await, None, "a dropped transaction must write nothing");
+    assert_eq!(
+        get(reader.as_mut(), &key).await.as_deref(),
+        Some(&b"value"[..])
+    );
+    assert_eq!(
+        get(reader.as_mut(), &dropped_key).await,
+        None,
+        "a dropped transaction must write nothing"
+    );
 }
 
 /// A transaction that read a key another one changed and committed meanwhile
@@ -120,7 +147,10 @@ pub async fn conflicting_read_fails_and_the_retry_loop_succeeds(store: Arc<dyn M
     stale.set(&key, b"lost");
     assert!(matches!(stale.commit().await, Err(MetadataError::Conflict)));
     increment(&store, &key, &attempts).await;
-    assert_eq!(read_committed(&store, &key).await.as_deref(), Some(&b"3"[..]));
+    assert_eq!(
+        read_committed(&store, &key).await.as_deref(),
+        Some(&b"3"[..])
+    );
 }
 
 /// A range read conflicts with a concurrent insert of a new key into that
@@ -131,10 +161,22 @@ pub async fn range_read_conflicts_with_an_insert_into_the_range(store: Arc<dyn M
     let outside = test_key("phantom-elsewhere", "new");
 
     let mut scanner = begin(&store).await;
-    range(scanner.as_mut(), &begin_key, &end_key, RangeOptions::default()).await;
+    range(
+        scanner.as_mut(),
+        &begin_key,
+        &end_key,
+        RangeOptions::default(),
+    )
+    .await;
     set_committed(&store, &outside, b"x").await;
     let mut unaffected = begin(&store).await;
-    range(unaffected.as_mut(), &begin_key, &end_key, RangeOptions::default()).await;
+    range(
+        unaffected.as_mut(),
+        &begin_key,
+        &end_key,
+        RangeOptions::default(),
+    )
+    .await;
     unaffected.set(&test_key("phantom-elsewhere", "summary"), b"0 keys");
     commit(unaffected).await;
 
@@ -166,7 +208,11 @@ pub async fn concurrent_increments_through_transact_are_isolated(store: Arc<dyn 
     }
 
     let expected = TASKS.to_string();
-    assert_eq!(read_committed(&store, &key).await.as_deref(), Some(expected.as_bytes()), "lost update");
+    assert_eq!(
+        read_committed(&store, &key).await.as_deref(),
+        Some(expected.as_bytes()),
+        "lost update"
+    );
     assert!(attempts.load(Ordering::Relaxed) >= TASKS);
 }
 
@@ -187,7 +233,10 @@ pub async fn concurrent_atomic_adds_sum_without_conflicts(store: Arc<dyn Metadat
         .collect();
     for commit in commits {
         let outcome = commit.await.expect("a committing task panicked");
-        assert!(outcome.is_ok(), "atomic adds must not conflict, got {outcome:?}");
+        assert!(
+            outcome.is_ok(),
+            "atomic adds must not conflict, got {outcome:?}"
+        );
     }
 
     let expected = TASKS * (TASKS + 1) / 2;
@@ -212,11 +261,18 @@ pub async fn range_reads_honour_direction_limit_and_exclusive_end(store: Arc<dyn
     let read = |options| range_keys(&store, &begin_key, &end_key, options);
 
     assert_eq!(read(RangeOptions::default()).await, ["a", "b", "c", "d"]);
-    assert_eq!(read(RangeOptions::default().reversed()).await, ["d", "c", "b", "a"]);
+    assert_eq!(
+        read(RangeOptions::default().reversed()).await,
+        ["d", "c", "b", "a"]
+    );
     assert_eq!(read(RangeOptions::limit(2)).await, ["a", "b"]);
     assert_eq!(read(RangeOptions::limit(2).reversed()).await, ["d", "c"]);
     assert!(read(RangeOptions::limit(0)).await.is_empty());
-    assert!(range(tx.as_mut(), &end_key, &begin_key, RangeOptions::default()).await.is_empty());
+    assert!(
+        range(tx.as_mut(), &end_key, &begin_key, RangeOptions::default())
+            .await
+            .is_empty()
+    );
     let pairs = range(tx.as_mut(), &begin_key, &middle, RangeOptions::default()).await;
     assert_eq!(keys_of(&pairs), ["a", "b"]);
     assert_eq!(pairs[1].value.as_ref(), b"b");
@@ -236,7 +292,11 @@ pub async fn clear_range_removes_only_the_keys_in_the_range(store: Arc<dyn Metad
     tx.clear_range(&test_key("clear-range", "b"), &test_key("clear-range", "d"));
     tx.clear(&test_key("clear-range", "e"));
     let pairs = range(tx.as_mut(), &begin_key, &end_key, RangeOptions::default()).await;
-    assert_eq!(keys_of(&pairs), ["a", "d"], "a transaction must see its own range clear");
+    assert_eq!(
+        keys_of(&pairs),
+        ["a", "d"],
+        "a transaction must see its own range clear"
+    );
     tx.set(&test_key("clear-range", "c"), b"again");
     commit(tx).await;
 
@@ -299,10 +359,17 @@ pub async fn value_above_the_limit_is_refused_naming_the_key(store: Arc<dyn Meta
         }
         other => panic!("an oversized value must be refused, got {other:?}"),
     }
-    assert_eq!(read_committed(&store, &key).await, None, "nothing must be written");
+    assert_eq!(
+        read_committed(&store, &key).await,
+        None,
+        "nothing must be written"
+    );
 
     set_committed(&store, &key, &vec![7; limit]).await;
-    assert_eq!(read_committed(&store, &key).await.map(|value| value.len()), Some(limit));
+    assert_eq!(
+        read_committed(&store, &key).await.map(|value| value.len()),
+        Some(limit)
+    );
 }
 
 /// A transaction retried after `UnknownResult` applies once when it checks a
@@ -328,8 +395,15 @@ pub async fn idempotent_transaction_retried_after_unknown_result_applies_once(
     })
     .await
     .expect("the unchecked transaction must succeed on retry");
-    assert_eq!(runs.load(Ordering::Relaxed), 2, "UnknownResult must cause one retry");
-    assert_eq!(read_committed(&store, &unchecked_counter).await.as_deref(), Some(&b"2"[..]));
+    assert_eq!(
+        runs.load(Ordering::Relaxed),
+        2,
+        "UnknownResult must cause one retry"
+    );
+    assert_eq!(
+        read_committed(&store, &unchecked_counter).await.as_deref(),
+        Some(&b"2"[..])
+    );
 
     let counter = test_key("unknown-result", "counter");
     let marker = test_key("unknown-result", "marker-7f3a");
@@ -348,7 +422,10 @@ pub async fn idempotent_transaction_retried_after_unknown_result_applies_once(
     })
     .await
     .expect("the idempotent transaction must succeed on retry");
-    assert_eq!(read_committed(&store, &counter).await.as_deref(), Some(&b"1"[..]));
+    assert_eq!(
+        read_committed(&store, &counter).await.as_deref(),
+        Some(&b"1"[..])
+    );
 }
 
 /// A store wrapper whose first `failures` successful commits report
@@ -359,6 +436,7 @@ pub struct UnknownResultAfterCommit {
 }
 
 impl UnknownResultAfterCommit {
+    /// Wraps `inner`; its next `failures` successful commits lie.
     pub fn new(inner: Arc<dyn MetadataStore>, failures: u32) -> Self {
         UnknownResultAfterCommit {
             inner,
@@ -430,7 +508,9 @@ impl Transaction for UnknownResultTransaction {
         self.inner.commit().await?;
         let failed = self
             .failures_left
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| left.checked_sub(1));
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+                left.checked_sub(1)
+            });
         match failed {
             Ok(_) => Err(MetadataError::UnknownResult),
             Err(_) => Ok(()),

@@ -92,7 +92,10 @@ impl EmbeddedStore {
     }
 
     fn open_in(path: &Path, temporary_dir: Option<TemporaryDir>) -> Result<Self> {
-        if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+        if let Some(parent) = path
+            .parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+        {
             fs::create_dir_all(parent).map_err(MetadataError::backend)?;
         }
         let db = Database::create(path).map_err(redb_error)?;
@@ -162,7 +165,10 @@ impl EmbeddedTransaction {
             let read = self.inner.db.begin_read().map_err(redb_error)?;
             self.snapshot = Some(read.open_table(TABLE).map_err(redb_error)?);
         }
-        Ok(self.snapshot.as_ref().expect("the snapshot was opened above"))
+        Ok(self
+            .snapshot
+            .as_ref()
+            .expect("the snapshot was opened above"))
     }
 
     fn stored(&mut self, key: &[u8]) -> Result<Option<Bytes>> {
@@ -274,7 +280,10 @@ impl Inner {
         if log.trimmed_through > read_version {
             return Err(MetadataError::Conflict);
         }
-        let newer = log.commits.iter().filter(|(version, _)| *version > read_version);
+        let newer = log
+            .commits
+            .iter()
+            .filter(|(version, _)| *version > read_version);
         for (_, written) in newer {
             let conflicts = written
                 .iter()
@@ -313,7 +322,9 @@ impl Inner {
             for (key, pending) in &entries {
                 match pending {
                     Pending::Set(value) => {
-                        table.insert(key.as_slice(), value.as_ref()).map_err(redb_error)?;
+                        table
+                            .insert(key.as_slice(), value.as_ref())
+                            .map_err(redb_error)?;
                     }
                     Pending::Clear => {
                         table.remove(key.as_slice()).map_err(redb_error)?;
@@ -322,7 +333,9 @@ impl Inner {
                         let stored = table.get(key.as_slice()).map_err(redb_error)?;
                         let base = stored.map(|value| value.value().to_vec());
                         let sum = add_le(base.as_deref(), *delta);
-                        table.insert(key.as_slice(), sum.as_ref()).map_err(redb_error)?;
+                        table
+                            .insert(key.as_slice(), sum.as_ref())
+                            .map_err(redb_error)?;
                     }
                 }
             }
@@ -387,7 +400,8 @@ impl TemporaryDir {
 impl Drop for TemporaryDir {
     fn drop(&mut self) {
         if let Err(error) = fs::remove_dir_all(&self.path) {
-            tracing::warn!(path = %self.path.display(), %error, "could not remove temporary metadata dir");
+            let path = self.path.display();
+            tracing::warn!(%path, %error, "could not remove temporary metadata dir");
         }
     }
 }

@@ -77,7 +77,9 @@ impl MetadataError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            MetadataError::Conflict | MetadataError::UnknownResult | MetadataError::Unavailable { .. }
+            MetadataError::Conflict
+                | MetadataError::UnknownResult
+                | MetadataError::Unavailable { .. }
         )
     }
 
@@ -105,8 +107,18 @@ mod tests {
         assert!(MetadataError::unavailable("connection refused").is_retryable());
 
         assert!(!MetadataError::backend("disk full").is_retryable());
-        assert!(!MetadataError::Invalid { reason: "bad".into() }.is_retryable());
-        assert!(!MetadataError::NotFound { what: "topic /a/b".into() }.is_retryable());
+        assert!(
+            !MetadataError::Invalid {
+                reason: "bad".into()
+            }
+            .is_retryable()
+        );
+        assert!(
+            !MetadataError::NotFound {
+                what: "topic /a/b".into()
+            }
+            .is_retryable()
+        );
     }
 
     #[test]

@@ -195,9 +195,7 @@ mod tests {
     }
 
     fn encode(elements: &[Element]) -> Vec<u8> {
-        let mut key = Key {
-            bytes: Vec::new(),
-        };
+        let mut key = Key { bytes: Vec::new() };
         for element in elements {
             key = match element {
                 Element::Str(element) => key.push_str(element),
@@ -241,8 +239,16 @@ mod tests {
         let (begin, end) = Key::new("sava").push_str("topics").push_str("ns").range();
         let inside = [
             Key::new("sava").push_str("topics").push_str("ns").build(),
-            Key::new("sava").push_str("topics").push_str("ns").push_str("t").build(),
-            Key::new("sava").push_str("topics").push_str("ns").push_u64(u64::MAX).build(),
+            Key::new("sava")
+                .push_str("topics")
+                .push_str("ns")
+                .push_str("t")
+                .build(),
+            Key::new("sava")
+                .push_str("topics")
+                .push_str("ns")
+                .push_u64(u64::MAX)
+                .build(),
         ];
         let outside = [
             Key::new("sava").push_str("topics").push_str("ns2").build(),

@@ -9,7 +9,7 @@
 //!
 //! Backends are picked by URL with [`open`]: `embedded:///path/to/file.redb`
 //! today; `etcd://` and `fdb://` are reserved for the backends to come. The
-//! `testsuite` feature exposes [`conformance`], the suite every backend passes.
+//! `testsuite` feature exposes `conformance`, the suite every backend passes.
 
 use std::sync::Arc;
 
@@ -23,8 +23,8 @@ pub mod keys;
 pub mod store;
 
 pub use catalog::{
-    Catalog, DispatchMode, NamespacePolicies, NamespaceRecord, SchemaRecord, SubjectRecord,
-    TopicRecord, TopicSchema,
+    Catalog, DEFAULT_CLUSTER, DispatchMode, MAX_PARTITIONS, NamespacePolicies, NamespaceRecord,
+    SchemaRecord, SubjectRecord, TopicRecord, TopicSchema,
 };
 pub use embedded::{EMBEDDED_MAX_VALUE_BYTES, EmbeddedStore};
 pub use error::{BoxError, MetadataError, Result};
@@ -86,10 +86,16 @@ mod tests {
     #[tokio::test]
     async fn open_refuses_backends_that_are_not_built_yet() {
         let error = open_error("etcd://127.0.0.1:2379").await;
-        assert!(error.contains("the etcd backend is not built yet"), "{error}");
+        assert!(
+            error.contains("the etcd backend is not built yet"),
+            "{error}"
+        );
 
         let error = open_error("fdb:///etc/foundationdb/fdb.cluster").await;
-        assert!(error.contains("the foundationdb backend is not built yet"), "{error}");
+        assert!(
+            error.contains("the foundationdb backend is not built yet"),
+            "{error}"
+        );
     }
 
     #[tokio::test]

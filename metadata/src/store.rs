@@ -227,7 +227,8 @@ where
         }
 
         let delay = backoff(attempt);
-        tracing::debug!(attempt, delay_ms = delay.as_millis() as u64, %error, "metadata transaction failed; retrying");
+        let delay_ms = delay.as_millis() as u64;
+        tracing::debug!(attempt, delay_ms, %error, "metadata transaction failed; retrying");
         tokio::time::sleep(delay).await;
         attempt += 1;
     }

@@ -85,11 +85,22 @@ async fn data_survives_closing_and_reopening_the_file() {
     drop(catalog);
 
     let url = format!("embedded://{}", path.display());
-    let store = sava_metadata::open(&url).await.expect("reopen through the url");
+    let store = sava_metadata::open(&url)
+        .await
+        .expect("reopen through the url");
     let mut tx = store.begin().await.expect("begin");
-    assert_eq!(tx.get(b"kept").await.expect("get").as_deref(), Some(&b"value"[..]));
-    assert_eq!(tx.get(b"counter").await.expect("get").as_deref(), Some(&5i64.to_le_bytes()[..]));
-    let all = tx.get_range(b"", b"\xff", RangeOptions::default()).await.expect("range");
+    assert_eq!(
+        tx.get(b"kept").await.expect("get").as_deref(),
+        Some(&b"value"[..])
+    );
+    assert_eq!(
+        tx.get(b"counter").await.expect("get").as_deref(),
+        Some(&5i64.to_le_bytes()[..])
+    );
+    let all = tx
+        .get_range(b"", b"\xff", RangeOptions::default())
+        .await
+        .expect("range");
     assert_eq!(all.len(), 3);
     drop(tx);
 

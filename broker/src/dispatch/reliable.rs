@@ -98,6 +98,7 @@ impl ReliableDispatcher {
             ready: BTreeSet::new(),
             delayed: BTreeMap::new(),
             counts: HashMap::new(),
+            unacked: HashMap::new(),
             shared_floor: Arc::clone(&floor),
         };
         tokio::spawn(task.run(receiver, Arc::clone(&wake)));
@@ -164,6 +165,8 @@ struct Task {
     ready: BTreeSet<u64>,
     delayed: BTreeMap<Instant, Vec<u64>>,
     counts: HashMap<u64, u32>,
+    /// Pending offsets per consumer id.
+    unacked: HashMap<u64, usize>,
     shared_floor: Arc<AtomicU64>,
 }
 
@@ -231,7 +234,7 @@ impl Task {
             }
             Command::Nack { offsets, delay } => {
                 for offset in offsets {
-                    if self.pending.remove(&offset).is_none() {
+                    if !self.take_pending(offset) {
                         continue;
                     }
                     match delay {
@@ -247,11 +250,22 @@ impl Task {
         }
     }
 
+    /// Forgets that `offset` is out with a consumer; returns whether it was.
+    fn take_pending(&mut self, offset: u64) -> bool {
+        let Some(pending) = self.pending.remove(&offset) else {
+            return false;
+        };
+        if let Some(count) = self.unacked.get_mut(&pending.consumer) {
+            *count = count.saturating_sub(1);
+        }
+        true
+    }
+
     fn acknowledge(&mut self, offset: u64) {
         if offset < self.floor || offset >= self.next_read {
             return;
         }
-        self.pending.remove(&offset);
+        self.take_pending(offset);
         self.ready.remove(&offset);
         self.counts.remove(&offset);
         self.acked_above.insert(offset);
@@ -272,6 +286,7 @@ impl Task {
             self.pending.remove(&offset);
             self.ready.insert(offset);
         }
+        self.unacked.remove(&id);
     }
 
     fn release_due(&mut self) {
@@ -321,16 +336,18 @@ impl Task {
             }
         }
 
+        let mut returned = Vec::new();
         for (consumer, chunk) in self.consumers.iter().zip(chunks) {
             if chunk.is_empty() {
                 continue;
             }
             if let Err(chunk) = consumer.push(chunk) {
-                for delivery in chunk {
-                    self.pending.remove(&delivery.message.offset);
-                    self.ready.insert(delivery.message.offset);
-                }
+                returned.extend(chunk.into_iter().map(|d| d.message.offset));
             }
+        }
+        for offset in returned {
+            self.take_pending(offset);
+            self.ready.insert(offset);
         }
     }
 
@@ -340,6 +357,7 @@ impl Task {
         *count += 1;
         let delivery_count = *count;
         self.pending.insert(message.offset, Pending { consumer });
+        *self.unacked.entry(consumer).or_insert(0) += 1;
         Delivery {
             message,
             delivery_count,
@@ -347,8 +365,201 @@ impl Task {
     }
 
     fn room_of(&self, consumer: &ConsumerHandle) -> usize {
-        let unacked = self.pending.values().filter(|p| p.consumer == consumer.id).count();
+        let unacked = self.unacked.get(&consumer.id).copied().unwrap_or(0);
         let window = self.limits.max_unacked_per_consumer.saturating_sub(unacked);
         consumer.room().min(window)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use tokio::time::timeout;
+
+    use super::*;
+    use crate::dispatch::consumer::{ConsumerSpec, DeliveryReceiver};
+    use crate::message::Message;
+
+    fn log_with(count: u64) -> Arc<MemoryLog> {
+        let log = Arc::new(MemoryLog::new(0, usize::MAX));
+        let batch: Vec<_> = (0..count)
+            .map(|offset| {
+                Arc::new(Message {
+                    offset,
+                    publish_time_ms: 1000 + offset,
+                    producer_id: 1,
+                    producer_name: Arc::from("p"),
+                    key: Some(format!("k{}", offset % 3)),
+                    attributes: vec![],
+                    payload: Bytes::from_static(b"x"),
+                    schema_id: None,
+                    schema_version: None,
+                })
+            })
+            .collect();
+        log.append(&batch);
+        log
+    }
+
+    fn start(kind: SubscriptionType, log: &Arc<MemoryLog>, from: StartPosition) -> (ReliableDispatcher, Arc<Notify>) {
+        let wake = Arc::new(Notify::new());
+        let limits = Limits {
+            max_unacked_per_consumer: 100,
+        };
+        let dispatcher = ReliableDispatcher::start(kind, 0, Arc::clone(log), from, limits, Arc::clone(&wake));
+        (dispatcher, wake)
+    }
+
+    fn consumer(id: u64, name: &str, wake: &Arc<Notify>) -> (Arc<ConsumerHandle>, DeliveryReceiver) {
+        let spec = ConsumerSpec {
+            id,
+            name: name.into(),
+            topic: "/default/t".into(),
+            subscription: "s".into(),
+            key_filters: vec![],
+            credit_flow: false,
+            capacity: 1000,
+        };
+        let handle = Arc::new(ConsumerHandle::new(spec, Arc::clone(wake)));
+        let (_, receiver) = handle.attach();
+        (handle, receiver)
+    }
+
+    async fn receive(receiver: &mut DeliveryReceiver, count: usize) -> Vec<(u64, u32)> {
+        let mut got = Vec::new();
+        while got.len() < count {
+            let chunk = timeout(Duration::from_secs(5), receiver.recv())
+                .await
+                .expect("deliveries within 5 s")
+                .expect("session open");
+            got.extend(chunk.iter().map(|d| (d.message.offset, d.delivery_count)));
+        }
+        got
+    }
+
+    async fn nothing_more(receiver: &mut DeliveryReceiver) {
+        let extra = timeout(Duration::from_millis(200), receiver.recv()).await;
+        assert!(extra.is_err(), "unexpected delivery: {extra:?}");
+    }
+
+    #[tokio::test]
+    async fn earliest_delivers_the_whole_log_in_order() {
+        let log = log_with(5);
+        let (dispatcher, wake) = start(SubscriptionType::Exclusive, &log, StartPosition::Earliest);
+        let (handle, mut receiver) = consumer(1, "c", &wake);
+        dispatcher.add(handle).unwrap();
+        let got = receive(&mut receiver, 5).await;
+        assert_eq!(got, (0..5).map(|o| (o, 1)).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn start_by_offset_and_by_time_skip_what_came_before() {
+        let log = log_with(10);
+        let (by_offset, wake) = start(SubscriptionType::Exclusive, &log, StartPosition::Offset(7));
+        let (handle, mut receiver) = consumer(1, "c", &wake);
+        by_offset.add(handle).unwrap();
+        assert_eq!(receive(&mut receiver, 3).await[0], (7, 1));
+
+        let (by_time, wake) = start(SubscriptionType::Exclusive, &log, StartPosition::TimeMs(1004));
+        let (handle, mut receiver) = consumer(2, "d", &wake);
+        by_time.add(handle).unwrap();
+        assert_eq!(receive(&mut receiver, 6).await[0], (4, 1));
+    }
+
+    #[tokio::test]
+    async fn acked_messages_advance_the_floor() {
+        let log = log_with(4);
+        let (dispatcher, wake) = start(SubscriptionType::Exclusive, &log, StartPosition::Earliest);
+        let (handle, mut receiver) = consumer(1, "c", &wake);
+        dispatcher.add(handle).unwrap();
+        receive(&mut receiver, 4).await;
+
+        dispatcher.ack(vec![1, 0], None);
+        dispatcher.ack(vec![3], None);
+        let floor_reached = async {
+            while dispatcher.floor() != 2 {
+                tokio::task::yield_now().await;
+            }
+        };
+        timeout(Duration::from_secs(5), floor_reached).await.expect("floor 2");
+        dispatcher.ack(vec![], Some(3));
+        let all_acked = async {
+            while dispatcher.floor() != 4 {
+                tokio::task::yield_now().await;
+            }
+        };
+        timeout(Duration::from_secs(5), all_acked).await.expect("floor 4");
+    }
+
+    #[tokio::test]
+    async fn a_nack_redelivers_with_a_higher_delivery_count() {
+        let log = log_with(2);
+        let (dispatcher, wake) = start(SubscriptionType::Exclusive, &log, StartPosition::Earliest);
+        let (handle, mut receiver) = consumer(1, "c", &wake);
+        dispatcher.add(handle).unwrap();
+        receive(&mut receiver, 2).await;
+
+        dispatcher.nack(vec![1], None);
+        assert_eq!(receive(&mut receiver, 1).await, vec![(1, 2)]);
+    }
+
+    #[tokio::test]
+    async fn a_nack_with_a_delay_waits_for_it() {
+        let log = log_with(1);
+        let (dispatcher, wake) = start(SubscriptionType::Exclusive, &log, StartPosition::Earliest);
+        let (handle, mut receiver) = consumer(1, "c", &wake);
+        dispatcher.add(handle).unwrap();
+        receive(&mut receiver, 1).await;
+
+        let nacked_at = std::time::Instant::now();
+        dispatcher.nack(vec![0], Some(Duration::from_millis(300)));
+        assert_eq!(receive(&mut receiver, 1).await, vec![(0, 2)]);
+        assert!(nacked_at.elapsed() >= Duration::from_millis(300));
+    }
+
+    #[tokio::test]
+    async fn a_consumer_that_leaves_has_its_unacked_messages_sent_to_another() {
+        let log = log_with(6);
+        let (dispatcher, wake) = start(SubscriptionType::Shared, &log, StartPosition::Earliest);
+        let (a, mut a_rx) = consumer(1, "a", &wake);
+        dispatcher.add(a).unwrap();
+        receive(&mut a_rx, 6).await;
+
+        let (b, mut b_rx) = consumer(2, "b", &wake);
+        dispatcher.add(b).unwrap();
+        nothing_more(&mut b_rx).await;
+        dispatcher.ack(vec![0, 1], None);
+        dispatcher.remove(1);
+
+        let mut got = receive(&mut b_rx, 4).await;
+        got.sort();
+        assert_eq!(got, vec![(2, 2), (3, 2), (4, 2), (5, 2)]);
+    }
+
+    #[tokio::test]
+    async fn new_messages_are_dispatched_when_the_log_grows() {
+        let log = Arc::new(MemoryLog::new(0, usize::MAX));
+        let (dispatcher, wake) = start(SubscriptionType::Exclusive, &log, StartPosition::Latest);
+        let (handle, mut receiver) = consumer(1, "c", &wake);
+        dispatcher.add(handle).unwrap();
+        nothing_more(&mut receiver).await;
+
+        let grown = log_with(3);
+        log.append(&grown.read_from(0, 3));
+        dispatcher.wake();
+        assert_eq!(receive(&mut receiver, 3).await.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_consumer_holds_at_most_its_unacked_window() {
+        let log = log_with(150);
+        let (dispatcher, wake) = start(SubscriptionType::Exclusive, &log, StartPosition::Earliest);
+        let (handle, mut receiver) = consumer(1, "c", &wake);
+        dispatcher.add(handle).unwrap();
+        let first = receive(&mut receiver, 100).await;
+        nothing_more(&mut receiver).await;
+
+        dispatcher.ack(first.iter().map(|(o, _)| *o).collect(), None);
+        assert_eq!(receive(&mut receiver, 50).await[0], (100, 1));
     }
 }

@@ -172,12 +172,12 @@ impl ProducerBuilder {
             lookup.partitions.clone()
         };
 
+        let (client, max_in_flight) = (&self.client, self.max_in_flight);
         let opening = partitions.iter().map(|partition| {
             let open = self.open_request(partition, &name);
-            let stub = self.client.owner_stub(&lookup);
+            let stub = client.owner_stub(&lookup);
             async move {
-                let connection =
-                    open_stream(&self.client, stub?, &open, self.max_in_flight).await?;
+                let connection = open_stream(client, stub?, &open, max_in_flight).await?;
                 Ok::<_, Error>((open, connection))
             }
         });

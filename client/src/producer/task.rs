@@ -11,7 +11,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sava_proto::ErrorKind;
 use sava_proto::sava::v1::publish_request::Request;
 use sava_proto::sava::v1::publish_response::Response;
 use sava_proto::sava::v1::sava_client_client::SavaClientClient;
@@ -24,14 +23,9 @@ use tonic::transport::Channel;
 use tracing::{debug, warn};
 
 use super::batch::{Accumulator, BatchLimits, InFlight, Pending};
-use crate::backoff::Backoff;
+use crate::reconnect::{Backoff, is_final, sleep_until_some};
 use crate::client::Client;
 use crate::error::{Error, Result};
-
-/// How many times in a row a reopen may meet an exclusive-producer conflict
-/// before the producer gives up: right after a broken stream the broker may
-/// not have noticed yet that the old one is gone.
-const CONFLICT_ATTEMPTS: u32 = 10;
 
 /// What a producer handle sends to its partition tasks, in one queue so a
 /// flush or close covers every message queued before it.
@@ -380,33 +374,12 @@ impl PartitionTask {
     }
 }
 
-/// Whether a failed reopen should end the producer instead of being retried.
-fn is_final(error: &Error, attempts: u32) -> bool {
-    match error.kind() {
-        Some(ErrorKind::Conflict) => attempts >= CONFLICT_ATTEMPTS,
-        Some(
-            ErrorKind::InvalidArgument
-            | ErrorKind::NotFound
-            | ErrorKind::PermissionDenied
-            | ErrorKind::Unsupported,
-        ) => true,
-        _ => false,
-    }
-}
-
 /// The next answer on the stream, or never when there is no stream.
 async fn next_response(
     connection: &mut Option<Connection>,
 ) -> Result<Option<PublishResponse>, tonic::Status> {
     match connection {
         Some(connection) => connection.responses.message().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until_some(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
 }

@@ -37,6 +37,10 @@ use crate::store::{MetadataStore, RangeOptions, Transaction, transact};
 /// The cluster prefix of [`Catalog::new`].
 pub const DEFAULT_CLUSTER: &str = "sava";
 
+/// The most partitions one topic may have; all are written in one
+/// transaction.
+pub const MAX_PARTITIONS: u32 = 10_000;
+
 /// How a topic delivers to its subscriptions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -68,6 +72,7 @@ impl Default for NamespacePolicies {
     }
 }
 
+/// A namespace: a group of topics sharing policies.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NamespaceRecord {
     pub name: String,
@@ -83,6 +88,7 @@ pub struct TopicSchema {
     pub version: u32,
 }
 
+/// A topic, the parent of a partitioned topic, or one of its partitions.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicRecord {
     /// `/ns/topic`, or `/ns/topic-part-3` for a partition.
@@ -147,6 +153,7 @@ impl Catalog {
         }
     }
 
+    /// The store under the catalog, for the broker's own keys.
     pub fn store(&self) -> &Arc<dyn MetadataStore> {
         &self.store
     }
@@ -234,6 +241,7 @@ impl Catalog {
         .await
     }
 
+    /// Namespace `name`, if it exists.
     pub async fn namespace(&self, name: &str) -> Result<Option<NamespaceRecord>> {
         let key = self.namespace_key(name);
         self.transact(|tx| {
@@ -268,7 +276,8 @@ impl Catalog {
         self.transact(|tx| {
             let (key, what, policies) = (key.clone(), what.clone(), policies.clone());
             async move {
-                let mut record: NamespaceRecord = read(tx, &key).await?.ok_or_else(|| not_found(what))?;
+                let mut record: NamespaceRecord =
+                    read(tx, &key).await?.ok_or_else(|| not_found(what))?;
                 record.policies = policies;
                 write(tx, &key, &record)?;
                 Ok(record)
@@ -337,17 +346,22 @@ impl Catalog {
     /// # Errors
     ///
     /// As [`Catalog::create_topic`], and `Invalid` when `partitions` is 0 or
-    /// the parent is itself a partition.
+    /// above [`MAX_PARTITIONS`], or the parent is itself a partition.
     pub async fn create_partitioned_topic(
         &self,
         parent: TopicRecord,
     ) -> Result<(TopicRecord, Vec<TopicRecord>)> {
-        if parent.partitions == 0 || parent.partition_of.is_some() {
+        if parent.partitions == 0 || parent.partitions > MAX_PARTITIONS {
             return Err(MetadataError::Invalid {
                 reason: format!(
-                    "partitioned topic `{}` needs at least one partition and no parent",
-                    parent.name
+                    "partitioned topic `{}` asks for {} partitions; it needs 1 to {MAX_PARTITIONS}",
+                    parent.name, parent.partitions
                 ),
+            });
+        }
+        if parent.partition_of.is_some() {
+            return Err(MetadataError::Invalid {
+                reason: format!("partitioned topic `{}` cannot be a partition", parent.name),
             });
         }
 
@@ -368,7 +382,10 @@ impl Catalog {
     /// Creates `records` (all in one namespace) atomically, keeping the
     /// existing ones that are equal to them.
     async fn create_topics(&self, records: Vec<TopicRecord>) -> Result<Vec<TopicRecord>> {
-        let name = TopicName::parse(&records[0].name)?;
+        let Some(first) = records.first() else {
+            return Ok(Vec::new());
+        };
+        let name = TopicName::parse(&first.name)?;
         let namespace_key = self.namespace_key(&name.namespace);
         let missing_namespace = format!("namespace `{}`", name.namespace);
         let mut keyed = Vec::with_capacity(records.len());
@@ -427,6 +444,7 @@ impl Catalog {
     }
 
     /// Replaces the record of an existing topic, keeping its creation time.
+    /// Partition records are left as they are, even when `partitions` changes.
     ///
     /// # Errors
     ///
@@ -464,7 +482,8 @@ impl Catalog {
         let seen = Arc::new(AtomicBool::new(false));
 
         self.transact(|tx| {
-            let (key, what, catalog, topic) = (key.clone(), what.clone(), catalog.clone(), topic.clone());
+            let (key, what, catalog, topic) =
+                (key.clone(), what.clone(), catalog.clone(), topic.clone());
             let seen = Arc::clone(&seen);
             async move {
                 let Some(record) = read::<TopicRecord>(tx, &key).await? else {

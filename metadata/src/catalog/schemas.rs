@@ -57,7 +57,11 @@ impl Catalog {
     ) -> Result<(SchemaRecord, bool)> {
         validate_registration(subject, schema_type)?;
         let keys = self.subject_keys(subject);
-        let schema_counter = self.key().push_str("counters").push_str("schema_id").build();
+        let schema_counter = self
+            .key()
+            .push_str("counters")
+            .push_str("schema_id")
+            .build();
         let draft = SchemaRecord {
             subject: subject.to_owned(),
             schema_id: 0,
@@ -76,7 +80,8 @@ impl Catalog {
         let written: Arc<Mutex<Option<SchemaRecord>>> = Arc::default();
         let catalog = self.clone();
         self.transact(|tx| {
-            let (keys, schema_counter, draft) = (keys.clone(), schema_counter.clone(), draft.clone());
+            let (keys, schema_counter, draft) =
+                (keys.clone(), schema_counter.clone(), draft.clone());
             let (written, catalog) = (Arc::clone(&written), catalog.clone());
             async move {
                 let existing: Option<SubjectRecord> = read(tx, &keys.subject).await?;
@@ -110,7 +115,10 @@ impl Catalog {
                 };
                 let version = u32::try_from(next_counter(tx, &keys.version_counter).await?)
                     .map_err(|_| MetadataError::Invalid {
-                        reason: format!("schema subject `{}` has run out of versions", draft.subject),
+                        reason: format!(
+                            "schema subject `{}` has run out of versions",
+                            draft.subject
+                        ),
                     })?;
 
                 let record = SchemaRecord {
@@ -139,7 +147,11 @@ impl Catalog {
     }
 
     /// Version `version` of schema id `schema_id`, or its latest version.
-    pub async fn schema(&self, schema_id: u64, version: Option<u32>) -> Result<Option<SchemaRecord>> {
+    pub async fn schema(
+        &self,
+        schema_id: u64,
+        version: Option<u32>,
+    ) -> Result<Option<SchemaRecord>> {
         let id_key = self.schema_id_key(schema_id);
         let catalog = self.clone();
         self.transact(|tx| {
@@ -178,6 +190,7 @@ impl Catalog {
         .await
     }
 
+    /// Schema subject `subject`, if it exists.
     pub async fn subject(&self, subject: &str) -> Result<Option<SubjectRecord>> {
         let key = self.subject_keys(subject).subject;
         self.transact(|tx| {
@@ -219,7 +232,8 @@ impl Catalog {
         self.transact(|tx| {
             let (key, what, mode) = (key.clone(), what.clone(), mode.clone());
             async move {
-                let mut record: SubjectRecord = read(tx, &key).await?.ok_or_else(|| not_found(what))?;
+                let mut record: SubjectRecord =
+                    read(tx, &key).await?.ok_or_else(|| not_found(what))?;
                 record.compatibility_mode = mode;
                 write(tx, &key, &record)?;
                 Ok(record)
@@ -290,7 +304,11 @@ impl Catalog {
     fn subject_keys(&self, subject: &str) -> SubjectKeys {
         let schemas = self.key().push_str("schemas");
         SubjectKeys {
-            subject: schemas.clone().push_str("subjects").push_str(subject).build(),
+            subject: schemas
+                .clone()
+                .push_str("subjects")
+                .push_str(subject)
+                .build(),
             versions: schemas.push_str("versions").push_str(subject).range(),
             version_counter: self
                 .key()
@@ -303,7 +321,10 @@ impl Catalog {
 
     fn version_key(&self, subject: &str, version: u32) -> Vec<u8> {
         let versions = self.key().push_str("schemas").push_str("versions");
-        versions.push_str(subject).push_u64(u64::from(version)).build()
+        versions
+            .push_str(subject)
+            .push_u64(u64::from(version))
+            .build()
     }
 
     fn schema_id_key(&self, schema_id: u64) -> Vec<u8> {
@@ -334,10 +355,11 @@ fn validate_registration(subject: &str, schema_type: &str) -> Result<()> {
 async fn next_counter(tx: &mut dyn Transaction, key: &[u8]) -> Result<u64> {
     let current = match tx.get(key).await? {
         Some(value) => {
-            let digits = <[u8; 8]>::try_from(value.as_ref()).map_err(|_| MetadataError::Corrupt {
-                key: crate::keys::display_key(key),
-                reason: format!("a counter must be 8 bytes, found {}", value.len()),
-            })?;
+            let digits =
+                <[u8; 8]>::try_from(value.as_ref()).map_err(|_| MetadataError::Corrupt {
+                    key: crate::keys::display_key(key),
+                    reason: format!("a counter must be 8 bytes, found {}", value.len()),
+                })?;
             u64::try_from(i64::from_le_bytes(digits)).unwrap_or(0)
         }
         None => 0,

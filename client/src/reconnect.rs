@@ -1,10 +1,20 @@
-//! Exponential backoff with jitter for reconnecting producers and consumers.
+//! What producer and consumer tasks share for reconnecting: exponential
+//! backoff with jitter, and which errors end the retrying.
 //!
 //! Each broken stream owns one [`Backoff`]; a successful reconnect resets it.
 
 use std::time::Duration;
 
 use rand::Rng;
+use sava_proto::ErrorKind;
+use tokio::time::Instant;
+
+use crate::error::Error;
+
+/// How many times in a row a reopen may meet a conflict (an exclusive
+/// producer or consumer) before giving up: right after a stream breaks, the
+/// broker may not have noticed yet that the old one is gone.
+const CONFLICT_ATTEMPTS: u32 = 10;
 
 /// The first delay after a stream breaks.
 const INITIAL: Duration = Duration::from_millis(100);
@@ -48,6 +58,29 @@ impl Backoff {
     }
 }
 
+/// Whether a failed reopen, after `attempts` tries, should end the
+/// producer or consumer partition instead of being retried.
+pub(crate) fn is_final(error: &Error, attempts: u32) -> bool {
+    match error.kind() {
+        Some(ErrorKind::Conflict) => attempts >= CONFLICT_ATTEMPTS,
+        Some(
+            ErrorKind::InvalidArgument
+            | ErrorKind::NotFound
+            | ErrorKind::PermissionDenied
+            | ErrorKind::Unsupported,
+        ) => true,
+        _ => false,
+    }
+}
+
+/// Sleeps until `deadline`, or forever when there is none.
+pub(crate) async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,5 +98,17 @@ mod tests {
 
         backoff.reset();
         assert!(backoff.next_delay() <= INITIAL);
+    }
+
+    #[test]
+    fn a_missing_topic_ends_retrying_and_an_unavailable_broker_does_not() {
+        let missing = Error::from(tonic::Status::not_found("topic /default/t does not exist"));
+        let unavailable = Error::from(tonic::Status::unavailable("broker is stopping"));
+        let conflict = Error::from(tonic::Status::failed_precondition("producer exists"));
+
+        assert!(is_final(&missing, 0));
+        assert!(!is_final(&unavailable, 100));
+        assert!(!is_final(&conflict, 1));
+        assert!(is_final(&conflict, CONFLICT_ATTEMPTS));
     }
 }
