@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/danube.proto",
         "proto/danube_schema.proto",
         "proto/sava/v1/client.proto",
+        "proto/sava/v1/admin.proto",
     ];
     tonic_prost_build::configure()
         .bytes(".")

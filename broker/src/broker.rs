@@ -89,6 +89,9 @@ pub struct Lookup {
 pub struct Broker {
     pub config: Config,
     pub advertised_url: String,
+    /// This broker's identity in the cluster: its advertised address.
+    pub broker_id: String,
+    pub started_at_ms: u64,
     catalog: Catalog,
     topics: RwLock<HashMap<String, Arc<Topic>>>,
     loading: tokio::sync::Mutex<()>,
@@ -110,8 +113,14 @@ impl Broker {
     /// A broker over `catalog`, with the `default` namespace in place.
     pub async fn new(config: Config, catalog: Catalog) -> Result<Arc<Broker>, BrokerError> {
         catalog.ensure_namespace("default").await?;
+        let advertised_url = config.advertised_url();
         Ok(Arc::new(Broker {
-            advertised_url: config.advertised_url(),
+            broker_id: advertised_url
+                .trim_start_matches("http://")
+                .trim_start_matches("https://")
+                .to_string(),
+            started_at_ms: now_ms(),
+            advertised_url,
             config,
             catalog,
             topics: RwLock::new(HashMap::new()),
@@ -271,7 +280,13 @@ impl Broker {
             Some(bound) => Some(self.active_schema(bound.schema_id, Some(bound.version)).await?),
             None => None,
         };
-        let topic = Arc::new(Topic::new(name.clone(), record, schema, self.limits()));
+        let mut limits = self.limits();
+        if let Some(namespace) = self.catalog.namespace(name.namespace()).await? {
+            if let Some(max) = namespace.policies.max_message_bytes {
+                limits.max_message_bytes = limits.max_message_bytes.min(max as usize);
+            }
+        }
+        let topic = Arc::new(Topic::new(name.clone(), record, schema, limits));
         self.topics
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -410,12 +425,64 @@ impl Broker {
         let topic = self
             .loaded(topic)
             .ok_or_else(|| BrokerError::TopicNotFound(topic.to_string()))?;
-        topic.existing_subscription(subscription).ok_or_else(|| {
-            BrokerError::InvalidRequest(format!(
-                "subscription {subscription} does not exist on {}",
-                topic.name
-            ))
-        })
+        topic
+            .existing_subscription(subscription)
+            .ok_or_else(|| BrokerError::SubscriptionNotFound {
+                topic: topic.name.to_string(),
+                subscription: subscription.to_string(),
+            })
+    }
+
+    /// Unloads a topic: its producers and consumers are detached (their
+    /// streams end, and clients reconnect through a new lookup).
+    pub fn unload(&self, name: &str) -> Option<Arc<Topic>> {
+        let topic = self.topics.write().unwrap_or_else(|p| p.into_inner()).remove(name)?;
+        for producer in topic.producers() {
+            self.close_producer(producer.id);
+        }
+        for subscription in topic.subscriptions() {
+            for consumer in subscription.consumers() {
+                self.close_consumer(consumer.id);
+            }
+        }
+        Some(topic)
+    }
+
+    /// Deletes a topic (a partitioned one with its partitions). Without
+    /// `force` a topic with subscriptions or attached clients is refused.
+    /// Returns the names deleted.
+    pub async fn delete_topic(&self, name: &str, force: bool) -> Result<Vec<String>, BrokerError> {
+        let name = TopicName::parse(name)?;
+        let record = self
+            .catalog
+            .topic(name.as_str())
+            .await?
+            .ok_or_else(|| BrokerError::TopicNotFound(name.to_string()))?;
+        let names = partition_names(&name, &record);
+        if !force {
+            for part in &names {
+                let Some(topic) = self.loaded(part) else { continue };
+                let subscriptions = topic.subscriptions().len();
+                let producers = topic.producers().len();
+                if subscriptions > 0 || producers > 0 {
+                    return Err(BrokerError::InUse(format!(
+                        "topic {part} has {subscriptions} subscriptions and {producers} producers; use --force to delete it anyway"
+                    )));
+                }
+            }
+        }
+        for part in &names {
+            self.unload(part);
+        }
+        if record.partitions > 0 {
+            self.unload(name.as_str());
+        }
+        self.catalog.delete_topic(name.as_str()).await?;
+        let mut deleted = names;
+        if record.partitions > 0 {
+            deleted.insert(0, name.to_string());
+        }
+        Ok(deleted)
     }
 
     /// Removes consumers that lost their stream longer ago than the grace

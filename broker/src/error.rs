@@ -80,6 +80,18 @@ pub enum BrokerError {
     #[error("topic {topic} holds {bytes} bytes of unacknowledged messages in memory, its limit; consumers must catch up")]
     BacklogFull { topic: String, bytes: usize },
 
+    #[error("{0}")]
+    InUse(String),
+
+    #[error("{0}")]
+    TopicExists(String),
+
+    #[error("subscription {subscription} does not exist on {topic}")]
+    SubscriptionNotFound { topic: String, subscription: String },
+
+    #[error("broker {0} is not part of this cluster")]
+    BrokerNotFound(String),
+
     #[error("the broker is shutting down")]
     ShuttingDown,
 
@@ -100,13 +112,17 @@ impl BrokerError {
             | BrokerError::NamespaceNotFound(_)
             | BrokerError::ProducerNotFound(_)
             | BrokerError::ConsumerNotFound(_)
-            | BrokerError::SchemaNotFound(_) => ErrorKind::NotFound,
+            | BrokerError::SchemaNotFound(_)
+            | BrokerError::SubscriptionNotFound { .. }
+            | BrokerError::BrokerNotFound(_) => ErrorKind::NotFound,
+            BrokerError::TopicExists(_) => ErrorKind::AlreadyExists,
             BrokerError::AutoCreateDisabled(_) => ErrorKind::PermissionDenied,
             BrokerError::ProducerFenced { .. }
             | BrokerError::ExclusiveRefused { .. }
             | BrokerError::DispatchModeMismatch { .. }
             | BrokerError::SubscriptionTypeMismatch { .. }
-            | BrokerError::ExclusiveSubscriptionHeld { .. } => ErrorKind::Conflict,
+            | BrokerError::ExclusiveSubscriptionHeld { .. }
+            | BrokerError::InUse(_) => ErrorKind::Conflict,
             BrokerError::BacklogFull { .. } => ErrorKind::ResourceExhausted,
             BrokerError::ShuttingDown => ErrorKind::Unavailable,
             BrokerError::Metadata(error) => metadata_kind(error),

@@ -91,6 +91,16 @@ impl MemoryLog {
         inner.start + index as u64
     }
 
+    /// Bytes held from `offset` on, and the publish time at `offset`.
+    pub fn backlog_from(&self, offset: u64) -> (usize, Option<u64>) {
+        let inner = self.read();
+        let skip = offset.saturating_sub(inner.start) as usize;
+        let mut messages = inner.messages.iter().skip(skip);
+        let oldest = messages.next();
+        let bytes = oldest.map_or(0, |m| m.size()) + messages.map(|m| m.size()).sum::<usize>();
+        (bytes, oldest.map(|m| m.publish_time_ms))
+    }
+
     /// Forgets every message below `offset`.
     pub fn trim_to(&self, offset: u64) {
         let mut inner = self.write();

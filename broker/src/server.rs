@@ -9,11 +9,13 @@ use sava_proto::danube::{
     health_check_server::HealthCheckServer, producer_service_server::ProducerServiceServer,
 };
 use sava_proto::danube_schema::schema_registry_server::SchemaRegistryServer;
+use sava_proto::sava::v1::admin_server::AdminServer;
 use sava_proto::sava::v1::sava_client_server::SavaClientServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tracing::info;
 
+use crate::api::admin::AdminApi;
 use crate::api::danube::DanubeApi;
 use crate::api::native::NativeApi;
 use crate::api::schema::SchemaRegistryApi;
@@ -65,10 +67,12 @@ pub async fn run(
     let catalog = Catalog::with_cluster(store, &config.broker.cluster);
 
     let client_listener = bind("client API", config.broker.client_addr).await?;
+    let admin_listener = bind("admin API", config.broker.admin_addr).await?;
     let http_listener = bind("HTTP", config.broker.http_addr).await?;
     let broker = Broker::new(config.clone(), catalog).await?;
     info!(
         client = %client_listener.local_addr().map_or(config.broker.client_addr, |a| a),
+        admin = %admin_listener.local_addr().map_or(config.broker.admin_addr, |a| a),
         http = %http_listener.local_addr().map_or(config.broker.http_addr, |a| a),
         advertised = %broker.advertised_url,
         data_dir = %data_dir.display(),
@@ -88,6 +92,21 @@ pub async fn run(
                     let _ = stop.wait_for(|s| *s).await;
                 })
                 .await;
+        }
+    });
+
+    let admin = tokio::spawn({
+        let mut stop = stop_rx.clone();
+        let broker = Arc::clone(&broker);
+        async move {
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            tonic::transport::Server::builder()
+                .add_service(AdminServer::new(AdminApi::new(Arc::clone(&broker))))
+                .add_service(SchemaRegistryServer::new(SchemaRegistryApi::new(broker)))
+                .serve_with_incoming_shutdown(TcpListenerStream::new(admin_listener), stopped)
+                .await
         }
     });
 
@@ -120,6 +139,9 @@ pub async fn run(
 
     janitor.abort();
     let _ = http.await;
+    if let Ok(Err(error)) = admin.await {
+        tracing::warn!(%error, "admin server failed");
+    }
     info!("broker stopped");
     Ok(())
 }
@@ -132,9 +154,16 @@ async fn bind(what: &'static str, addr: std::net::SocketAddr) -> Result<TcpListe
 
 async fn janitor(broker: Arc<Broker>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last = tokio::time::Instant::now();
     loop {
         tokio::select! {
-            _ = tick.tick() => broker.expire_idle(),
+            _ = tick.tick() => {
+                broker.expire_idle();
+                for topic in broker.loaded_topics() {
+                    topic.sample_rates(last.elapsed());
+                }
+                last = tokio::time::Instant::now();
+            }
             _ = stop.wait_for(|s| *s) => return,
         }
     }

@@ -7,6 +7,7 @@
 //! was. Expired consumers are removed by the broker's janitor.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use tokio::sync::Notify;
 use crate::dispatch::SubscriptionType;
 use crate::dispatch::consumer::{ConsumerHandle, ConsumerSpec};
 use crate::dispatch::push::PushDispatcher;
-use crate::dispatch::reliable::ReliableDispatcher;
+use crate::dispatch::reliable::{ReliableDispatcher, StartPosition};
 use crate::error::BrokerError;
 use crate::message::Message;
 
@@ -23,6 +24,40 @@ use crate::message::Message;
 pub enum Dispatcher {
     Push(PushDispatcher),
     Reliable(ReliableDispatcher),
+}
+
+/// A subscription's state as the admin API reports it.
+#[derive(Clone, Debug)]
+pub struct SubscriptionSnapshot {
+    pub kind: SubscriptionType,
+    pub cursor: u64,
+    pub backlog_messages: u64,
+    pub backlog_bytes: u64,
+    /// Publish time of the oldest unacknowledged message.
+    pub oldest_unacked_ms: Option<u64>,
+    pub pending: u64,
+    pub delivered: u64,
+    pub redelivered: u64,
+    pub dropped: u64,
+    /// Id, name, and whether a stream is open.
+    pub consumers: Vec<(u64, String, bool)>,
+}
+
+impl Default for SubscriptionSnapshot {
+    fn default() -> Self {
+        SubscriptionSnapshot {
+            kind: SubscriptionType::Exclusive,
+            cursor: 0,
+            backlog_messages: 0,
+            backlog_bytes: 0,
+            oldest_unacked_ms: None,
+            pending: 0,
+            delivered: 0,
+            redelivered: 0,
+            dropped: 0,
+            consumers: Vec::new(),
+        }
+    }
 }
 
 /// What a consumer asks for when it joins.
@@ -42,6 +77,7 @@ pub struct Subscription {
     dispatcher: Dispatcher,
     wake: Arc<Notify>,
     consumers: Mutex<HashMap<u64, Arc<ConsumerHandle>>>,
+    delivered: Arc<AtomicU64>,
 }
 
 impl Subscription {
@@ -59,6 +95,7 @@ impl Subscription {
             dispatcher,
             wake,
             consumers: Mutex::new(HashMap::new()),
+            delivered: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -99,6 +136,7 @@ impl Subscription {
             key_filters: request.key_filters,
             credit_flow: request.credit_flow,
             capacity: request.capacity,
+            delivered_counter: Arc::clone(&self.delivered),
         };
         let consumer = Arc::new(ConsumerHandle::new(spec, Arc::clone(&self.wake)));
         self.route_to(Arc::clone(&consumer))?;
@@ -142,6 +180,11 @@ impl Subscription {
         expired
     }
 
+    /// Messages handed to this subscription's consumers' streams.
+    pub fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
+    }
+
     pub fn consumers(&self) -> Vec<Arc<ConsumerHandle>> {
         self.lock().values().cloned().collect()
     }
@@ -172,6 +215,49 @@ impl Subscription {
             Dispatcher::Push(_) => None,
             Dispatcher::Reliable(reliable) => Some(reliable.floor()),
         }
+    }
+
+    /// Moves a reliable subscription's cursor.
+    pub fn seek(&self, position: StartPosition) -> Result<(), BrokerError> {
+        match &self.dispatcher {
+            Dispatcher::Reliable(reliable) => {
+                reliable.seek(position);
+                Ok(())
+            }
+            Dispatcher::Push(_) => Err(BrokerError::InvalidRequest(format!(
+                "subscription {} on {} is non-reliable and has no cursor to move",
+                self.name, self.topic
+            ))),
+        }
+    }
+
+    /// What the admin API shows of this subscription now.
+    pub fn snapshot(&self) -> SubscriptionSnapshot {
+        let consumers = self.consumers();
+        let mut snapshot = SubscriptionSnapshot {
+            kind: self.kind,
+            delivered: self.delivered(),
+            dropped: consumers.iter().map(|c| c.dropped_total()).sum(),
+            consumers: consumers
+                .iter()
+                .map(|c| (c.id, c.name.clone(), c.is_attached()))
+                .collect(),
+            ..SubscriptionSnapshot::default()
+        };
+        if let Dispatcher::Reliable(reliable) = &self.dispatcher {
+            let stats = reliable.stats();
+            let floor = stats.floor.load(Ordering::Acquire);
+            let end = reliable.log().end();
+            let acked_above = stats.acked_above.load(Ordering::Acquire);
+            let (bytes, oldest) = reliable.log().backlog_from(floor);
+            snapshot.cursor = floor;
+            snapshot.backlog_messages = end.saturating_sub(floor).saturating_sub(acked_above);
+            snapshot.backlog_bytes = bytes as u64;
+            snapshot.oldest_unacked_ms = oldest;
+            snapshot.pending = stats.pending.load(Ordering::Acquire);
+            snapshot.redelivered = stats.redelivered.load(Ordering::Relaxed);
+        }
+        snapshot
     }
 
     fn route_to(&self, consumer: Arc<ConsumerHandle>) -> Result<(), BrokerError> {

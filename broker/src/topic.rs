@@ -86,6 +86,15 @@ struct Producers {
 pub struct TopicStats {
     pub messages_in: AtomicU64,
     pub bytes_in: AtomicU64,
+    rates: Mutex<Rates>,
+}
+
+#[derive(Debug, Default)]
+struct Rates {
+    last_in: u64,
+    last_out: u64,
+    rate_in: f64,
+    rate_out: f64,
 }
 
 #[derive(Debug)]
@@ -291,6 +300,46 @@ impl Topic {
             Arc::new(Subscription::new(self.name.as_str(), name, kind, dispatcher, wake))
         });
         Arc::clone(created)
+    }
+
+    /// Removes subscription `name`, closing its consumers.
+    pub fn remove_subscription(&self, name: &str) -> Option<Arc<Subscription>> {
+        let removed = self
+            .subscriptions
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(name)?;
+        for consumer in removed.consumers() {
+            removed.leave(consumer.id);
+        }
+        Some(removed)
+    }
+
+    /// Messages handed to consumers over every subscription.
+    pub fn messages_out(&self) -> u64 {
+        self.subscriptions().iter().map(|s| s.delivered()).sum()
+    }
+
+    /// Updates the rates from the counters, `elapsed` after the last call.
+    pub fn sample_rates(&self, elapsed: std::time::Duration) {
+        let seconds = elapsed.as_secs_f64().max(0.001);
+        let (now_in, now_out) = (self.stats.messages_in.load(Ordering::Relaxed), self.messages_out());
+        let mut rates = lock(&self.stats.rates);
+        rates.rate_in = now_in.saturating_sub(rates.last_in) as f64 / seconds;
+        rates.rate_out = now_out.saturating_sub(rates.last_out) as f64 / seconds;
+        rates.last_in = now_in;
+        rates.last_out = now_out;
+    }
+
+    /// Messages per second in and out over the last sample.
+    pub fn rates(&self) -> (f64, f64) {
+        let rates = lock(&self.stats.rates);
+        (rates.rate_in, rates.rate_out)
+    }
+
+    /// Bytes of messages this topic holds in memory.
+    pub fn local_bytes(&self) -> u64 {
+        self.log.as_ref().map_or(0, |log| log.bytes() as u64)
     }
 
     pub fn existing_subscription(&self, name: &str) -> Option<Arc<Subscription>> {

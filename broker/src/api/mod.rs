@@ -2,6 +2,7 @@
 //! (`crate::broker`) and back, and owns nothing else: no wire type reaches a
 //! dispatcher or a log.
 
+pub mod admin;
 pub mod danube;
 pub mod native;
 pub mod schema;

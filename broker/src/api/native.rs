@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info};
 
 use super::ResponseStream;
-use super::session::SessionGuard;
+use super::session::{SessionGuard, batched};
 use crate::broker::{Broker, ProducerSpec, SchemaSpec, SubscribeSpec, TopicSpec};
 use crate::dispatch::SubscriptionType;
 use crate::dispatch::reliable::StartPosition;
@@ -164,21 +164,16 @@ impl pb::sava_client_server::SavaClient for NativeApi {
         let control = tokio::spawn(read_controls(requests, entry.clone()));
 
         let topic = entry.topic.name.to_string();
-        let deliveries = tokio_stream::wrappers::UnboundedReceiverStream::new(receiver)
-            .ready_chunks(MAX_DELIVERY_BATCH)
-            .map(move |chunks| {
-                let _held = (&guard, &control);
-                let count: usize = chunks.iter().map(Vec::len).sum();
-                guard.entry().handle.taken(count);
-                let messages = chunks.into_iter().flatten().map(delivery).collect();
-                Ok(pb::ConsumeResponse {
-                    response: Some(pb::consume_response::Response::Deliveries(pb::DeliveryBatch {
-                        topic: topic.clone(),
-                        messages,
-                        dropped: guard.entry().handle.take_dropped(),
-                    })),
-                })
-            });
+        let deliveries = batched(guard, receiver, MAX_DELIVERY_BATCH).map(move |(batch, dropped)| {
+            let _control = &control;
+            Ok(pb::ConsumeResponse {
+                response: Some(pb::consume_response::Response::Deliveries(pb::DeliveryBatch {
+                    topic: topic.clone(),
+                    messages: batch.into_iter().map(delivery).collect(),
+                    dropped,
+                })),
+            })
+        });
         let stream = futures::stream::iter([Ok(subscribed)]).chain(deliveries);
         Ok(Response::new(Box::pin(stream)))
     }
@@ -239,7 +234,7 @@ fn batch_error(sequence: u64, error: BrokerError) -> pb::publish_response::Respo
     })
 }
 
-fn topic_spec(settings: pb::TopicSettings) -> Result<TopicSpec, BrokerError> {
+pub(super) fn topic_spec(settings: pb::TopicSettings) -> Result<TopicSpec, BrokerError> {
     Ok(TopicSpec {
         dispatch_mode: dispatch_mode(settings.dispatch_mode)?,
         partitions: settings.partitions,
@@ -284,14 +279,14 @@ fn dispatch_mode(value: i32) -> Result<DispatchMode, BrokerError> {
     }
 }
 
-fn mode_to_wire(mode: DispatchMode) -> pb::DispatchMode {
+pub(super) fn mode_to_wire(mode: DispatchMode) -> pb::DispatchMode {
     match mode {
         DispatchMode::NonReliable => pb::DispatchMode::NonReliable,
         DispatchMode::Reliable => pb::DispatchMode::Reliable,
     }
 }
 
-fn subscription_type(value: i32) -> Result<SubscriptionType, BrokerError> {
+pub(super) fn subscription_type(value: i32) -> Result<SubscriptionType, BrokerError> {
     match pb::SubscriptionType::try_from(value) {
         Ok(pb::SubscriptionType::Exclusive) => Ok(SubscriptionType::Exclusive),
         Ok(pb::SubscriptionType::Shared) => Ok(SubscriptionType::Shared),
@@ -303,7 +298,16 @@ fn subscription_type(value: i32) -> Result<SubscriptionType, BrokerError> {
     }
 }
 
-fn start_position(start: Option<pb::StartPosition>) -> StartPosition {
+pub(super) fn subscription_type_to_wire(kind: SubscriptionType) -> pb::SubscriptionType {
+    match kind {
+        SubscriptionType::Exclusive => pb::SubscriptionType::Exclusive,
+        SubscriptionType::Shared => pb::SubscriptionType::Shared,
+        SubscriptionType::Failover => pb::SubscriptionType::Failover,
+        SubscriptionType::KeyShared => pb::SubscriptionType::KeyShared,
+    }
+}
+
+pub(super) fn start_position(start: Option<pb::StartPosition>) -> StartPosition {
     use pb::start_position::Position;
     match start.and_then(|s| s.position) {
         Some(Position::Earliest(_)) => StartPosition::Earliest,

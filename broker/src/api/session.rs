@@ -59,3 +59,32 @@ pub fn one_by_one(
         Some((delivery, (receiver, queue, guard)))
     })
 }
+
+/// The session's deliveries in batches of at most `max`, as soon as any are
+/// there: a batch takes whatever is buffered, so a busy consumer gets full
+/// batches and an idle one gets each message without delay.
+pub fn batched(
+    guard: SessionGuard,
+    receiver: DeliveryReceiver,
+    max: usize,
+) -> impl Stream<Item = (Vec<Delivery>, u64)> + Send {
+    let state = (receiver, VecDeque::<Delivery>::new(), guard);
+    futures::stream::unfold(state, move |(mut receiver, mut queue, guard)| async move {
+        if queue.is_empty() {
+            let chunk = receiver.recv().await?;
+            guard.entry.handle.taken(chunk.len());
+            queue.extend(chunk);
+        }
+        while queue.len() < max {
+            let Ok(chunk) = receiver.try_recv() else {
+                break;
+            };
+            guard.entry.handle.taken(chunk.len());
+            queue.extend(chunk);
+        }
+        let take = queue.len().min(max);
+        let batch: Vec<Delivery> = queue.drain(..take).collect();
+        let dropped = guard.entry.handle.take_dropped();
+        Some(((batch, dropped), (receiver, queue, guard)))
+    })
+}

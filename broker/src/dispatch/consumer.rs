@@ -33,7 +33,9 @@ pub struct ConsumerHandle {
     buffered: AtomicUsize,
     capacity: usize,
     dropped: AtomicU64,
+    dropped_total: AtomicU64,
     delivered: AtomicU64,
+    delivered_counter: Arc<AtomicU64>,
     session: Mutex<Session>,
     /// Woken when room grows, so a waiting reliable dispatcher sends more.
     room_changed: Arc<Notify>,
@@ -56,6 +58,8 @@ pub struct ConsumerSpec {
     pub key_filters: Vec<String>,
     pub credit_flow: bool,
     pub capacity: usize,
+    /// The subscription's count of delivered messages, shared by its consumers.
+    pub delivered_counter: Arc<AtomicU64>,
 }
 
 impl ConsumerHandle {
@@ -73,7 +77,9 @@ impl ConsumerHandle {
             buffered: AtomicUsize::new(0),
             capacity: spec.capacity.max(1),
             dropped: AtomicU64::new(0),
+            dropped_total: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
+            delivered_counter: spec.delivered_counter,
             session: Mutex::new(Session {
                 id: 1,
                 sender: Some(sender),
@@ -116,6 +122,7 @@ impl ConsumerHandle {
     pub fn taken(&self, count: usize) {
         self.buffered.fetch_sub(count, Ordering::AcqRel);
         self.delivered.fetch_add(count as u64, Ordering::Relaxed);
+        self.delivered_counter.fetch_add(count as u64, Ordering::Relaxed);
         self.room_changed.notify_one();
     }
 
@@ -128,6 +135,12 @@ impl ConsumerHandle {
     /// Counts messages lost because the consumer had no room.
     pub fn count_dropped(&self, count: u64) {
         self.dropped.fetch_add(count, Ordering::Relaxed);
+        self.dropped_total.fetch_add(count, Ordering::Relaxed);
+    }
+
+    /// Messages dropped since the consumer joined.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped_total.load(Ordering::Relaxed)
     }
 
     /// Messages dropped since the last call (non-reliable topics).

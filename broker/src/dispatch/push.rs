@@ -132,6 +132,7 @@ mod tests {
             subscription: "s".into(),
             key_filters: vec![],
             credit_flow: false,
+            delivered_counter: Default::default(),
             capacity,
         };
         Arc::new(ConsumerHandle::new(spec, Arc::new(Notify::new())))

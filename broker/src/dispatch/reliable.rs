@@ -47,7 +47,23 @@ pub struct Limits {
     pub max_unacked_per_consumer: usize,
 }
 
+/// Counters of one reliable subscription, written by its task.
+#[derive(Debug, Default)]
+pub struct ReliableStats {
+    /// Every offset below it is acknowledged.
+    pub floor: AtomicU64,
+    /// The next offset never delivered yet.
+    pub next_read: AtomicU64,
+    /// Acknowledged offsets above the floor.
+    pub acked_above: AtomicU64,
+    /// Delivered, not acknowledged yet.
+    pub pending: AtomicU64,
+    pub delivered: AtomicU64,
+    pub redelivered: AtomicU64,
+}
+
 enum Command {
+    Seek(u64),
     Add(Arc<ConsumerHandle>, Member),
     Remove(u64),
     Ack {
@@ -65,7 +81,8 @@ enum Command {
 pub struct ReliableDispatcher {
     commands: mpsc::UnboundedSender<Command>,
     wake: Arc<Notify>,
-    floor: Arc<AtomicU64>,
+    stats: Arc<ReliableStats>,
+    log: Arc<MemoryLog>,
 }
 
 impl ReliableDispatcher {
@@ -78,18 +95,15 @@ impl ReliableDispatcher {
         limits: Limits,
         wake: Arc<Notify>,
     ) -> ReliableDispatcher {
-        let first = match start {
-            StartPosition::Latest => log.end(),
-            StartPosition::Earliest => log.start(),
-            StartPosition::Offset(offset) => offset.clamp(log.start(), log.end()),
-            StartPosition::TimeMs(time) => log.offset_at_time(time),
-        };
-        let floor = Arc::new(AtomicU64::new(first));
+        let first = resolve(&log, start);
+        let stats = Arc::new(ReliableStats::default());
+        stats.floor.store(first, Ordering::Release);
+        stats.next_read.store(first, Ordering::Release);
         let (commands, receiver) = mpsc::unbounded_channel();
         let task = Task {
             router: Router::new(kind, partition),
             consumers: Vec::new(),
-            log,
+            log: Arc::clone(&log),
             limits,
             next_read: first,
             floor: first,
@@ -99,14 +113,29 @@ impl ReliableDispatcher {
             delayed: BTreeMap::new(),
             counts: HashMap::new(),
             unacked: HashMap::new(),
-            shared_floor: Arc::clone(&floor),
+            stats: Arc::clone(&stats),
         };
         tokio::spawn(task.run(receiver, Arc::clone(&wake)));
         ReliableDispatcher {
             commands,
             wake,
-            floor,
+            stats,
+            log,
         }
+    }
+
+    /// Moves the cursor to `position`: everything from there on is
+    /// delivered again, everything before counts as acknowledged.
+    pub fn seek(&self, position: StartPosition) {
+        self.send(Command::Seek(resolve(&self.log, position)));
+    }
+
+    pub fn stats(&self) -> &ReliableStats {
+        &self.stats
+    }
+
+    pub fn log(&self) -> &MemoryLog {
+        &self.log
     }
 
     pub fn add(&self, consumer: Arc<ConsumerHandle>) -> Result<(), BrokerError> {
@@ -137,7 +166,7 @@ impl ReliableDispatcher {
 
     /// Every offset below this one is acknowledged.
     pub fn floor(&self) -> u64 {
-        self.floor.load(Ordering::Acquire)
+        self.stats.floor.load(Ordering::Acquire)
     }
 
     fn send(&self, command: Command) {
@@ -167,7 +196,16 @@ struct Task {
     counts: HashMap<u64, u32>,
     /// Pending offsets per consumer id.
     unacked: HashMap<u64, usize>,
-    shared_floor: Arc<AtomicU64>,
+    stats: Arc<ReliableStats>,
+}
+
+fn resolve(log: &MemoryLog, position: StartPosition) -> u64 {
+    match position {
+        StartPosition::Latest => log.end(),
+        StartPosition::Earliest => log.start(),
+        StartPosition::Offset(offset) => offset.clamp(log.start(), log.end()),
+        StartPosition::TimeMs(time) => log.offset_at_time(time),
+    }
 }
 
 impl Task {
@@ -175,6 +213,7 @@ impl Task {
         loop {
             self.release_due();
             self.dispatch();
+            self.publish_stats();
 
             let next_due = self.delayed.keys().next().copied();
             let due = async {
@@ -194,8 +233,27 @@ impl Task {
         }
     }
 
+    fn publish_stats(&self) {
+        let stats = &self.stats;
+        stats.floor.store(self.floor, Ordering::Release);
+        stats.next_read.store(self.next_read, Ordering::Release);
+        stats.acked_above.store(self.acked_above.len() as u64, Ordering::Release);
+        stats.pending.store(self.pending.len() as u64, Ordering::Release);
+    }
+
     fn handle(&mut self, command: Command) {
         match command {
+            Command::Seek(offset) => {
+                self.next_read = offset;
+                self.floor = offset;
+                self.acked_above.clear();
+                self.pending.clear();
+                self.ready.clear();
+                self.delayed.clear();
+                self.counts.clear();
+                self.unacked.clear();
+                self.stats.floor.store(offset, Ordering::Release);
+            }
             Command::Add(consumer, member) => {
                 self.router.insert(member);
                 self.consumers.retain(|c| c.id != consumer.id);
@@ -272,7 +330,7 @@ impl Task {
         while self.acked_above.remove(&self.floor) {
             self.floor += 1;
         }
-        self.shared_floor.store(self.floor, Ordering::Release);
+        self.stats.floor.store(self.floor, Ordering::Release);
     }
 
     fn release_consumer(&mut self, id: u64) {
@@ -356,6 +414,10 @@ impl Task {
         let count = self.counts.entry(message.offset).or_insert(0);
         *count += 1;
         let delivery_count = *count;
+        self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+        if delivery_count > 1 {
+            self.stats.redelivered.fetch_add(1, Ordering::Relaxed);
+        }
         self.pending.insert(message.offset, Pending { consumer });
         *self.unacked.entry(consumer).or_insert(0) += 1;
         Delivery {
@@ -418,6 +480,7 @@ mod tests {
             subscription: "s".into(),
             key_filters: vec![],
             credit_flow: false,
+            delivered_counter: Default::default(),
             capacity: 1000,
         };
         let handle = Arc::new(ConsumerHandle::new(spec, Arc::clone(wake)));

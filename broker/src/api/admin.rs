@@ -1,0 +1,460 @@
+//! The `sava.v1.Admin` service on the admin port: brokers, namespaces,
+//! topics and subscriptions.
+//!
+//! Creation is idempotent: creating what exists identically succeeds with a
+//! `note`. Deleting a namespace with topics, or a topic with subscriptions
+//! or clients, is refused without `force`.
+
+use std::sync::Arc;
+
+use sava_metadata::{DispatchMode, NamespacePolicies, NamespaceRecord, TopicRecord};
+use sava_proto::sava::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use super::native::{
+    mode_to_wire, start_position, subscription_type, subscription_type_to_wire, topic_spec,
+};
+use crate::broker::Broker;
+use crate::error::BrokerError;
+use crate::names::{TopicName, check_namespace};
+use crate::subscription::{Subscription, SubscriptionSnapshot};
+use crate::topic::now_ms;
+
+#[derive(Clone, Debug)]
+pub struct AdminApi {
+    broker: Arc<Broker>,
+}
+
+impl AdminApi {
+    pub fn new(broker: Arc<Broker>) -> AdminApi {
+        AdminApi { broker }
+    }
+
+    fn this_broker(&self) -> pb::BrokerInfo {
+        let broker = &self.broker;
+        pb::BrokerInfo {
+            broker_id: broker.broker_id.clone(),
+            client_url: broker.advertised_url.clone(),
+            admin_url: admin_url(broker),
+            state: if broker.is_stopping() { "draining" } else { "active" }.into(),
+            leader: true,
+            topics: broker.loaded_topics().len() as u32,
+            started_at_ms: broker.started_at_ms,
+            version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+
+    async fn namespace_info(&self, record: NamespaceRecord, note: &str) -> Result<pb::NamespaceInfo, BrokerError> {
+        let topics = self.broker.catalog().list_topics(&record.name).await?;
+        let top_level = topics.iter().filter(|t| t.partition_of.is_none()).count();
+        Ok(pb::NamespaceInfo {
+            policies: Some(policies_to_wire(&record.policies)),
+            topics: top_level as u32,
+            created_at_ms: record.created_at_ms,
+            name: record.name,
+            note: note.into(),
+        })
+    }
+
+    async fn topic_info(&self, record: TopicRecord, note: &str) -> Result<pb::TopicInfo, BrokerError> {
+        let (subject, version, schema_type) = match &record.schema {
+            Some(schema) => {
+                let found = self.broker.catalog().schema(schema.schema_id, Some(schema.version)).await?;
+                let schema_type = found.map(|r| r.schema_type).unwrap_or_default();
+                (schema.subject.clone(), schema.version, schema_type)
+            }
+            None => (String::new(), 0, String::new()),
+        };
+        let loaded = self.broker.loaded_topics().iter().any(|t| t.name.as_str() == record.name);
+        Ok(pb::TopicInfo {
+            dispatch_mode: mode_to_wire(record.dispatch_mode) as i32,
+            partitions: record.partitions,
+            partition_of: record.partition_of.unwrap_or_default(),
+            schema_subject: subject,
+            schema_version: version,
+            schema_type,
+            created_at_ms: record.created_at_ms,
+            owner_url: if loaded || record.partitions > 0 { self.broker.advertised_url.clone() } else { String::new() },
+            name: record.name,
+            note: note.into(),
+        })
+    }
+
+    async fn record(&self, name: &str) -> Result<TopicRecord, BrokerError> {
+        let name = TopicName::parse(name)?;
+        self.broker
+            .catalog()
+            .topic(name.as_str())
+            .await?
+            .ok_or_else(|| BrokerError::TopicNotFound(name.to_string()))
+    }
+
+    /// The subscription `name` of topic `topic`, which must be a
+    /// partition or a topic that is not partitioned.
+    async fn subscription(&self, topic: &str, name: &str) -> Result<Arc<Subscription>, BrokerError> {
+        let topic_name = TopicName::parse(topic)?;
+        let topic = self.broker.topic(&topic_name, None).await?;
+        topic.existing_subscription(name).ok_or_else(|| {
+            BrokerError::SubscriptionNotFound {
+                topic: topic_name.to_string(),
+                subscription: name.to_string(),
+            }
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminApi {
+    async fn list_brokers(&self, _: Request<pb::ListBrokersRequest>) -> Result<Response<pb::ListBrokersResponse>, Status> {
+        Ok(Response::new(pb::ListBrokersResponse {
+            brokers: vec![self.this_broker()],
+        }))
+    }
+
+    async fn get_leader(&self, _: Request<pb::GetLeaderRequest>) -> Result<Response<pb::BrokerInfo>, Status> {
+        Ok(Response::new(self.this_broker()))
+    }
+
+    async fn describe_broker(&self, request: Request<pb::DescribeBrokerRequest>) -> Result<Response<pb::BrokerInfo>, Status> {
+        let id = request.into_inner().broker_id;
+        let this = self.this_broker();
+        if id != this.broker_id {
+            return Err(BrokerError::BrokerNotFound(id).into());
+        }
+        Ok(Response::new(this))
+    }
+
+    async fn list_namespaces(&self, _: Request<pb::ListNamespacesRequest>) -> Result<Response<pb::ListNamespacesResponse>, Status> {
+        let records = self.broker.catalog().list_namespaces().await.map_err(BrokerError::from)?;
+        let mut namespaces = Vec::with_capacity(records.len());
+        for record in records {
+            namespaces.push(self.namespace_info(record, "").await?);
+        }
+        Ok(Response::new(pb::ListNamespacesResponse { namespaces }))
+    }
+
+    async fn create_namespace(&self, request: Request<pb::CreateNamespaceRequest>) -> Result<Response<pb::NamespaceInfo>, Status> {
+        let name = request.into_inner().name;
+        check_namespace(&name)?;
+        let catalog = self.broker.catalog();
+        if let Some(existing) = catalog.namespace(&name).await.map_err(BrokerError::from)? {
+            return Ok(Response::new(self.namespace_info(existing, "namespace already exists").await?));
+        }
+        let record = catalog
+            .create_namespace(&name, NamespacePolicies::default())
+            .await
+            .map_err(BrokerError::from)?;
+        Ok(Response::new(self.namespace_info(record, "").await?))
+    }
+
+    async fn delete_namespace(&self, request: Request<pb::DeleteNamespaceRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+        let request = request.into_inner();
+        check_namespace(&request.name)?;
+        let catalog = self.broker.catalog();
+        if catalog.namespace(&request.name).await.map_err(BrokerError::from)?.is_none() {
+            return Err(BrokerError::NamespaceNotFound(request.name).into());
+        }
+        let topics: Vec<TopicRecord> = catalog
+            .list_topics(&request.name)
+            .await
+            .map_err(BrokerError::from)?
+            .into_iter()
+            .filter(|t| t.partition_of.is_none())
+            .collect();
+        if !topics.is_empty() && !request.force {
+            return Err(BrokerError::InUse(format!(
+                "namespace {} has {} topics; use --force to delete them with it",
+                request.name,
+                topics.len()
+            ))
+            .into());
+        }
+        for topic in &topics {
+            self.broker.delete_topic(&topic.name, true).await?;
+        }
+        catalog.delete_namespace(&request.name).await.map_err(BrokerError::from)?;
+        Ok(Response::new(pb::DeleteResponse {
+            deleted: format!("namespace {} and {} topics", request.name, topics.len()),
+            note: String::new(),
+        }))
+    }
+
+    async fn get_namespace(&self, request: Request<pb::GetNamespaceRequest>) -> Result<Response<pb::NamespaceInfo>, Status> {
+        let name = request.into_inner().name;
+        let record = self
+            .broker
+            .catalog()
+            .namespace(&name)
+            .await
+            .map_err(BrokerError::from)?
+            .ok_or(BrokerError::NamespaceNotFound(name))?;
+        Ok(Response::new(self.namespace_info(record, "").await?))
+    }
+
+    async fn set_namespace_policy(&self, request: Request<pb::SetNamespacePolicyRequest>) -> Result<Response<pb::NamespaceInfo>, Status> {
+        let request = request.into_inner();
+        let catalog = self.broker.catalog();
+        let record = catalog
+            .namespace(&request.name)
+            .await
+            .map_err(BrokerError::from)?
+            .ok_or_else(|| BrokerError::NamespaceNotFound(request.name.clone()))?;
+        let policies = apply_policy(record.policies, &request.key, &request.value)?;
+        let record = catalog
+            .set_namespace_policies(&request.name, policies)
+            .await
+            .map_err(BrokerError::from)?;
+        Ok(Response::new(self.namespace_info(record, "").await?))
+    }
+
+    async fn list_topics(&self, request: Request<pb::ListTopicsRequest>) -> Result<Response<pb::ListTopicsResponse>, Status> {
+        let namespace = request.into_inner().namespace;
+        let catalog = self.broker.catalog();
+        let namespaces = match namespace.is_empty() {
+            true => catalog.list_namespaces().await.map_err(BrokerError::from)?.into_iter().map(|n| n.name).collect(),
+            false => {
+                if catalog.namespace(&namespace).await.map_err(BrokerError::from)?.is_none() {
+                    return Err(BrokerError::NamespaceNotFound(namespace).into());
+                }
+                vec![namespace]
+            }
+        };
+        let mut topics = Vec::new();
+        for namespace in namespaces {
+            for record in catalog.list_topics(&namespace).await.map_err(BrokerError::from)? {
+                if record.partition_of.is_none() {
+                    topics.push(self.topic_info(record, "").await?);
+                }
+            }
+        }
+        Ok(Response::new(pb::ListTopicsResponse { topics }))
+    }
+
+    async fn create_topic(&self, request: Request<pb::CreateTopicRequest>) -> Result<Response<pb::TopicInfo>, Status> {
+        let request = request.into_inner();
+        let name = TopicName::parse(&request.name)?;
+        let spec = topic_spec(pb::TopicSettings {
+            dispatch_mode: request.dispatch_mode,
+            partitions: request.partitions,
+            schema: request.schema,
+        })?;
+        if let Some(existing) = self.broker.catalog().topic(name.as_str()).await.map_err(BrokerError::from)? {
+            let same = existing.partitions == spec.partitions && existing.dispatch_mode == spec.dispatch_mode;
+            if !same {
+                return Err(BrokerError::TopicExists(format!(
+                    "topic {name} exists with {} partitions and {} dispatch",
+                    existing.partitions,
+                    crate::broker::mode_name(existing.dispatch_mode)
+                ))
+                .into());
+            }
+            return Ok(Response::new(self.topic_info(existing, "topic already exists").await?));
+        }
+        let record = self.broker.create_topic(&name, &spec).await?;
+        Ok(Response::new(self.topic_info(record, "").await?))
+    }
+
+    async fn delete_topic(&self, request: Request<pb::DeleteTopicRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+        let request = request.into_inner();
+        let deleted = self.broker.delete_topic(&request.name, request.force).await?;
+        Ok(Response::new(pb::DeleteResponse {
+            deleted: deleted.join(", "),
+            note: String::new(),
+        }))
+    }
+
+    async fn describe_topic(&self, request: Request<pb::DescribeTopicRequest>) -> Result<Response<pb::TopicInfo>, Status> {
+        let record = self.record(&request.into_inner().name).await?;
+        Ok(Response::new(self.topic_info(record, "").await?))
+    }
+
+    async fn topic_stats(&self, request: Request<pb::TopicStatsRequest>) -> Result<Response<pb::TopicStatsResponse>, Status> {
+        let name = request.into_inner().name;
+        let record = self.record(&name).await?;
+        let parts = match record.partitions {
+            0 => vec![record.name.clone()],
+            n => (0..n).map(|i| format!("{}-part-{i}", record.name)).collect(),
+        };
+        let mut stats = pb::TopicStatsResponse {
+            name: record.name.clone(),
+            ..Default::default()
+        };
+        for part in parts {
+            let part_name = TopicName::parse(&part)?;
+            let topic = self.broker.topic(&part_name, None).await?;
+            let (rate_in, rate_out) = topic.rates();
+            stats.messages_in += topic.stats.messages_in.load(std::sync::atomic::Ordering::Relaxed);
+            stats.bytes_in += topic.stats.bytes_in.load(std::sync::atomic::Ordering::Relaxed);
+            stats.messages_out += topic.messages_out();
+            stats.rate_in += rate_in;
+            stats.rate_out += rate_out;
+            stats.local_bytes += topic.local_bytes();
+            stats.next_offset += topic.next_offset();
+            for producer in topic.producers() {
+                stats.producers.push(pb::ClientInfo {
+                    id: producer.id,
+                    name: producer.name.to_string(),
+                    connected: true,
+                    mode: if producer.exclusive { "exclusive" } else { "shared" }.into(),
+                });
+            }
+            for subscription in topic.subscriptions() {
+                stats.subscriptions.push(subscription_info(&part, &subscription.name, subscription.snapshot(), ""));
+            }
+        }
+        Ok(Response::new(stats))
+    }
+
+    async fn unload_topic(&self, request: Request<pb::UnloadTopicRequest>) -> Result<Response<pb::UnloadTopicResponse>, Status> {
+        let name = request.into_inner().name;
+        let record = self.record(&name).await?;
+        if record.dispatch_mode == DispatchMode::Reliable {
+            return Err(BrokerError::InUse(format!(
+                "topic {name} is reliable, and reliable topics are kept in memory by this broker: unloading would lose their messages"
+            ))
+            .into());
+        }
+        let unloaded = self.broker.unload(&record.name).is_some();
+        let note = if unloaded { "" } else { "topic was not loaded" };
+        Ok(Response::new(pb::UnloadTopicResponse {
+            unloaded,
+            note: note.into(),
+        }))
+    }
+
+    async fn list_subscriptions(&self, request: Request<pb::ListSubscriptionsRequest>) -> Result<Response<pb::ListSubscriptionsResponse>, Status> {
+        let name = TopicName::parse(&request.into_inner().topic)?;
+        let topic = self.broker.topic(&name, None).await?;
+        let mut subscriptions: Vec<pb::SubscriptionInfo> = topic
+            .subscriptions()
+            .iter()
+            .map(|s| subscription_info(name.as_str(), &s.name, s.snapshot(), ""))
+            .collect();
+        subscriptions.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Response::new(pb::ListSubscriptionsResponse { subscriptions }))
+    }
+
+    async fn create_subscription(&self, request: Request<pb::CreateSubscriptionRequest>) -> Result<Response<pb::SubscriptionInfo>, Status> {
+        let request = request.into_inner();
+        crate::names::check_label("subscription", &request.subscription)?;
+        let name = TopicName::parse(&request.topic)?;
+        let topic = self.broker.topic(&name, None).await?;
+        let kind = subscription_type(request.subscription_type)?;
+        if let Some(existing) = topic.existing_subscription(&request.subscription) {
+            if existing.kind != kind {
+                return Err(BrokerError::SubscriptionTypeMismatch {
+                    topic: name.to_string(),
+                    subscription: existing.name.clone(),
+                    actual: existing.kind.name(),
+                    requested: kind.name(),
+                }
+                .into());
+            }
+            let info = subscription_info(name.as_str(), &existing.name, existing.snapshot(), "subscription already exists");
+            return Ok(Response::new(info));
+        }
+        let created = topic.subscription(&request.subscription, kind, start_position(request.start));
+        Ok(Response::new(subscription_info(name.as_str(), &created.name, created.snapshot(), "")))
+    }
+
+    async fn delete_subscription(&self, request: Request<pb::DeleteSubscriptionRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+        let request = request.into_inner();
+        let subscription = self.subscription(&request.topic, &request.subscription).await?;
+        let connected = subscription.consumers().iter().filter(|c| c.is_attached()).count();
+        if connected > 0 && !request.force {
+            return Err(BrokerError::InUse(format!(
+                "subscription {} on {} has {connected} connected consumers; use --force to delete it anyway",
+                request.subscription, request.topic
+            ))
+            .into());
+        }
+        let topic = self.broker.topic(&TopicName::parse(&request.topic)?, None).await?;
+        for consumer in subscription.consumers() {
+            self.broker.close_consumer(consumer.id);
+        }
+        topic.remove_subscription(&request.subscription);
+        Ok(Response::new(pb::DeleteResponse {
+            deleted: format!("subscription {} on {}", request.subscription, request.topic),
+            note: String::new(),
+        }))
+    }
+
+    async fn reset_subscription(&self, request: Request<pb::ResetSubscriptionRequest>) -> Result<Response<pb::SubscriptionInfo>, Status> {
+        let request = request.into_inner();
+        let subscription = self.subscription(&request.topic, &request.subscription).await?;
+        subscription.seek(start_position(request.position))?;
+        let info = subscription_info(&request.topic, &subscription.name, subscription.snapshot(), "");
+        Ok(Response::new(info))
+    }
+
+    async fn describe_subscription(&self, request: Request<pb::DescribeSubscriptionRequest>) -> Result<Response<pb::SubscriptionInfo>, Status> {
+        let request = request.into_inner();
+        let subscription = self.subscription(&request.topic, &request.subscription).await?;
+        let info = subscription_info(&request.topic, &subscription.name, subscription.snapshot(), "");
+        Ok(Response::new(info))
+    }
+}
+
+fn subscription_info(topic: &str, name: &str, snapshot: SubscriptionSnapshot, note: &str) -> pb::SubscriptionInfo {
+    let kind = snapshot.kind;
+    pb::SubscriptionInfo {
+        topic: topic.into(),
+        name: name.into(),
+        subscription_type: subscription_type_to_wire(kind) as i32,
+        cursor: snapshot.cursor,
+        backlog_messages: snapshot.backlog_messages,
+        backlog_bytes: snapshot.backlog_bytes,
+        oldest_unacked_age_ms: snapshot.oldest_unacked_ms.map_or(0, |t| now_ms().saturating_sub(t)),
+        pending: snapshot.pending,
+        delivered: snapshot.delivered,
+        redelivered: snapshot.redelivered,
+        dropped: snapshot.dropped,
+        consumers: snapshot
+            .consumers
+            .into_iter()
+            .map(|(id, name, connected)| pb::ClientInfo {
+                id,
+                name,
+                connected,
+                mode: kind.name().into(),
+            })
+            .collect(),
+        note: note.into(),
+    }
+}
+
+fn policies_to_wire(policies: &NamespacePolicies) -> pb::NamespacePolicies {
+    pb::NamespacePolicies {
+        auto_create_topics: policies.auto_create_topics,
+        max_message_bytes: policies.max_message_bytes.unwrap_or(0),
+        default_dispatch_mode: mode_to_wire(policies.default_dispatch_mode) as i32,
+    }
+}
+
+fn apply_policy(mut policies: NamespacePolicies, key: &str, value: &str) -> Result<NamespacePolicies, BrokerError> {
+    let bad = |expected: &str| BrokerError::InvalidRequest(format!("policy {key} takes {expected}, not {value:?}"));
+    match key {
+        "auto_create_topics" => policies.auto_create_topics = value.parse().map_err(|_| bad("true or false"))?,
+        "max_message_bytes" => {
+            let bytes: u64 = value.parse().map_err(|_| bad("a number of bytes"))?;
+            policies.max_message_bytes = (bytes > 0).then_some(bytes);
+        }
+        _ => {
+            return Err(BrokerError::InvalidRequest(format!(
+                "unknown policy {key}; the policies are auto_create_topics and max_message_bytes"
+            )));
+        }
+    }
+    Ok(policies)
+}
+
+fn admin_url(broker: &Broker) -> String {
+    let addr = broker.config.broker.admin_addr;
+    let host = broker
+        .broker_id
+        .rsplit_once(':')
+        .map_or("127.0.0.1", |(host, _)| host)
+        .to_string();
+    let host = if addr.ip().is_unspecified() { host } else { addr.ip().to_string() };
+    format!("http://{host}:{}", addr.port())
+}
