@@ -152,7 +152,9 @@ impl Client {
             create,
         };
 
-        let response = self.with_timeout("looking up a topic", stub.lookup(request)).await??;
+        let response = self
+            .with_timeout("looking up a topic", stub.lookup(request))
+            .await??;
         Ok(response.into_inner())
     }
 
@@ -238,7 +240,10 @@ mod tests {
 
     #[test]
     fn urls_that_differ_only_by_a_trailing_slash_share_a_channel() {
-        assert_eq!(normalize_url("http://a:6650/"), normalize_url("http://a:6650"));
+        assert_eq!(
+            normalize_url("http://a:6650/"),
+            normalize_url("http://a:6650")
+        );
     }
 
     #[test]

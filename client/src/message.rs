@@ -66,7 +66,10 @@ impl Message {
             .iter()
             .map(|(name, value)| name.len() + value.len() + 6)
             .sum();
-        self.payload.len() + self.key.as_ref().map_or(0, |key| key.len() + 2) + attributes + OVERHEAD
+        self.payload.len()
+            + self.key.as_ref().map_or(0, |key| key.len() + 2)
+            + attributes
+            + OVERHEAD
     }
 
     pub(crate) fn into_outgoing(self) -> proto::OutgoingMessage {

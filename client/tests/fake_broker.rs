@@ -63,16 +63,23 @@ impl SavaClient for Fake {
         let mut state = self.lock();
         if !state.topics.contains_key(&request.topic) {
             let Some(settings) = request.create else {
-                return Err(Status::not_found(format!("topic {} does not exist", request.topic)));
+                return Err(Status::not_found(format!(
+                    "topic {} does not exist",
+                    request.topic
+                )));
             };
             let partitions: Vec<String> = match settings.partitions {
                 0 => vec![request.topic.clone()],
-                count => (0..count).map(|i| format!("{}-part-{i}", request.topic)).collect(),
+                count => (0..count)
+                    .map(|i| format!("{}-part-{i}", request.topic))
+                    .collect(),
             };
             for partition in &partitions {
                 state.logs.insert(partition.clone(), Vec::new());
             }
-            state.topics.insert(request.topic.clone(), (settings, partitions));
+            state
+                .topics
+                .insert(request.topic.clone(), (settings, partitions));
         }
 
         let (settings, partitions) = state.topics[&request.topic].clone();
@@ -96,7 +103,10 @@ impl SavaClient for Fake {
         {
             let mut state = self.lock();
             if !state.logs.contains_key(&open.topic) {
-                return Err(Status::not_found(format!("topic {} does not exist", open.topic)));
+                return Err(Status::not_found(format!(
+                    "topic {} does not exist",
+                    open.topic
+                )));
             }
             state.opens += 1;
         }
@@ -121,7 +131,9 @@ impl SavaClient for Fake {
                     if state.break_at_batch == Some(state.batches) {
                         state.break_at_batch = None;
                         None
-                    } else if let Some(index) = batch.messages.iter().position(|m| m.payload == "bad") {
+                    } else if let Some(index) =
+                        batch.messages.iter().position(|m| m.payload == "bad")
+                    {
                         Some(PublishAnswer::Error(BatchError {
                             sequence: batch.sequence,
                             code: tonic::Code::InvalidArgument as i32,
@@ -156,7 +168,9 @@ impl SavaClient for Fake {
                         let _ = answers.send(Ok(answer(outcome))).await;
                     }
                     None => {
-                        let _ = answers.send(Err(Status::unavailable("broker restarting"))).await;
+                        let _ = answers
+                            .send(Err(Status::unavailable("broker restarting")))
+                            .await;
                         return;
                     }
                 }
@@ -172,14 +186,20 @@ impl SavaClient for Fake {
         request: Request<Streaming<ConsumeRequest>>,
     ) -> Result<Response<Self::ConsumeStream>, Status> {
         let mut inbound = request.into_inner();
-        let Some(ConsumeKind::Subscribe(subscribe)) = inbound.message().await?.and_then(|r| r.request)
+        let Some(ConsumeKind::Subscribe(subscribe)) =
+            inbound.message().await?.and_then(|r| r.request)
         else {
-            return Err(Status::invalid_argument("the first request must be `subscribe`"));
+            return Err(Status::invalid_argument(
+                "the first request must be `subscribe`",
+            ));
         };
         let mut cursor = {
             let state = self.lock();
             let Some(log) = state.logs.get(&subscribe.topic) else {
-                return Err(Status::not_found(format!("topic {} does not exist", subscribe.topic)));
+                return Err(Status::not_found(format!(
+                    "topic {} does not exist",
+                    subscribe.topic
+                )));
             };
             match subscribe.start.and_then(|start| start.position) {
                 Some(Position::Earliest(_)) | Some(Position::TimeMs(_)) => 0,
@@ -302,7 +322,12 @@ async fn pipelined_sends_resolve_to_consecutive_offsets() {
 
     let mut pending = Vec::new();
     for index in 0..10 {
-        pending.push(producer.send(Message::new(format!("m{index}"))).await.unwrap());
+        pending.push(
+            producer
+                .send(Message::new(format!("m{index}")))
+                .await
+                .unwrap(),
+        );
     }
     within(producer.flush()).await.unwrap();
 
@@ -359,7 +384,12 @@ async fn a_broken_publish_stream_is_reopened_and_unacked_batches_are_sent_again(
 
     let mut pending = Vec::new();
     for index in 0..20 {
-        pending.push(producer.send(Message::new(format!("m{index}"))).await.unwrap());
+        pending.push(
+            producer
+                .send(Message::new(format!("m{index}")))
+                .await
+                .unwrap(),
+        );
     }
     let mut offsets = Vec::new();
     for future in pending {
@@ -380,9 +410,17 @@ async fn a_broken_publish_stream_is_reopened_and_unacked_batches_are_sent_again(
 #[tokio::test]
 async fn a_consumer_with_a_small_window_still_receives_everything_in_order() {
     let (fake, client) = start().await;
-    let producer = client.producer("/default/backlog").reliable(true).create().await.unwrap();
+    let producer = client
+        .producer("/default/backlog")
+        .reliable(true)
+        .create()
+        .await
+        .unwrap();
     for index in 0..50 {
-        let _ = producer.send(Message::new(format!("m{index}"))).await.unwrap();
+        let _ = producer
+            .send(Message::new(format!("m{index}")))
+            .await
+            .unwrap();
     }
     within(producer.flush()).await.unwrap();
 
@@ -402,7 +440,11 @@ async fn a_consumer_with_a_small_window_still_receives_everything_in_order() {
     within(consumer.close()).await;
 
     let key = ("/default/backlog".to_owned(), "audit".to_owned());
-    assert_eq!(fake.lock().acked[&key].len(), 50, "every ack reached the broker");
+    assert_eq!(
+        fake.lock().acked[&key].len(),
+        50,
+        "every ack reached the broker"
+    );
 }
 
 #[tokio::test]
@@ -432,7 +474,9 @@ async fn a_partitioned_topic_keeps_each_key_on_one_partition() {
     for _ in 0..30 {
         let message = within(consumer.recv()).await.unwrap().unwrap();
         let key = message.key.clone().unwrap();
-        let partition = partition_of_key.entry(key).or_insert_with(|| message.topic.to_string());
+        let partition = partition_of_key
+            .entry(key)
+            .or_insert_with(|| message.topic.to_string());
         assert_eq!(*partition, *message.topic, "a key moved between partitions");
         assert!(message.topic.starts_with("/default/keyed-part-"));
     }

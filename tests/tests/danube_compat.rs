@@ -275,3 +275,57 @@ async fn a_json_schema_producer_sends_valid_payloads_and_invalid_ones_are_refuse
     assert_eq!(message.schema_version, Some(1));
     assert!(drain(&mut stream, Duration::from_millis(500)).await.is_empty());
 }
+
+#[tokio::test]
+async fn key_filters_route_matching_keys_to_the_filtering_consumer() {
+    let broker = Broker::start().await.unwrap();
+    let client = client(&broker).await;
+    let topic = "/default/filtered";
+
+    let mut producer = client.new_producer().with_topic(topic).with_name("fp").build().unwrap();
+    producer.create().await.unwrap();
+    let mut eu = client
+        .new_consumer()
+        .with_topic(topic)
+        .with_consumer_name("eu")
+        .with_subscription("regions")
+        .with_subscription_type(SubType::KeyShared)
+        .with_key_filter("eu-*")
+        .build()
+        .unwrap();
+    eu.subscribe().await.unwrap();
+    let mut eu_stream = eu.receive().await.unwrap();
+    let (_rest, mut rest_stream) = consumer(&client, topic, "rest", "regions", SubType::KeyShared).await;
+
+    for i in 0..10 {
+        producer.send_with_key(format!("e{i}").into_bytes(), None, &format!("eu-{i}")).await.unwrap();
+    }
+    let eu_got = drain(&mut eu_stream, Duration::from_secs(2)).await;
+    let rest_got = drain(&mut rest_stream, Duration::from_millis(500)).await;
+    assert_eq!(eu_got.len(), 10, "every eu-* key goes to the eu consumer");
+    assert!(rest_got.iter().all(|m| !m.routing_key.clone().unwrap_or_default().starts_with("eu-")));
+}
+
+#[tokio::test]
+async fn failover_moves_to_the_next_consumer_when_the_active_one_closes() {
+    let broker = Broker::start().await.unwrap();
+    let client = client(&broker).await;
+    let topic = "/default/takeover";
+
+    let mut producer = client.new_producer().with_topic(topic).with_name("tp").build().unwrap();
+    producer.create().await.unwrap();
+    let (mut active, mut a_stream) = consumer(&client, topic, "a-first", "fo", SubType::FailOver).await;
+    let (_standby, mut b_stream) = consumer(&client, topic, "b-second", "fo", SubType::FailOver).await;
+
+    producer.send(b"before".to_vec(), None).await.unwrap();
+    assert_eq!(next(&mut a_stream).await.payload.as_ref(), b"before");
+
+    active.close().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    producer.send(b"after".to_vec(), None).await.unwrap();
+    let message = timeout(Duration::from_secs(1), b_stream.recv())
+        .await
+        .expect("the standby takes over within a second")
+        .unwrap();
+    assert_eq!(message.payload.as_ref(), b"after");
+}

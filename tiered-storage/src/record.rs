@@ -376,12 +376,22 @@ pub fn verify_batch(bytes: &[u8]) -> Result<BatchHeader, FormatError> {
 /// the buffer alive.
 pub fn decode_batch(bytes: &Bytes) -> Result<(BatchHeader, Vec<Record>), FormatError> {
     let header = verify_batch(bytes)?;
-    let batch = bytes.slice(..header.len());
+    let records = decode_verified(&header, &bytes.slice(..header.len()))?;
+    Ok((header, records))
+}
+
+/// Decodes the records of `batch`, whose header and checksum
+/// [`verify_batch`] has checked already.
+pub(crate) fn decode_verified(
+    header: &BatchHeader,
+    batch: &Bytes,
+) -> Result<Vec<Record>, FormatError> {
+    debug_assert_eq!(batch.len(), header.len());
 
     // A bogus count must not reserve more than the bytes could hold.
     let most_records = (header.len() - BATCH_HEADER_LEN) / MIN_RECORD_LEN;
     let mut records = Vec::with_capacity((header.record_count as usize).min(most_records));
-    let mut reader = Reader::new(&batch, BATCH_HEADER_LEN, header.len());
+    let mut reader = Reader::new(batch, BATCH_HEADER_LEN, header.len());
     let mut last_ms = header.first_publish_time_ms;
 
     for index in 0..header.record_count {
@@ -411,7 +421,7 @@ pub fn decode_batch(bytes: &Bytes) -> Result<(BatchHeader, Vec<Record>), FormatE
             what: "publish times disagree with the records",
         });
     }
-    Ok((header, records))
+    Ok(records)
 }
 
 fn decode_record(reader: &mut Reader<'_>, offset: u64) -> Result<Record, &'static str> {

@@ -8,8 +8,10 @@
 //!   consumer gets fewer messages instead of stalling the others.
 //! - Key-Shared: a consistent-hash ring of consumer names (many points per
 //!   consumer), so one key always lands on one consumer and a consumer that
-//!   joins or leaves moves few keys. A consumer with key filters only takes
-//!   keys its globs match; the ring walks on to the next consumer otherwise.
+//!   joins or leaves moves few keys. Key filters (globs) give explicit
+//!   control: a key that some consumer's filters match goes to one of those
+//!   consumers (by the ring); any other key goes to the consumers without
+//!   filters, or, when every consumer has filters, to any consumer.
 
 use std::collections::BTreeMap;
 
@@ -39,8 +41,8 @@ impl Member {
         })
     }
 
-    fn accepts(&self, key: &str) -> bool {
-        self.filters.as_ref().is_none_or(|set| set.is_match(key))
+    fn matches(&self, key: &str) -> bool {
+        self.filters.as_ref().is_some_and(|set| set.is_match(key))
     }
 }
 
@@ -121,13 +123,21 @@ impl Router {
         (room[chosen] > 0).then_some(chosen)
     }
 
-    /// The member that owns `key` on the ring, ignoring room.
+    /// The member that owns `key`, ignoring room.
     pub fn owner_of(&self, key: &str) -> Option<usize> {
         let hash = hash_str(key);
+        self.walk(hash, |m| m.matches(key))
+            .or_else(|| self.walk(hash, |m| m.filters.is_none()))
+            .or_else(|| self.walk(hash, |_| true))
+    }
+
+    /// The first member clockwise from `hash` on the ring that `eligible`
+    /// accepts.
+    fn walk(&self, hash: u64, eligible: impl Fn(&Member) -> bool) -> Option<usize> {
         let clockwise = self.ring.range((hash, 0)..).chain(self.ring.range(..(hash, 0)));
         for (_, id) in clockwise {
             let index = self.members.iter().position(|m| m.id == *id)?;
-            if self.members[index].accepts(key) {
+            if eligible(&self.members[index]) {
                 return Some(index);
             }
         }
@@ -279,15 +289,26 @@ mod tests {
     }
 
     #[test]
-    fn key_filters_restrict_a_consumer_to_matching_keys() {
+    fn key_filters_send_matching_keys_to_the_consumers_that_asked_for_them() {
         let mut r = Router::new(SubscriptionType::KeyShared, 0);
         r.insert(Member::new(1, "eu", &["eu-*".into()]).unwrap());
         r.insert(Member::new(2, "us", &["us-*".into()]).unwrap());
+        r.insert(Member::new(3, "rest", &[]).unwrap());
         for i in 0..50 {
             assert_eq!(chosen_name(&mut r, &format!("eu-{i}")), Some("eu".into()));
             assert_eq!(chosen_name(&mut r, &format!("us-{i}")), Some("us".into()));
+            assert_eq!(chosen_name(&mut r, &format!("asia-{i}")), Some("rest".into()));
         }
-        assert_eq!(chosen_name(&mut r, "asia-1"), None);
+    }
+
+    #[test]
+    fn keys_no_filter_matches_fall_back_to_any_consumer_when_all_have_filters() {
+        let mut r = Router::new(SubscriptionType::KeyShared, 0);
+        r.insert(Member::new(1, "eu", &["eu-*".into()]).unwrap());
+        r.insert(Member::new(2, "us", &["us-*".into()]).unwrap());
+        let owner = chosen_name(&mut r, "asia-1");
+        assert!(owner.is_some());
+        assert_eq!(chosen_name(&mut r, "asia-1"), owner, "the fallback is stable");
     }
 
     #[test]

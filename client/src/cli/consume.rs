@@ -75,7 +75,10 @@ pub(crate) async fn run(client: &Client, args: ConsumeArgs) -> Result<()> {
         builder = builder.name(name);
     }
     let mut consumer = builder.subscribe().await.with_context(|| {
-        format!("cannot subscribe to {} as {}", args.topic, args.subscription)
+        format!(
+            "cannot subscribe to {} as {}",
+            args.topic, args.subscription
+        )
     })?;
 
     let mut out = std::io::BufWriter::new(std::io::stdout());
@@ -170,10 +173,9 @@ fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut encoded = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let group = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |group, (index, byte)| group | u32::from(*byte) << (16 - 8 * index));
+        let group = chunk.iter().enumerate().fold(0u32, |group, (index, byte)| {
+            group | u32::from(*byte) << (16 - 8 * index)
+        });
         for position in 0..4 {
             if position <= chunk.len() {
                 let sextet = (group >> (18 - 6 * position)) & 0x3f;
@@ -233,7 +235,14 @@ mod tests {
     fn a_payload_that_is_not_utf8_is_base64_and_flagged() {
         let attributes = HashMap::new();
         let payload = [0xff, 0xfe, 0x00];
-        let json = JsonMessage::new("/default/t", 0, UNIX_EPOCH, Some("k"), &attributes, &payload);
+        let json = JsonMessage::new(
+            "/default/t",
+            0,
+            UNIX_EPOCH,
+            Some("k"),
+            &attributes,
+            &payload,
+        );
         let value = serde_json::to_value(&json).unwrap();
 
         assert_eq!(value["payload"], "//4A");

@@ -45,14 +45,24 @@ mod tests {
     #[test]
     fn an_attribute_splits_at_its_first_equals_sign() {
         assert_eq!(parse_attribute("k=v"), Ok(("k".into(), "v".into())));
-        assert_eq!(parse_attribute("query=a=b"), Ok(("query".into(), "a=b".into())));
-        assert_eq!(parse_attribute("empty="), Ok(("empty".into(), String::new())));
+        assert_eq!(
+            parse_attribute("query=a=b"),
+            Ok(("query".into(), "a=b".into()))
+        );
+        assert_eq!(
+            parse_attribute("empty="),
+            Ok(("empty".into(), String::new()))
+        );
     }
 
     #[test]
     fn an_attribute_without_a_name_or_equals_sign_is_refused() {
         assert!(parse_attribute("=v").unwrap_err().contains("`=v`"));
-        assert!(parse_attribute("novalue").unwrap_err().contains("NAME=VALUE"));
+        assert!(
+            parse_attribute("novalue")
+                .unwrap_err()
+                .contains("NAME=VALUE")
+        );
     }
 
     #[test]
@@ -62,7 +72,9 @@ mod tests {
         assert_eq!(parse_start("offset:42"), Ok(StartPosition::Offset(42)));
         assert_eq!(
             parse_start("time:2024-01-02T03:04:05Z"),
-            Ok(StartPosition::Time(UNIX_EPOCH + Duration::from_secs(1_704_164_645)))
+            Ok(StartPosition::Time(
+                UNIX_EPOCH + Duration::from_secs(1_704_164_645)
+            ))
         );
     }
 
@@ -70,6 +82,10 @@ mod tests {
     fn a_bad_start_position_names_what_was_wrong() {
         assert!(parse_start("offset:-1").unwrap_err().contains("`-1`"));
         assert!(parse_start("time:noon").unwrap_err().contains("`noon`"));
-        assert!(parse_start("first").unwrap_err().contains("expected latest"));
+        assert!(
+            parse_start("first")
+                .unwrap_err()
+                .contains("expected latest")
+        );
     }
 }

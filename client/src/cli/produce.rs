@@ -132,7 +132,10 @@ pub(crate) async fn run(client: &Client, args: ProduceArgs) -> Result<()> {
 
     sent?;
     if let Some((index, error)) = first_refusal {
-        bail!("message {index} to {} was not acknowledged: {error}", args.topic);
+        bail!(
+            "message {index} to {} was not acknowledged: {error}",
+            args.topic
+        );
     }
     closed.with_context(|| format!("cannot close the producer on {}", args.topic))
 }
@@ -256,8 +259,12 @@ async fn schema(args: &ProduceArgs) -> Result<Option<Schema>> {
 fn pacing(rate: Option<f64>) -> Result<Option<Duration>> {
     match rate {
         None => Ok(None),
-        Some(rate) if rate.is_finite() && rate > 0.0 => Ok(Some(Duration::from_secs_f64(1.0 / rate))),
-        Some(rate) => bail!("invalid --rate {rate}: expected a positive number of messages per second"),
+        Some(rate) if rate.is_finite() && rate > 0.0 => {
+            Ok(Some(Duration::from_secs_f64(1.0 / rate)))
+        }
+        Some(rate) => {
+            bail!("invalid --rate {rate}: expected a positive number of messages per second")
+        }
     }
 }
 

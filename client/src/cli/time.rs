@@ -39,7 +39,9 @@ pub(crate) fn parse_rfc3339(text: &str) -> Result<SystemTime, String> {
     let invalid = |why: &str| format!("invalid RFC 3339 time `{text}`: {why}");
     let bytes = text.as_bytes();
     if !text.is_ascii() || bytes.len() < 20 {
-        return Err(invalid("expected YYYY-MM-DDTHH:MM:SS followed by Z or an offset"));
+        return Err(invalid(
+            "expected YYYY-MM-DDTHH:MM:SS followed by Z or an offset",
+        ));
     }
 
     let number = |range: std::ops::Range<usize>| -> Result<i64, String> {
@@ -175,14 +177,26 @@ mod tests {
     #[test]
     fn a_utc_timestamp_parses_to_its_unix_time() {
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Ok(UNIX_EPOCH));
-        assert_eq!(parse_rfc3339("2024-01-02T03:04:05Z"), Ok(at(1_704_164_645, 0)));
-        assert_eq!(parse_rfc3339("2024-01-02t03:04:05.250z"), Ok(at(1_704_164_645, 250)));
+        assert_eq!(
+            parse_rfc3339("2024-01-02T03:04:05Z"),
+            Ok(at(1_704_164_645, 0))
+        );
+        assert_eq!(
+            parse_rfc3339("2024-01-02t03:04:05.250z"),
+            Ok(at(1_704_164_645, 250))
+        );
     }
 
     #[test]
     fn an_offset_is_taken_off_to_get_utc() {
-        assert_eq!(parse_rfc3339("2000-02-29T12:00:00+01:00"), Ok(at(951_822_000, 0)));
-        assert_eq!(parse_rfc3339("2000-02-29T10:30:00-00:30"), Ok(at(951_822_000, 0)));
+        assert_eq!(
+            parse_rfc3339("2000-02-29T12:00:00+01:00"),
+            Ok(at(951_822_000, 0))
+        );
+        assert_eq!(
+            parse_rfc3339("2000-02-29T10:30:00-00:30"),
+            Ok(at(951_822_000, 0))
+        );
     }
 
     #[test]
@@ -210,7 +224,10 @@ mod tests {
 
     #[test]
     fn formatting_prints_utc_with_milliseconds() {
-        assert_eq!(format_rfc3339(at(1_704_164_645, 123)), "2024-01-02T03:04:05.123Z");
+        assert_eq!(
+            format_rfc3339(at(1_704_164_645, 123)),
+            "2024-01-02T03:04:05.123Z"
+        );
         assert_eq!(format_rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
     }
 

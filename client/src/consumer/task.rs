@@ -23,10 +23,10 @@ use tonic::codec::Streaming;
 use tonic::transport::Channel;
 use tracing::{debug, warn};
 
-use crate::reconnect::{Backoff, is_final, sleep_until_some};
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::message::ReceivedMessage;
+use crate::reconnect::{Backoff, is_final, sleep_until_some};
 
 /// Acks are sent once this many offsets wait.
 pub(crate) const ACK_BATCH: usize = 256;
@@ -45,7 +45,10 @@ pub(crate) enum Control {
     Flow(u32),
     Ack(u64),
     AckCumulative(u64),
-    Nack { offset: u64, delay: Option<Duration> },
+    Nack {
+        offset: u64,
+        delay: Option<Duration>,
+    },
     Close(oneshot::Sender<()>),
 }
 
@@ -92,11 +95,17 @@ pub(crate) async fn open_stream(
 
     let operation = "subscribing";
     let response = client
-        .with_timeout(operation, stub.consume(UnboundedReceiverStream::new(outgoing)))
+        .with_timeout(
+            operation,
+            stub.consume(UnboundedReceiverStream::new(outgoing)),
+        )
         .await??;
     let mut responses = response.into_inner();
 
-    match client.with_timeout(operation, responses.message()).await?? {
+    match client
+        .with_timeout(operation, responses.message())
+        .await??
+    {
         Some(ConsumeResponse {
             response: Some(Response::Subscribed(subscribed)),
         }) => Ok(Connection {
@@ -369,9 +378,7 @@ impl PartitionTask {
             ..
         } = connection;
         drop(requests);
-        let drain = async {
-            while let Ok(Some(_)) = responses.message().await {}
-        };
+        let drain = async { while let Ok(Some(_)) = responses.message().await {} };
         let _ = tokio::time::timeout(CLOSE_GRACE, drain).await;
     }
 

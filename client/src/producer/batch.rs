@@ -167,7 +167,11 @@ pub(crate) struct InFlight {
 impl InFlight {
     /// Keeps `batch` until it is answered and returns the request to send.
     pub(crate) fn start(&mut self, batch: ReadyBatch) -> MessageBatch {
-        debug_assert!(self.batches.back().is_none_or(|last| last.request.sequence < batch.sequence));
+        debug_assert!(
+            self.batches
+                .back()
+                .is_none_or(|last| last.request.sequence < batch.sequence)
+        );
         let request = MessageBatch {
             sequence: batch.sequence,
             messages: batch.messages,
@@ -435,7 +439,9 @@ mod tests {
             count: 1,
             publish_time: 0,
         };
-        let error = in_flight.on_ack(&ack, &Arc::from("/default/t")).unwrap_err();
+        let error = in_flight
+            .on_ack(&ack, &Arc::from("/default/t"))
+            .unwrap_err();
         assert!(matches!(error, Error::Protocol(_)), "{error}");
     }
 

@@ -25,9 +25,9 @@ use sava_proto::sava::v1::{AccessMode, DispatchMode, OpenProducer, TopicSettings
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
-pub use self::routing::Routing;
 use self::batch::{BatchLimits, Pending};
 use self::routing::Router;
+pub use self::routing::Routing;
 use self::task::{FatalSlot, Input, PartitionTask, TaskSettings, open_stream};
 use crate::client::Client;
 use crate::error::{Error, Result};
@@ -186,7 +186,9 @@ impl ProducerBuilder {
         let handles = opened
             .into_iter()
             .zip(&partitions)
-            .map(|((open, connection), partition)| self.spawn_partition(partition, open, connection))
+            .map(|((open, connection), partition)| {
+                self.spawn_partition(partition, open, connection)
+            })
             .collect();
         let router = Router::new(self.routing, partitions.len(), self.limits, self.linger);
 

@@ -131,7 +131,10 @@ mod tests {
         assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
         assert_eq!(fnv1a(b"foobar"), 0x8594_4171_f739_67e8);
 
-        assert_eq!(partition_for_key("a", 7), (0xaf63_dc4c_8601_ec8c_u64 % 7) as usize);
+        assert_eq!(
+            partition_for_key("a", 7),
+            (0xaf63_dc4c_8601_ec8c_u64 % 7) as usize
+        );
         for partitions in 1..10 {
             let first = partition_for_key("order-42", partitions);
             assert!(first < partitions);
@@ -168,7 +171,13 @@ mod tests {
         let router = Router::new(Routing::RoundRobin, 2, LIMITS, Duration::from_millis(5));
         let start = Instant::now();
         assert_eq!(router.next_round_robin(10, start), 0);
-        assert_eq!(router.next_round_robin(10, start + Duration::from_millis(1)), 0);
-        assert_eq!(router.next_round_robin(10, start + Duration::from_millis(6)), 1);
+        assert_eq!(
+            router.next_round_robin(10, start + Duration::from_millis(1)),
+            0
+        );
+        assert_eq!(
+            router.next_round_robin(10, start + Duration::from_millis(6)),
+            1
+        );
     }
 }

@@ -23,9 +23,9 @@ use tonic::transport::Channel;
 use tracing::{debug, warn};
 
 use super::batch::{Accumulator, BatchLimits, InFlight, Pending};
-use crate::reconnect::{Backoff, is_final, sleep_until_some};
 use crate::client::Client;
 use crate::error::{Error, Result};
+use crate::reconnect::{Backoff, is_final, sleep_until_some};
 
 /// What a producer handle sends to its partition tasks, in one queue so a
 /// flush or close covers every message queued before it.
@@ -80,7 +80,10 @@ pub(crate) async fn open_stream(
         .await??;
     let mut responses = response.into_inner();
 
-    match client.with_timeout(operation, responses.message()).await?? {
+    match client
+        .with_timeout(operation, responses.message())
+        .await??
+    {
         Some(PublishResponse {
             response: Some(Response::Opened(_)),
         }) => Ok(Connection {

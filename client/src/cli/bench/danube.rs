@@ -77,7 +77,13 @@ pub(crate) async fn run(client: &Client, plan: &Plan, meter: &Arc<Meter>) -> Res
         .into_iter()
         .map(|consumer| {
             let stub = ConsumerServiceClient::new(channel.clone());
-            tokio::spawn(consume(stub, consumer, plan.clone(), deadline, meter.clone()))
+            tokio::spawn(consume(
+                stub,
+                consumer,
+                plan.clone(),
+                deadline,
+                meter.clone(),
+            ))
         })
         .collect();
     let producing: Vec<JoinHandle<Tally>> = producers
@@ -267,7 +273,8 @@ async fn produce(
             if deadline.is_some_and(|deadline| sent_at >= deadline) {
                 break;
             }
-            let (partition, producer_id) = &producer.targets[sent as usize % producer.targets.len()];
+            let (partition, producer_id) =
+                &producer.targets[sent as usize % producer.targets.len()];
             let message = StreamMessage {
                 request_id: sent,
                 msg_id: Some(MsgId {
@@ -309,9 +316,14 @@ async fn consume(
     meter: Arc<Meter>,
 ) -> Tally {
     let (acks, ids) = mpsc::channel(16 * 1024);
-    let acker = plan
-        .reliable
-        .then(|| tokio::spawn(acknowledge(stub, plan.subscription.clone(), ids, plan.in_flight)));
+    let acker = plan.reliable.then(|| {
+        tokio::spawn(acknowledge(
+            stub,
+            plan.subscription.clone(),
+            ids,
+            plan.in_flight,
+        ))
+    });
 
     let mut tally = Tally::new();
     let mut last_message_at = Instant::now();
@@ -328,9 +340,7 @@ async fn consume(
 
         let latency = match plan.mode {
             Mode::E2e => stamped_latency(&message.payload),
-            Mode::Produce | Mode::Consume => {
-                published_latency(sava_time(message.publish_time))
-            }
+            Mode::Produce | Mode::Consume => published_latency(sava_time(message.publish_time)),
         };
         last_message_at = Instant::now();
         tally.record(latency, last_message_at);

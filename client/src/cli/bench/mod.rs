@@ -157,7 +157,10 @@ impl Plan {
             bail!("--producers, --consumers and --in-flight must be at least 1");
         }
         if args.mode == Mode::E2e && args.size < 8 {
-            bail!("invalid --size {}: e2e payloads carry an 8-byte timestamp", args.size);
+            bail!(
+                "invalid --size {}: e2e payloads carry an 8-byte timestamp",
+                args.size
+            );
         }
         if args.count == Some(0) {
             bail!("invalid --count 0: expected at least one message");
@@ -230,7 +233,10 @@ impl Outcome {
     /// Puts the producer and consumer tallies of a run together.
     fn new(plan: &Plan, producers: Tally, consumers: Tally, started: Instant) -> Outcome {
         let errors = producers.errors + consumers.errors;
-        let first_error = producers.first_error.clone().or(consumers.first_error.clone());
+        let first_error = producers
+            .first_error
+            .clone()
+            .or(consumers.first_error.clone());
         let acknowledged = (plan.mode != Mode::Consume).then_some(producers.messages);
         let measured = match plan.mode {
             Mode::Produce => producers,
@@ -270,7 +276,10 @@ pub(crate) async fn run(client: &Client, args: BenchArgs) -> Result<()> {
     report.print(args.output)?;
 
     if let Some(first) = outcome.first_error {
-        bail!("{} operations failed during the bench; the first: {first}", outcome.errors);
+        bail!(
+            "{} operations failed during the bench; the first: {first}",
+            outcome.errors
+        );
     }
     Ok(())
 }

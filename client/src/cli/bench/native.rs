@@ -48,7 +48,13 @@ pub(crate) async fn run(client: &Client, plan: &Plan, meter: &Arc<Meter>) -> Res
         .enumerate()
         .map(|(index, producer)| {
             let quota = plan.quota(index);
-            tokio::spawn(produce(producer, plan.clone(), quota, deadline, meter.clone()))
+            tokio::spawn(produce(
+                producer,
+                plan.clone(),
+                quota,
+                deadline,
+                meter.clone(),
+            ))
         })
         .collect();
 
@@ -92,9 +98,7 @@ async fn subscribe(client: &Client, plan: &Plan, index: usize) -> Result<Consume
         .start(start)
         .subscribe()
         .await
-        .with_context(|| {
-            format!("cannot subscribe bench consumer {index} to {}", plan.topic)
-        })
+        .with_context(|| format!("cannot subscribe bench consumer {index} to {}", plan.topic))
 }
 
 /// Sends until the quota or the deadline, while a collector task awaits

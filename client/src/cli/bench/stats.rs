@@ -46,7 +46,8 @@ impl Tally {
     /// Counts one message that took `latency`.
     pub(crate) fn record(&mut self, latency: Duration, at: Instant) {
         self.messages += 1;
-        self.latency_us.saturating_record(latency.as_micros() as u64);
+        self.latency_us
+            .saturating_record(latency.as_micros() as u64);
         self.last_at = Some(at);
     }
 
@@ -136,7 +137,9 @@ impl Meter {
 
 /// Microseconds since the Unix epoch, as stamped into e2e payloads.
 pub(crate) fn now_micros() -> u64 {
-    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     since.as_micros() as u64
 }
 
@@ -170,7 +173,10 @@ impl Progress {
             ProgressDrawTarget::hidden()
         };
         let (length, template) = match plan.count {
-            Some(count) => (count, "{elapsed_precise} [{bar:40}] {pos}/{len} msgs, {msg}"),
+            Some(count) => (
+                count,
+                "{elapsed_precise} [{bar:40}] {pos}/{len} msgs, {msg}",
+            ),
             None => (
                 plan.duration.as_secs(),
                 "{elapsed_precise} [{bar:40}] {pos}/{len} s, {msg}",
@@ -325,7 +331,10 @@ mod tests {
         first.merge(second);
         assert_eq!(first.messages, 2);
         assert_eq!(first.errors, 1);
-        assert_eq!(first.first_error.as_deref(), Some("broker refused the batch"));
+        assert_eq!(
+            first.first_error.as_deref(),
+            Some("broker refused the batch")
+        );
         assert_eq!(first.last_at, Some(now + Duration::from_millis(1)));
         assert!(first.latency_us.max() >= 300);
     }
