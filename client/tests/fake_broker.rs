@@ -38,6 +38,11 @@ struct State {
     /// (counted over all streams), without storing it.
     break_at_batch: Option<usize>,
     batches: usize,
+    /// Break the consume stream that has delivered this many messages in
+    /// all (counted over all streams).
+    break_after_deliveries: Option<usize>,
+    deliveries: usize,
+    subscribes: usize,
 }
 
 #[derive(Clone)]
@@ -194,7 +199,8 @@ impl SavaClient for Fake {
             ));
         };
         let mut cursor = {
-            let state = self.lock();
+            let mut state = self.lock();
+            state.subscribes += 1;
             let Some(log) = state.logs.get(&subscribe.topic) else {
                 return Err(Status::not_found(format!(
                     "topic {} does not exist",
@@ -226,8 +232,8 @@ impl SavaClient for Fake {
         let mut appended = self.appended.subscribe();
         tokio::spawn(async move {
             loop {
-                let batch: Vec<Delivery> = {
-                    let state = fake.lock();
+                let (batch, break_now) = {
+                    let mut state = fake.lock();
                     let log = &state.logs[&key.0];
                     let acked = state.acked.get(&key);
                     let mut batch = Vec::new();
@@ -238,7 +244,14 @@ impl SavaClient for Fake {
                         }
                         cursor += 1;
                     }
-                    batch
+                    state.deliveries += batch.len();
+                    let break_now = state
+                        .break_after_deliveries
+                        .is_some_and(|limit| state.deliveries >= limit);
+                    if break_now {
+                        state.break_after_deliveries = None;
+                    }
+                    (batch, break_now)
                 };
                 if !batch.is_empty() {
                     let deliveries = consume_response::Response::Deliveries(DeliveryBatch {
@@ -252,6 +265,12 @@ impl SavaClient for Fake {
                     if sent.await.is_err() {
                         return;
                     }
+                }
+                if break_now {
+                    let _ = answers
+                        .send(Err(Status::unavailable("broker restarting")))
+                        .await;
+                    return;
                 }
 
                 tokio::select! {
@@ -417,10 +436,12 @@ async fn a_consumer_with_a_small_window_still_receives_everything_in_order() {
         .await
         .unwrap();
     for index in 0..50 {
-        let _ = producer
-            .send(Message::new(format!("m{index}")))
-            .await
-            .unwrap();
+        drop(
+            producer
+                .send(Message::new(format!("m{index}")))
+                .await
+                .unwrap(),
+        );
     }
     within(producer.flush()).await.unwrap();
 
@@ -448,6 +469,45 @@ async fn a_consumer_with_a_small_window_still_receives_everything_in_order() {
 }
 
 #[tokio::test]
+async fn a_broken_consume_stream_is_resubscribed_and_unacked_messages_come_again() {
+    let (fake, client) = start().await;
+    let producer = client
+        .producer("/default/resume")
+        .reliable(true)
+        .create()
+        .await
+        .unwrap();
+    for index in 0..20 {
+        drop(
+            producer
+                .send(Message::new(format!("m{index}")))
+                .await
+                .unwrap(),
+        );
+    }
+    within(producer.flush()).await.unwrap();
+    fake.lock().break_after_deliveries = Some(6);
+
+    let mut consumer = client
+        .consumer("/default/resume", "resume")
+        .credits(4)
+        .start(StartPosition::Earliest)
+        .subscribe()
+        .await
+        .unwrap();
+    let mut seen = BTreeSet::new();
+    while seen.len() < 20 {
+        let message = within(consumer.recv()).await.unwrap().unwrap();
+        seen.insert(message.offset);
+        consumer.ack(&message).unwrap();
+    }
+    within(consumer.close()).await;
+
+    assert_eq!(seen, (0..20).collect::<BTreeSet<u64>>());
+    assert_eq!(fake.lock().subscribes, 2, "the consumer resubscribed once");
+}
+
+#[tokio::test]
 async fn a_partitioned_topic_keeps_each_key_on_one_partition() {
     let (_fake, client) = start().await;
     let producer = client
@@ -466,7 +526,7 @@ async fn a_partitioned_topic_keeps_each_key_on_one_partition() {
         .unwrap();
     for index in 0..30 {
         let message = Message::new("payload").with_key(format!("key-{}", index % 5));
-        let _ = producer.send(message).await.unwrap();
+        drop(producer.send(message).await.unwrap());
     }
     within(producer.flush()).await.unwrap();
 

@@ -51,6 +51,15 @@ pub enum Error {
     #[error("offset mismatch: expected {expected}, got {got}")]
     OffsetMismatch { expected: u64, got: u64 },
 
+    /// A read or lookup outside the offsets the log holds: below its start
+    /// offset (deleted by retention) or above its next offset.
+    #[error("offset {offset} is outside the log, which holds [{start_offset}, {next_offset})")]
+    OffsetOutOfRange {
+        offset: u64,
+        start_offset: u64,
+        next_offset: u64,
+    },
+
     /// A record's publish time is below the one before it.
     #[error("publish time went backwards: {got_ms} ms after {last_ms} ms")]
     PublishTimeRegression { last_ms: u64, got_ms: u64 },

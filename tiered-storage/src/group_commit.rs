@@ -197,6 +197,8 @@ struct Pending {
 
 struct Shared {
     config: CommitConfig,
+    /// Mirrors `Pending::closed`, for appenders to check without the lock.
+    closed: AtomicBool,
     pending: Mutex<Pending>,
     wake: Condvar,
     stats: Mutex<CommitStats>,
@@ -249,6 +251,7 @@ impl GroupCommitter {
         }
         let shared = Arc::new(Shared {
             config,
+            closed: AtomicBool::new(false),
             pending: Mutex::new(Pending::default()),
             wake: Condvar::new(),
             stats: Mutex::new(CommitStats::default()),
@@ -277,12 +280,13 @@ impl GroupCommitter {
     }
 
     pub fn is_closed(&self) -> bool {
-        self.shared.pending().closed
+        self.shared.closed.load(Ordering::SeqCst)
     }
 
     /// Flushes what is pending, stops the thread and fails later appends
     /// with [`Error::Closed`]. Blocks for the last flush; idempotent.
     pub fn shutdown(&self) {
+        self.shared.closed.store(true, Ordering::SeqCst);
         self.shared.pending().closed = true;
         self.shared.wake.notify_all();
 
@@ -307,6 +311,9 @@ impl GroupCommitter {
         bytes: u64,
     ) -> Result<AppendAck> {
         if self.shared.config.mode == FsyncMode::Never {
+            if self.is_closed() {
+                return Err(Error::Closed);
+            }
             partition.durable_next.fetch_max(next_offset, Ordering::SeqCst);
             self.shared.stats().unsynced_batches += 1;
             return Ok(AppendAck::ready());

@@ -117,6 +117,7 @@ impl SparseIndex {
         after.checked_sub(1).map(|i| self.entries[i])
     }
 
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }

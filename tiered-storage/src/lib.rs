@@ -1,1 +1,46 @@
-//! Being written.
+//! Sava's tiered storage, starting with its bottom tier: the write-ahead log
+//! of reliable topic partitions.
+//!
+//! One [`PartitionLog`] per partition owns a directory of segment files
+//! ([`record`] documents the batch format byte by byte); one
+//! [`GroupCommitter`] per broker fsyncs them all, so a producer's ack means
+//! its batch is on disk while many producers share each fsync. Opening a log
+//! recovers it: a torn tail from a killed process is cut at the last whole
+//! batch, and offsets continue, dense, from there.
+//!
+//! Every type here is `Send + Sync`. Appends are cheap and non-blocking
+//! (one buffered write); reads and opens block on disk, so the broker runs
+//! them on `spawn_blocking`.
+
+pub mod error;
+pub mod group_commit;
+mod index;
+pub mod log;
+pub mod record;
+pub mod recovery;
+pub mod segment;
+
+pub use error::{Error, Result};
+pub use group_commit::{
+    AppendAck, CommitConfig, CommitStats, FlushObserver, FlushReport, FsyncMode, GroupCommitter,
+};
+pub use log::{LogConfig, PartitionLog};
+pub use record::{BatchHeader, FormatError, Record};
+pub use recovery::RecoveryReport;
+pub use segment::{SegmentDamage, SegmentInfo};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn public_types_are_send_and_sync() {
+        assert_send_sync::<PartitionLog>();
+        assert_send_sync::<GroupCommitter>();
+        assert_send_sync::<AppendAck>();
+        assert_send_sync::<Error>();
+        assert_send_sync::<RecoveryReport>();
+    }
+}

@@ -164,8 +164,10 @@ impl pb::sava_client_server::SavaClient for NativeApi {
         let control = tokio::spawn(read_controls(requests, entry.clone()));
 
         let topic = entry.topic.name.to_string();
-        let deliveries = batched(guard, receiver, MAX_DELIVERY_BATCH).map(move |(batch, dropped)| {
-            let _control = &control;
+        // The session ends with the client's side of the stream: a client
+        // that closes its requests gets its response stream ended too.
+        let deliveries = batched(guard, receiver, MAX_DELIVERY_BATCH).take_until(control);
+        let deliveries = deliveries.map(move |(batch, dropped)| {
             Ok(pb::ConsumeResponse {
                 response: Some(pb::consume_response::Response::Deliveries(pb::DeliveryBatch {
                     topic: topic.clone(),

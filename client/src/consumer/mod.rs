@@ -10,6 +10,7 @@
 mod task;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use futures::future::{join_all, try_join_all};
@@ -179,6 +180,7 @@ impl ConsumerBuilder {
         let connections = try_join_all(opening).await?;
 
         let (events_sender, events) = mpsc::unbounded_channel();
+        let dropped = Arc::new(AtomicU64::new(0));
         let controls = connections
             .into_iter()
             .zip(&partitions)
@@ -190,6 +192,7 @@ impl ConsumerBuilder {
                     index,
                     subscribe: self.subscribe_request(partition, &name),
                     window: self.credits,
+                    dropped: Arc::clone(&dropped),
                 };
                 self.spawn_partition(settings, connection, events_sender.clone())
             })
@@ -204,6 +207,7 @@ impl ConsumerBuilder {
             events,
             current: Vec::new().into_iter(),
             flow_chunk: (self.credits / 2).max(1),
+            dropped,
         })
     }
 
@@ -254,6 +258,7 @@ pub struct Consumer {
     /// Messages taken per partition since credits were last granted.
     taken: Vec<u32>,
     flow_chunk: u32,
+    dropped: Arc<AtomicU64>,
 }
 
 impl Consumer {
@@ -270,6 +275,12 @@ impl Consumer {
     /// The consumer's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// How many messages of a non-reliable topic the broker dropped for
+    /// this consumer because it did not keep up.
+    pub fn dropped_messages(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 
     /// Waits for the next message from any partition.

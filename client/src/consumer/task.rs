@@ -8,6 +8,7 @@
 //! has room for; a reliable topic then delivers the unacked messages again.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sava_proto::sava::v1::consume_request::Request;
@@ -36,7 +37,10 @@ const ACK_DELAY: Duration = Duration::from_millis(5);
 
 /// How long a closing consumer waits for the broker to end the stream after
 /// its last acks, so that they are read before the stream goes away.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
+const CLOSE_GRACE: Duration = Duration::from_millis(500);
+
+/// A partition warns about dropped messages at most this often.
+const DROP_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What the consumer handle asks of a partition task.
 #[derive(Debug)]
@@ -135,6 +139,8 @@ pub(crate) struct TaskSettings {
     pub(crate) subscribe: Subscribe,
     /// The credit window: how many messages may wait in the client.
     pub(crate) window: u32,
+    /// Messages the broker dropped for the whole consumer.
+    pub(crate) dropped: Arc<AtomicU64>,
 }
 
 /// One partition's task; see the module docs.
@@ -150,6 +156,9 @@ pub(crate) struct PartitionTask {
     acks: Vec<u64>,
     cumulative: Option<u64>,
     ack_deadline: Option<Instant>,
+    /// Drops not reported in a warning yet, and when the last one was.
+    unreported_drops: u64,
+    last_drop_warning: Option<Instant>,
 }
 
 impl PartitionTask {
@@ -169,6 +178,8 @@ impl PartitionTask {
             acks: Vec::with_capacity(ACK_BATCH),
             cumulative: None,
             ack_deadline: None,
+            unreported_drops: 0,
+            last_drop_warning: None,
         }
     }
 
@@ -284,10 +295,10 @@ impl PartitionTask {
 
     /// Sends the acks when enough wait, or sets the timer that will.
     fn acks_changed(&mut self, connection: Option<&Connection>) -> Result<()> {
-        if self.acks.len() >= ACK_BATCH {
-            if let Some(live) = connection {
-                return self.flush_acks(live);
-            }
+        if self.acks.len() >= ACK_BATCH
+            && let Some(live) = connection
+        {
+            return self.flush_acks(live);
         }
         if self.ack_deadline.is_none() {
             self.ack_deadline = Some(Instant::now() + ACK_DELAY);
@@ -324,11 +335,7 @@ impl PartitionTask {
         };
 
         if batch.dropped > 0 {
-            warn!(
-                topic = %self.settings.partition,
-                dropped = batch.dropped,
-                "the broker dropped messages this consumer could not keep up with"
-            );
+            self.count_drops(batch.dropped);
         }
         if batch.messages.is_empty() {
             return Ok(true);
@@ -343,6 +350,27 @@ impl PartitionTask {
             .map(|delivery| ReceivedMessage::from_delivery(delivery, partition, index))
             .collect();
         Ok(self.events.send(Event::Messages(messages)).is_ok())
+    }
+
+    /// Counts messages the broker dropped, warning once in a while rather
+    /// than for every batch.
+    fn count_drops(&mut self, dropped: u64) {
+        self.settings.dropped.fetch_add(dropped, Ordering::Relaxed);
+        self.unreported_drops += dropped;
+
+        let now = Instant::now();
+        let due = self
+            .last_drop_warning
+            .is_none_or(|last| now.duration_since(last) >= DROP_WARNING_INTERVAL);
+        if due {
+            warn!(
+                topic = %self.settings.partition,
+                dropped = self.unreported_drops,
+                "the broker dropped messages this consumer could not keep up with"
+            );
+            self.unreported_drops = 0;
+            self.last_drop_warning = Some(now);
+        }
     }
 
     /// Subscribes again, granting the credits the application has room for,

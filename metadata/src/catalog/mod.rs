@@ -7,7 +7,7 @@
 //! | --- | --- |
 //! | `/sava/namespaces/<ns>` | [`NamespaceRecord`] |
 //! | `/sava/topics/<ns>/<topic>` | [`TopicRecord`] of `/<ns>/<topic>`, partitions included |
-//! | `/sava/subscriptions/</ns/topic>/<sub>` | the broker's subscription record (see [`Catalog::subscription_key`]) |
+//! | `/sava/subscriptions/</ns/topic>/<sub>` | [`SubscriptionRecord`]: type and cursor |
 //! | `/sava/schemas/subjects/<subject>` | [`SubjectRecord`] |
 //! | `/sava/schemas/versions/<subject>/<version>` | [`SchemaRecord`] (`version` a `u64` element) |
 //! | `/sava/schemas/ids/<id>` | the subject of schema id `id`, a JSON string |
@@ -19,6 +19,7 @@
 //! returns what the first attempt would have returned.
 
 mod schemas;
+mod subscriptions;
 #[cfg(test)]
 mod tests;
 
@@ -29,6 +30,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use futures::FutureExt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+
+pub use subscriptions::SubscriptionRecord;
 
 use crate::error::{MetadataError, Result};
 use crate::keys::{Key, display_key};

@@ -82,7 +82,7 @@ pub(crate) async fn run(client: &Client, plan: &Plan, meter: &Arc<Meter>) -> Res
                 consumer,
                 plan.clone(),
                 deadline,
-                meter.clone(),
+                Arc::clone(meter),
             ))
         })
         .collect();
@@ -92,13 +92,22 @@ pub(crate) async fn run(client: &Client, plan: &Plan, meter: &Arc<Meter>) -> Res
         .map(|(index, producer)| {
             let stub = ProducerServiceClient::new(channel.clone());
             let quota = plan.quota(index);
-            let task = produce(stub, producer, plan.clone(), quota, deadline, meter.clone());
+            let task = produce(
+                stub,
+                producer,
+                plan.clone(),
+                quota,
+                deadline,
+                Arc::clone(meter),
+            );
             tokio::spawn(task)
         })
         .collect();
 
     let produced = join_tallies(producing).await;
-    meter.producers_finished(produced.messages);
+    if plan.mode != Mode::Consume {
+        meter.producers_finished(produced.messages);
+    }
     let consumed = join_tallies(consuming).await;
     Ok(Outcome::new(plan, produced, consumed, started))
 }

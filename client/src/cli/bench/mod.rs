@@ -17,6 +17,7 @@ mod danube;
 mod native;
 mod stats;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
@@ -261,7 +262,7 @@ pub(crate) async fn run(client: &Client, args: BenchArgs) -> Result<()> {
     };
     let meter = Meter::new(target);
 
-    let progress = Progress::start(&plan, meter.clone());
+    let progress = Progress::start(&plan, Arc::clone(&meter));
     let outcome = match plan.api {
         Api::Native => native::run(client, &plan, &meter).await,
         Api::Danube => danube::run(client, &plan, &meter).await,

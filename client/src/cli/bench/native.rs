@@ -41,7 +41,7 @@ pub(crate) async fn run(client: &Client, plan: &Plan, meter: &Arc<Meter>) -> Res
     let deadline = plan.deadline(started);
     let consuming: Vec<JoinHandle<Tally>> = consumers
         .into_iter()
-        .map(|consumer| tokio::spawn(consume(consumer, plan.clone(), deadline, meter.clone())))
+        .map(|consumer| tokio::spawn(consume(consumer, plan.clone(), deadline, Arc::clone(meter))))
         .collect();
     let producing: Vec<JoinHandle<Tally>> = producers
         .into_iter()
@@ -53,13 +53,15 @@ pub(crate) async fn run(client: &Client, plan: &Plan, meter: &Arc<Meter>) -> Res
                 plan.clone(),
                 quota,
                 deadline,
-                meter.clone(),
+                Arc::clone(meter),
             ))
         })
         .collect();
 
     let produced = join_tallies(producing).await;
-    meter.producers_finished(produced.messages);
+    if plan.mode != Mode::Consume {
+        meter.producers_finished(produced.messages);
+    }
     let consumed = join_tallies(consuming).await;
     Ok(Outcome::new(plan, produced, consumed, started))
 }
@@ -179,7 +181,7 @@ async fn collect_acks(
     tally
 }
 
-/// Receives (and acks, on reliable topics) until the meter says stop.
+/// Receives and acks until the meter says stop.
 async fn consume(
     mut consumer: Consumer,
     plan: Plan,
@@ -207,12 +209,12 @@ async fn consume(
         tally.record(latency, last_message_at);
         meter.received.fetch_add(1, Ordering::Relaxed);
 
-        if plan.reliable
-            && let Err(error) = consumer.ack(&message)
-        {
+        // The client sends acks only on reliable topics, whatever the flag.
+        if let Err(error) = consumer.ack(&message) {
             tally.error(error);
         }
     }
+    tally.dropped = consumer.dropped_messages();
     consumer.close().await;
     tally
 }

@@ -29,6 +29,8 @@ pub(crate) struct Tally {
     pub(crate) latency_us: Histogram<u64>,
     /// When the last message was acknowledged or received.
     pub(crate) last_at: Option<Instant>,
+    /// Messages the broker dropped for a slow consumer (non-reliable).
+    pub(crate) dropped: u64,
 }
 
 impl Tally {
@@ -40,6 +42,7 @@ impl Tally {
             latency_us: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
                 .expect("the histogram bounds are valid constants"),
             last_at: None,
+            dropped: 0,
         }
     }
 
@@ -62,6 +65,7 @@ impl Tally {
     pub(crate) fn merge(&mut self, other: Tally) {
         self.messages += other.messages;
         self.errors += other.errors;
+        self.dropped += other.dropped;
         if self.first_error.is_none() {
             self.first_error = other.first_error;
         }
@@ -229,6 +233,9 @@ pub(crate) struct Report {
     pub(crate) msgs_per_sec: f64,
     pub(crate) mb_per_sec: f64,
     pub(crate) latency_us: Latency,
+    /// Messages the broker dropped because a consumer did not keep up.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub(crate) dropped: u64,
     pub(crate) errors: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) first_error: Option<String>,
@@ -269,6 +276,7 @@ impl Report {
             msgs_per_sec: measured.messages as f64 / seconds,
             mb_per_sec: bytes / 1e6 / seconds,
             latency_us: Latency::of(&measured.latency_us),
+            dropped: measured.dropped,
             errors: 0,
             first_error: None,
         }
@@ -307,12 +315,22 @@ impl Report {
         if let Some(acknowledged) = self.acknowledged {
             text.push_str(&format!("\nacknowledged by the broker: {acknowledged}"));
         }
+        if self.dropped > 0 {
+            let dropped = self.dropped;
+            text.push_str(&format!(
+                "\ndropped by the broker for slow consumers: {dropped}"
+            ));
+        }
         if self.errors > 0 {
             let first = self.first_error.as_deref().unwrap_or("unknown");
             text.push_str(&format!("\nerrors: {} (first: {first})", self.errors));
         }
         text
     }
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 #[cfg(test)]

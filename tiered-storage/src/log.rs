@@ -1,0 +1,541 @@
+//! The write-ahead log of one reliable topic partition: [`PartitionLog`].
+//!
+//! The broker is the single writer: it stamps offsets and publish times under
+//! its own per-partition lock and calls [`PartitionLog::append`] under that
+//! same lock. The log keeps its own mutex over the segment list; appends hold
+//! it while encoding and writing (one `pwrite`), reads only while they pick a
+//! byte range, then read with `pread` on a read-only handle. Reads block on
+//! disk, so the broker calls them from `spawn_blocking`.
+//!
+//! Durability: an append's bytes are in the page cache when `append` returns;
+//! its [`AppendAck`] resolves when the [`GroupCommitter`] has fsynced them
+//! (or at once in [`FsyncMode::Never`](crate::FsyncMode::Never)). A segment is
+//! synced whole before it is sealed, so sealed segments never have torn tails.
+//!
+//! Known gap: the last publish time is recovered from the newest segment that
+//! holds records. If retention deleted every sealed segment while the active
+//! one is still empty, a restart forgets it (reports 0), and publish times
+//! then rely on the broker's clock alone.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::group_commit::{AppendAck, GroupCommitter, PartitionDurability};
+use crate::index::{encode_index, write_index_file};
+use crate::recovery::{self, RecoveryReport};
+use crate::record::{BatchHeader, Record, encode_batch, encoded_batch_len};
+use crate::segment::{Budget, Segment, SegmentInfo, SegmentWriter, index_path, sync_dir};
+
+/// Encode buffers above this are dropped after use rather than kept.
+const KEPT_ENCODE_BUFFER: usize = 1024 * 1024;
+
+/// Limits of a partition log. The defaults suit a broker; tests shrink them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// The active segment is sealed before a batch would take it past this
+    /// size (a single larger batch gets a segment of its own). Default 64 MiB.
+    pub segment_bytes: u64,
+    /// The active segment is sealed at the first append (or
+    /// [`PartitionLog::seal_if_aged`]) after it has held records this long.
+    /// This bounds the data a lost machine takes with it before offload.
+    /// Default 10 minutes.
+    pub segment_age: Duration,
+    /// Log bytes between two sparse index entries. Default 4 KiB.
+    pub index_interval_bytes: u32,
+    /// The largest encoded batch an append accepts. Default 16 MiB.
+    pub max_batch_bytes: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 64 * 1024 * 1024,
+            segment_age: Duration::from_secs(10 * 60),
+            index_interval_bytes: 4096,
+            max_batch_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+impl LogConfig {
+    /// Checks every value is in its allowed range.
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |key, value: &dyn std::fmt::Debug, allowed| Error::InvalidConfig {
+            key,
+            value: format!("{value:?}"),
+            allowed,
+        };
+        if self.segment_bytes == 0 {
+            return Err(invalid("segment_bytes", &0, "must be at least 1"));
+        }
+        if self.segment_age.is_zero() {
+            return Err(invalid("segment_age", &self.segment_age, "must be above zero"));
+        }
+        if self.index_interval_bytes == 0 {
+            return Err(invalid("index_interval_bytes", &0, "must be at least 1"));
+        }
+        if self.max_batch_bytes > u32::MAX as usize {
+            let allowed = "must be at most 4294967295 (the batch length field is 32 bits)";
+            return Err(invalid("max_batch_bytes", &self.max_batch_bytes, allowed));
+        }
+        Ok(())
+    }
+}
+
+/// The segments and write position, under the log's mutex.
+#[derive(Debug)]
+struct Inner {
+    /// Sorted by base offset, never empty; the last one is active.
+    segments: Vec<Segment>,
+    next_offset: u64,
+    last_publish_time_ms: u64,
+    encode_buffer: Vec<u8>,
+}
+
+impl Inner {
+    fn active(&self) -> &Segment {
+        self.segments.last().expect("a log always has an active segment")
+    }
+
+    fn active_mut(&mut self) -> &mut Segment {
+        self.segments
+            .last_mut()
+            .expect("a log always has an active segment")
+    }
+
+    fn start_offset(&self) -> u64 {
+        self.segments[0].summary.base_offset
+    }
+
+    /// The segment holding `offset`; the caller checked it is in range.
+    fn segment_for(&self, offset: u64) -> &Segment {
+        let after = self
+            .segments
+            .partition_point(|segment| segment.summary.base_offset <= offset);
+        &self.segments[after.saturating_sub(1)]
+    }
+
+    fn check_range(&self, offset: u64) -> Result<()> {
+        if (self.start_offset()..=self.next_offset).contains(&offset) {
+            return Ok(());
+        }
+        Err(Error::OffsetOutOfRange {
+            offset,
+            start_offset: self.start_offset(),
+            next_offset: self.next_offset,
+        })
+    }
+}
+
+/// The write-ahead log of one partition: segment files in one directory.
+#[derive(Debug)]
+pub struct PartitionLog {
+    dir: PathBuf,
+    config: LogConfig,
+    committer: Arc<GroupCommitter>,
+    durability: Arc<PartitionDurability>,
+    inner: Mutex<Inner>,
+}
+
+impl PartitionLog {
+    /// Opens (creating) the partition directory, recovers it, and returns
+    /// what recovery did.
+    ///
+    /// A torn or corrupt tail of the last segment is truncated; damage inside
+    /// a sealed segment does not fail the open, only reads of that range (see
+    /// [`RecoveryReport::damaged_segments`]).
+    pub fn open(
+        dir: &Path,
+        config: LogConfig,
+        committer: Arc<GroupCommitter>,
+    ) -> Result<(PartitionLog, RecoveryReport)> {
+        config.validate()?;
+        let recovered = recovery::recover(dir, &config)?;
+        let report = recovered.report;
+
+        let inner = Inner {
+            segments: recovered.segments,
+            next_offset: report.next_offset,
+            last_publish_time_ms: report.last_publish_time_ms,
+            encode_buffer: Vec::new(),
+        };
+        let durability = PartitionDurability::new(dir.to_path_buf(), report.next_offset);
+        let log = PartitionLog {
+            dir: dir.to_path_buf(),
+            config,
+            committer,
+            durability: Arc::new(durability),
+            inner: Mutex::new(inner),
+        };
+        Ok((log, report))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// The offset the next appended record must have.
+    pub fn next_offset(&self) -> u64 {
+        self.lock().next_offset
+    }
+
+    /// The publish time of the last record appended, 0 for an empty log; the
+    /// broker stamps no time below it, across restarts too.
+    pub fn last_publish_time_ms(&self) -> u64 {
+        self.lock().last_publish_time_ms
+    }
+
+    /// The first offset still on disk (equal to `next_offset` when empty).
+    pub fn start_offset(&self) -> u64 {
+        self.lock().start_offset()
+    }
+
+    /// Offsets below this are acknowledged: fsynced, or written in
+    /// [`FsyncMode::Never`](crate::FsyncMode::Never). Reads may return records
+    /// at or above it, which a crash of the machine can still lose; a
+    /// dispatcher that must not deliver those caps its reads here.
+    pub fn durable_offset(&self) -> u64 {
+        self.durability.durable_next.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Appends records whose offsets are `next_offset..` in order, as one
+    /// batch. The bytes are written before this returns; the returned future
+    /// resolves once they are durable per the committer's mode.
+    ///
+    /// The caller stamps offsets and times under its own lock and calls this
+    /// under the same lock, so batches land in offset order.
+    ///
+    /// # Errors
+    ///
+    /// `OffsetMismatch` and `PublishTimeRegression` for records that do not
+    /// continue the log, `RecordTooLarge` above `max_batch_bytes`,
+    /// `EmptyBatch`, `DiskFull` when the file system is full (nothing is
+    /// written; retry once space is freed), `Poisoned` after a failed write or
+    /// fsync, `Closed` once the committer has shut down.
+    pub fn append(&self, records: &[Record]) -> Result<AppendAck> {
+        let Some(first) = records.first() else {
+            return Err(Error::EmptyBatch);
+        };
+        let mut inner = self.lock();
+        self.check_writable()?;
+
+        // The batch must continue the log exactly.
+        if first.offset != inner.next_offset {
+            return Err(Error::OffsetMismatch {
+                expected: inner.next_offset,
+                got: first.offset,
+            });
+        }
+        if first.publish_time_ms < inner.last_publish_time_ms {
+            return Err(Error::PublishTimeRegression {
+                last_ms: inner.last_publish_time_ms,
+                got_ms: first.publish_time_ms,
+            });
+        }
+        let bytes = encoded_batch_len(records);
+        if bytes > self.config.max_batch_bytes as u64 {
+            return Err(Error::RecordTooLarge {
+                bytes,
+                max: self.config.max_batch_bytes as u64,
+            });
+        }
+
+        // Encode into the reused buffer, then write.
+        let mut buffer = std::mem::take(&mut inner.encode_buffer);
+        let written = encode_batch(records, &mut buffer)
+            .and_then(|header| Ok((self.write_batch(&mut inner, &header, &buffer)?, header)));
+        if buffer.capacity() <= KEPT_ENCODE_BUFFER {
+            inner.encode_buffer = buffer;
+        }
+        let (writer, header) = written?;
+        drop(inner);
+
+        self.committer.register(
+            &writer,
+            &self.durability,
+            header.next_offset(),
+            u64::from(header.length),
+        )
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.durability.is_poisoned() {
+            return Err(Error::Poisoned {
+                path: self.dir.clone(),
+            });
+        }
+        if self.committer.is_closed() {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    /// Rolls if due, writes the batch at the end of the active segment, and
+    /// accounts for it.
+    fn write_batch(
+        &self,
+        inner: &mut Inner,
+        header: &BatchHeader,
+        bytes: &[u8],
+    ) -> Result<Arc<SegmentWriter>> {
+        if self.roll_due(inner.active(), u64::from(header.length)) {
+            self.roll(inner)?;
+        }
+
+        let active = inner.active_mut();
+        let writer = Arc::clone(active.writer.as_ref().expect("the last segment is active"));
+        let position = active.summary.bytes;
+        if let Err(error) = writer.file.write_all_at(bytes, position) {
+            self.roll_back_write(&writer, position);
+            return Err(Error::io(&writer.path, error));
+        }
+
+        active
+            .index
+            .observe(header, position, self.config.index_interval_bytes.into());
+        active.summary.extend(header);
+        active.first_write_at.get_or_insert_with(Instant::now);
+        inner.next_offset = header.next_offset();
+        inner.last_publish_time_ms = header.last_publish_time_ms;
+        Ok(writer)
+    }
+
+    /// Cuts a partly written batch off, so the next one does not land after
+    /// garbage. If even that fails, the file's end is unknown: poison.
+    fn roll_back_write(&self, writer: &SegmentWriter, position: u64) {
+        if let Err(error) = writer.file.set_len(position) {
+            tracing::error!(segment = %writer.path.display(), position, error = %error, "cannot cut a failed write off the segment; partition refuses appends until reopened");
+            self.durability.poison();
+        }
+    }
+
+    fn roll_due(&self, active: &Segment, incoming: u64) -> bool {
+        let bytes = active.summary.bytes;
+        let aged = active
+            .first_write_at
+            .is_some_and(|at| at.elapsed() >= self.config.segment_age);
+        bytes > 0 && (bytes + incoming > self.config.segment_bytes || aged)
+    }
+
+    /// Seals the active segment and starts a new one at `next_offset`.
+    ///
+    /// Steps, each durable before the next: sync the segment's data, write
+    /// its index, create the new file, sync the directory. A failure before
+    /// the last step leaves the old segment active (the next append retries);
+    /// a failed data or directory sync poisons the partition.
+    fn roll(&self, inner: &mut Inner) -> Result<SegmentInfo> {
+        let next_offset = inner.next_offset;
+        let active = inner.active();
+        let writer = active.writer.as_ref().expect("the last segment is active");
+
+        if let Err(error) = writer.file.sync_data() {
+            self.durability.poison();
+            return Err(Error::io(&writer.path, error));
+        }
+        let index = encode_index(&active.summary, &active.index);
+        write_index_file(&index_path(&self.dir, active.summary.base_offset), &index)?;
+
+        let fresh = Segment::create(&self.dir, next_offset)?;
+        if let Err(error) = sync_dir(&self.dir) {
+            self.durability.poison();
+            return Err(error);
+        }
+
+        let sealed = inner.active_mut();
+        sealed.writer = None;
+        sealed.index_file_bytes = index.len() as u64;
+        let info = sealed.info();
+        inner.segments.push(fresh);
+        tracing::info!(
+            segment = %info.path.display(),
+            segment.base_offset = info.base_offset,
+            segment.next_offset = info.next_offset,
+            segment.bytes = info.bytes,
+            "sealed segment"
+        );
+        Ok(info)
+    }
+
+    /// Records from `from` on: at most `max_records`, and roughly `max_bytes`
+    /// (at least one record, however large). Empty at the end of the log.
+    ///
+    /// Blocks on disk reads: call it from `spawn_blocking`. The lock is held
+    /// only to pick the byte range, never during I/O. Payloads share the
+    /// buffer they were read into (up to `max_bytes`, at least 64 KiB).
+    ///
+    /// # Errors
+    ///
+    /// `OffsetOutOfRange` when `from` is below the start offset or above the
+    /// next offset; `Corrupt` when the first record to return sits in damaged
+    /// bytes (a read that reaches damage after some records returns those,
+    /// and the next one, starting at the damage, gets the error).
+    pub fn read(&self, from: u64, max_records: usize, max_bytes: usize) -> Result<Vec<Record>> {
+        let mut budget = Budget {
+            records: max_records,
+            bytes: max_bytes.max(1),
+        };
+        let chunk_bytes = max_bytes.clamp(64 * 1024, 4 * 1024 * 1024);
+        let mut records = Vec::new();
+        let mut cursor = from;
+
+        while !budget.is_spent() {
+            let span = {
+                let inner = self.lock();
+                // Retention may delete what a long read was heading for.
+                match inner.check_range(cursor) {
+                    Err(error) if records.is_empty() => return Err(error),
+                    Err(_) => break,
+                    Ok(()) => {}
+                }
+                if cursor >= inner.next_offset {
+                    break;
+                }
+                inner.segment_for(cursor).span_from(cursor)
+            };
+
+            // Hand out what came before damaged bytes; the next read, which
+            // starts at them, gets the error.
+            if let Err(error) = span.read(cursor, chunk_bytes, &mut budget, &mut records) {
+                if records.is_empty() {
+                    return Err(error);
+                }
+                break;
+            }
+            let span_end = span.next_offset.unwrap_or(cursor);
+            if span_end <= cursor {
+                break;
+            }
+            cursor = span_end;
+        }
+        Ok(records)
+    }
+
+    /// The first offset whose publish time is at or above `time_ms`, or
+    /// `next_offset` when every record is older. Exact, since publish times
+    /// never decrease: it scans at most one index interval and one batch.
+    pub fn offset_for_time(&self, time_ms: u64) -> Result<u64> {
+        let span = {
+            let inner = self.lock();
+            let segments = &inner.segments;
+
+            // The first segment holding a record at or after the time. Empty
+            // segments break the ordering the binary search relies on, so
+            // walk forward from where it lands.
+            let landed = segments.partition_point(|segment| {
+                let last = segment.summary.last_publish_time_ms;
+                last.is_some_and(|last| last < time_ms)
+            });
+            let found = segments[landed..].iter().find(|segment| {
+                let last = segment.summary.last_publish_time_ms;
+                last.is_some_and(|last| last >= time_ms)
+            });
+            match found {
+                Some(segment) => segment.span_for_time(time_ms),
+                None => return Ok(inner.next_offset),
+            }
+        };
+
+        let chunk_bytes = (self.config.index_interval_bytes as usize * 2).max(64 * 1024);
+        let found = span.find_time(time_ms, chunk_bytes)?;
+        Ok(found.or(span.next_offset).unwrap_or(span.first_offset))
+    }
+
+    /// Every segment, oldest first; the last one is active.
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        self.lock().segments.iter().map(Segment::info).collect()
+    }
+
+    /// Bytes on disk: segment files plus sealed indexes.
+    pub fn disk_bytes(&self) -> u64 {
+        let inner = self.lock();
+        let segments = inner.segments.iter();
+        segments
+            .map(|segment| segment.summary.bytes + segment.index_file_bytes)
+            .sum()
+    }
+
+    /// Seals the active segment now (for offload), unless it is empty.
+    pub fn seal_active(&self) -> Result<Option<SegmentInfo>> {
+        let mut inner = self.lock();
+        self.check_writable()?;
+        if inner.active().summary.bytes == 0 {
+            return Ok(None);
+        }
+        self.roll(&mut inner).map(Some)
+    }
+
+    /// Seals the active segment if it has held records for `segment_age`.
+    /// The broker calls it on a timer, so an idle partition still seals.
+    pub fn seal_if_aged(&self) -> Result<Option<SegmentInfo>> {
+        let mut inner = self.lock();
+        self.check_writable()?;
+        if !self.roll_due(inner.active(), 0) {
+            return Ok(None);
+        }
+        self.roll(&mut inner).map(Some)
+    }
+
+    /// Deletes whole sealed segments whose last offset is below `offset`
+    /// (retention decides the offset), oldest first, and returns them. The
+    /// active segment is never deleted.
+    ///
+    /// Segments leave the log before their files are removed; readers that
+    /// already picked one finish on their open handle. If a removal fails,
+    /// the error is returned and the file comes back at the next open.
+    pub fn delete_before(&self, offset: u64) -> Result<Vec<SegmentInfo>> {
+        let removed: Vec<Segment> = {
+            let mut inner = self.lock();
+            let count = inner
+                .segments
+                .iter()
+                .take_while(|s| s.is_sealed() && s.summary.next_offset <= offset)
+                .count();
+            inner.segments.drain(..count).collect()
+        };
+        if removed.is_empty() {
+            return Ok(Vec::new());
+        }
+
+        let mut first_error = None;
+        for segment in &removed {
+            let index = index_path(&self.dir, segment.summary.base_offset);
+            for path in [segment.path(), index.as_path()] {
+                if let Err(error) = remove_if_present(path) {
+                    tracing::warn!(segment = %path.display(), error = %error, "cannot delete segment file");
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        if let Err(error) = sync_dir(&self.dir) {
+            first_error.get_or_insert(error);
+        }
+        tracing::info!(dir = %self.dir.display(), segments = removed.len(), offset, "deleted segments");
+
+        match first_error {
+            Some(error) => Err(error),
+            None => Ok(removed.iter().map(Segment::info).collect()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Every change to `Inner` is made after its I/O succeeded, so a lock
+        // poisoned by a panic still guards consistent state.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn remove_if_present(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(error) if error.kind() != io::ErrorKind::NotFound => Err(Error::io(path, error)),
+        _ => Ok(()),
+    }
+}
