@@ -55,6 +55,9 @@ pub struct ProducerSpec {
     pub topic: String,
     pub name: String,
     pub exclusive: bool,
+    /// Whether the producer lives as long as one stream (native API) rather
+    /// than until it falls silent (Danube API, which has no stream).
+    pub stream_bound: bool,
     pub dispatch_mode: DispatchMode,
     pub schema: Option<SchemaSpec>,
 }
@@ -338,7 +341,13 @@ impl Broker {
             Some(schema) => Some(self.producer_schema(&topic, schema).await?),
             None => None,
         };
-        let producer = topic.add_producer(self.next_id(), &spec.name, spec.exclusive, schema)?;
+        let producer = topic.add_producer(
+            self.next_id(),
+            &spec.name,
+            spec.exclusive,
+            spec.stream_bound,
+            schema,
+        )?;
         self.producers
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -505,7 +514,7 @@ impl Broker {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .filter(|(_, p)| p.idle_for() > idle)
+            .filter(|(_, p)| !p.stream_bound && p.idle_for() > idle)
             .map(|(_, p)| p.id)
             .collect();
         for id in silent {

@@ -95,7 +95,9 @@ pub struct LimitsSection {
     /// Memory a reliable topic may use for messages some subscription has
     /// not acknowledged; past it, producers are refused.
     pub reliable_memory_bytes: usize,
-    /// How long a consumer without a stream keeps its place.
+    /// How long a Danube consumer without a stream keeps its place (and an
+    /// exclusive subscription), so that it can reattach by id. Native
+    /// consumers leave when their stream ends.
     pub consumer_grace_secs: u64,
     /// How long a Danube producer may stay silent (no send, no health
     /// check) before it is detached.
@@ -109,7 +111,7 @@ impl Default for LimitsSection {
             consumer_buffer_messages: 10_000,
             max_unacked_per_consumer: 1_000,
             reliable_memory_bytes: 256 * 1024 * 1024,
-            consumer_grace_secs: 30,
+            consumer_grace_secs: 15,
             producer_idle_secs: 60,
         }
     }

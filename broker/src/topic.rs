@@ -39,6 +39,8 @@ pub struct ProducerInfo {
     pub id: u64,
     pub name: Arc<str>,
     pub exclusive: bool,
+    /// Detached when its stream ends rather than when it falls silent.
+    pub stream_bound: bool,
     pub schema: Option<Arc<ActiveSchema>>,
     last_seen: Mutex<Instant>,
 }
@@ -145,6 +147,7 @@ impl Topic {
         id: u64,
         name: &str,
         exclusive: bool,
+        stream_bound: bool,
         schema: Option<Arc<ActiveSchema>>,
     ) -> Result<Arc<ProducerInfo>, BrokerError> {
         let mut producers = lock(&self.producers);
@@ -168,6 +171,7 @@ impl Topic {
             id,
             name: Arc::from(name),
             exclusive,
+            stream_bound,
             schema,
             last_seen: Mutex::new(Instant::now()),
         });

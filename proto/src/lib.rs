@@ -11,13 +11,13 @@
 pub mod error;
 
 /// The Danube-compatible client API (package `danube`).
-#[allow(missing_docs, unreachable_pub, clippy::all)]
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::clone_on_ref_ptr)]
 pub mod danube {
     tonic::include_proto!("danube");
 }
 
 /// The Danube-compatible schema registry API (package `danube_schema`).
-#[allow(missing_docs, unreachable_pub, clippy::all)]
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::clone_on_ref_ptr)]
 pub mod danube_schema {
     tonic::include_proto!("danube_schema");
 }
@@ -25,7 +25,7 @@ pub mod danube_schema {
 /// Sava's own packages.
 pub mod sava {
     /// The native API, version 1.
-    #[allow(missing_docs, unreachable_pub, clippy::all)]
+    #[allow(missing_docs, unreachable_pub, clippy::all, clippy::clone_on_ref_ptr)]
     pub mod v1 {
         tonic::include_proto!("sava.v1");
     }

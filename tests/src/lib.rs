@@ -317,7 +317,11 @@ fn find_binary(name: &str, variable: &str) -> Result<PathBuf> {
     }
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target"));
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join("target")
+        });
     let profile = if cfg!(debug_assertions) {
         "debug"
     } else {
@@ -408,8 +412,14 @@ mod tests {
 
     #[test]
     fn the_status_code_comes_from_the_status_line() {
-        assert_eq!(status_code(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n"), Some(200));
-        assert_eq!(status_code(b"HTTP/1.0 503 Service Unavailable\r\n"), Some(503));
+        assert_eq!(
+            status_code(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n"),
+            Some(200)
+        );
+        assert_eq!(
+            status_code(b"HTTP/1.0 503 Service Unavailable\r\n"),
+            Some(503)
+        );
         assert_eq!(status_code(b"garbage"), None);
         assert_eq!(status_code(b""), None);
     }
@@ -417,7 +427,11 @@ mod tests {
     #[test]
     fn free_addresses_are_distinct_loopback_ports() {
         let addrs = free_addrs().unwrap();
-        assert!(addrs.iter().all(|addr| addr.ip().is_loopback() && addr.port() != 0));
+        assert!(
+            addrs
+                .iter()
+                .all(|addr| addr.ip().is_loopback() && addr.port() != 0)
+        );
         assert_ne!(addrs[0], addrs[1]);
         assert_ne!(addrs[1], addrs[2]);
         assert_ne!(addrs[0], addrs[2]);

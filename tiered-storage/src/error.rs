@@ -117,10 +117,9 @@ impl Error {
     /// need their own error value (`io::Error` is not `Clone`).
     pub(crate) fn duplicate(&self) -> Error {
         match self {
-            Error::Io { path, source } | Error::DiskFull { path, source } => Error::io(
-                path,
-                io::Error::new(source.kind(), source.to_string()),
-            ),
+            Error::Io { path, source } | Error::DiskFull { path, source } => {
+                Error::io(path, io::Error::new(source.kind(), source.to_string()))
+            }
             Error::Poisoned { path } => Error::Poisoned { path: path.clone() },
             _ => Error::Closed,
         }
@@ -160,7 +159,10 @@ mod tests {
 
     #[test]
     fn other_io_errors_stay_io_and_name_the_path() {
-        let error = Error::io(Path::new("/x/y.wal"), io::ErrorKind::PermissionDenied.into());
+        let error = Error::io(
+            Path::new("/x/y.wal"),
+            io::ErrorKind::PermissionDenied.into(),
+        );
 
         assert!(matches!(error, Error::Io { .. }));
         assert!(error.to_string().contains("`/x/y.wal`"));

@@ -18,6 +18,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -314,7 +315,9 @@ impl GroupCommitter {
             if self.is_closed() {
                 return Err(Error::Closed);
             }
-            partition.durable_next.fetch_max(next_offset, Ordering::SeqCst);
+            partition
+                .durable_next
+                .fetch_max(next_offset, Ordering::SeqCst);
             self.shared.stats().unsynced_batches += 1;
             return Ok(AppendAck::ready());
         }
@@ -369,7 +372,10 @@ fn run(shared: &Shared) {
             if pending.closed {
                 return;
             }
-            pending = shared.wake.wait(pending).unwrap_or_else(PoisonError::into_inner);
+            pending = shared
+                .wake
+                .wait(pending)
+                .unwrap_or_else(PoisonError::into_inner);
             continue;
         }
 
@@ -407,7 +413,10 @@ fn flush(shared: &Shared, waiters: Vec<Waiter>) {
         let started = Instant::now();
         let outcome = waiter.segment.file.sync_data();
         fsync_latency += started.elapsed();
-        outcomes.insert(key, outcome.err().map(|e| Error::io(&waiter.segment.path, e)));
+        outcomes.insert(
+            key,
+            outcome.err().map(|e| Error::io(&waiter.segment.path, e)),
+        );
     }
 
     // Poison first: a partition with a failed sync acknowledges nothing more,
@@ -458,7 +467,12 @@ fn record(shared: &Shared, report: &FlushReport) {
         stats.last_fsync_latency = report.fsync_latency;
         stats.total_fsync_time += report.fsync_latency;
     }
+    // A panicking observer must not take the fsync thread, and every
+    // partition's acks, down with it.
     if let Some(observer) = &shared.observer {
-        observer(report);
+        let observed = std::panic::catch_unwind(AssertUnwindSafe(|| observer(report)));
+        if observed.is_err() {
+            tracing::error!("group commit flush observer panicked");
+        }
     }
 }

@@ -199,8 +199,7 @@ fn read_summary(body: &[u8], count: usize) -> Result<SegmentSummary, FormatError
     let bytes = le_u64(body, 40);
 
     let empty = bytes == 0;
-    if empty != (next_offset == base_offset) || empty != (count == 0) || next_offset < base_offset
-    {
+    if empty != (next_offset == base_offset) || empty != (count == 0) || next_offset < base_offset {
         return Err(bad("summary is inconsistent"));
     }
     let (first, last) = (le_u64(body, 24), le_u64(body, 32));
@@ -296,7 +295,11 @@ mod tests {
 
         assert_eq!(every_batch.len(), 10);
         assert_eq!(
-            every_third.entries.iter().map(|e| e.position).collect::<Vec<_>>(),
+            every_third
+                .entries
+                .iter()
+                .map(|e| e.position)
+                .collect::<Vec<_>>(),
             [0, 3000, 6000, 9000]
         );
     }
@@ -356,7 +359,10 @@ mod tests {
             assert!(decode_index(&flipped, 100, 10_000).is_err(), "byte {at}");
         }
         assert!(decode_index(&bytes[..bytes.len() - 1], 100, 10_000).is_err());
-        assert!(decode_index(&bytes, 100, 9_999).is_err(), "segment grew or shrank");
+        assert!(
+            decode_index(&bytes, 100, 9_999).is_err(),
+            "segment grew or shrank"
+        );
         assert!(decode_index(&bytes, 101, 10_000).is_err(), "other segment");
     }
 }

@@ -27,8 +27,10 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::group_commit::{AppendAck, GroupCommitter, PartitionDurability};
 use crate::index::{encode_index, write_index_file};
+use crate::record::{
+    BATCH_HEADER_LEN, BatchHeader, MIN_RECORD_LEN, Record, encode_batch, encoded_batch_len,
+};
 use crate::recovery::{self, RecoveryReport};
-use crate::record::{BatchHeader, Record, encode_batch, encoded_batch_len};
 use crate::segment::{Budget, Segment, SegmentInfo, SegmentWriter, index_path, sync_dir};
 
 /// Encode buffers above this are dropped after use rather than kept.
@@ -74,10 +76,18 @@ impl LogConfig {
             return Err(invalid("segment_bytes", &0, "must be at least 1"));
         }
         if self.segment_age.is_zero() {
-            return Err(invalid("segment_age", &self.segment_age, "must be above zero"));
+            return Err(invalid(
+                "segment_age",
+                &self.segment_age,
+                "must be above zero",
+            ));
         }
         if self.index_interval_bytes == 0 {
             return Err(invalid("index_interval_bytes", &0, "must be at least 1"));
+        }
+        if self.max_batch_bytes < BATCH_HEADER_LEN + MIN_RECORD_LEN {
+            let allowed = "must be at least 77 (a batch of one empty record)";
+            return Err(invalid("max_batch_bytes", &self.max_batch_bytes, allowed));
         }
         if self.max_batch_bytes > u32::MAX as usize {
             let allowed = "must be at most 4294967295 (the batch length field is 32 bits)";
@@ -99,7 +109,9 @@ struct Inner {
 
 impl Inner {
     fn active(&self) -> &Segment {
-        self.segments.last().expect("a log always has an active segment")
+        self.segments
+            .last()
+            .expect("a log always has an active segment")
     }
 
     fn active_mut(&mut self) -> &mut Segment {
@@ -204,7 +216,9 @@ impl PartitionLog {
     /// at or above it, which a crash of the machine can still lose; a
     /// dispatcher that must not deliver those caps its reads here.
     pub fn durable_offset(&self) -> u64 {
-        self.durability.durable_next.load(std::sync::atomic::Ordering::SeqCst)
+        self.durability
+            .durable_next
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Appends records whose offsets are `next_offset..` in order, as one
@@ -257,8 +271,8 @@ impl PartitionLog {
             inner.encode_buffer = buffer;
         }
         let (writer, header) = written?;
-        drop(inner);
 
+        // Registered under the lock, so acks complete in offset order.
         self.committer.register(
             &writer,
             &self.durability,

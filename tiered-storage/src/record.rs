@@ -258,7 +258,11 @@ pub fn encode_batch(records: &[Record], out: &mut Vec<u8>) -> Result<BatchHeader
     for record in records {
         encode_record(record, out);
     }
-    debug_assert_eq!(out.len(), header.len(), "encoded_len disagrees with the encoder");
+    debug_assert_eq!(
+        out.len(),
+        header.len(),
+        "encoded_len disagrees with the encoder"
+    );
 
     let crc = crc32c::crc32c(&out[CRC_START..]);
     out[12..16].copy_from_slice(&crc.to_le_bytes());
@@ -396,10 +400,8 @@ pub(crate) fn decode_verified(
 
     for index in 0..header.record_count {
         let offset = header.base_offset + u64::from(index);
-        let record = decode_record(&mut reader, offset).map_err(|what| FormatError::BadRecord {
-            index,
-            what,
-        })?;
+        let record = decode_record(&mut reader, offset)
+            .map_err(|what| FormatError::BadRecord { index, what })?;
         if record.publish_time_ms < last_ms {
             return Err(FormatError::BadRecord {
                 index,

@@ -151,16 +151,14 @@ fn list_segments(dir: &Path, report: &mut RecoveryReport) -> Result<Vec<u64>> {
             Some(FileKind::Wal(base)) => drop(wals.insert(base)),
             Some(FileKind::Index(base)) => drop(indexes.insert(base)),
             Some(FileKind::Temporary) => leftovers.push(entry.path()),
-            None => tracing::warn!(file = %entry.path().display(), "ignoring a file that is no segment"),
+            None => {
+                tracing::warn!(file = %entry.path().display(), "ignoring a file that is no segment")
+            }
         }
     }
 
     // An index without its segment is what a crash during deletion leaves.
-    leftovers.extend(
-        indexes
-            .difference(&wals)
-            .map(|&base| index_path(dir, base)),
-    );
+    leftovers.extend(indexes.difference(&wals).map(|&base| index_path(dir, base)));
     for path in leftovers {
         fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
         tracing::info!(file = %path.display(), "removed leftover index file");
@@ -203,7 +201,12 @@ fn load_sealed(
         let bytes = encode_index(&scan.summary, &scan.index);
         write_index_file(&idx, &bytes)?;
         report.rebuilt_indexes += 1;
-        return Ok(sealed_segment(reader, scan.summary, scan.index, bytes.len() as u64));
+        return Ok(sealed_segment(
+            reader,
+            scan.summary,
+            scan.index,
+            bytes.len() as u64,
+        ));
     };
 
     // Keep the damaged bytes in the readable range, so a read meets the
@@ -356,7 +359,10 @@ fn scan(
             && header.first_publish_time_ms < last_ms
         {
             let got_ms = header.first_publish_time_ms;
-            break Some((position, FormatError::PublishTimeRegression { last_ms, got_ms }));
+            break Some((
+                position,
+                FormatError::PublishTimeRegression { last_ms, got_ms },
+            ));
         }
         index.observe(&header, position, interval);
         summary.extend(&header);

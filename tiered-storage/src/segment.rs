@@ -286,7 +286,9 @@ impl ReadSpan {
             }
             let records = decode_verified(&header, &batch)
                 .map_err(|reason| self.reader.corrupt(cursor.batch_position, reason))?;
-            let found = records.iter().find(|record| record.publish_time_ms >= time_ms);
+            let found = records
+                .iter()
+                .find(|record| record.publish_time_ms >= time_ms);
             return Ok(found.map(|record| record.offset));
         }
         Ok(None)
@@ -416,7 +418,10 @@ mod tests {
         let dir = Path::new("/p");
 
         assert_eq!(wal_path(dir, 0), Path::new("/p/00000000000000000000.wal"));
-        assert_eq!(index_path(dir, 42), Path::new("/p/00000000000000000042.idx"));
+        assert_eq!(
+            index_path(dir, 42),
+            Path::new("/p/00000000000000000042.idx")
+        );
         assert_eq!(
             wal_path(dir, u64::MAX).file_name().and_then(|n| n.to_str()),
             Some("18446744073709551615.wal")
@@ -425,9 +430,18 @@ mod tests {
 
     #[test]
     fn only_our_file_names_are_classified() {
-        assert_eq!(classify("00000000000000000042.wal"), Some(FileKind::Wal(42)));
-        assert_eq!(classify("00000000000000000042.idx"), Some(FileKind::Index(42)));
-        assert_eq!(classify("00000000000000000042.idx.tmp"), Some(FileKind::Temporary));
+        assert_eq!(
+            classify("00000000000000000042.wal"),
+            Some(FileKind::Wal(42))
+        );
+        assert_eq!(
+            classify("00000000000000000042.idx"),
+            Some(FileKind::Index(42))
+        );
+        assert_eq!(
+            classify("00000000000000000042.idx.tmp"),
+            Some(FileKind::Temporary)
+        );
         assert_eq!(classify("42.wal"), None);
         assert_eq!(classify("0000000000000000004x.wal"), None);
         assert_eq!(classify("00000000000000000042.log"), None);

@@ -63,6 +63,7 @@ impl pb::producer_service_server::ProducerService for DanubeApi {
             topic: request.topic_name,
             name: request.producer_name,
             exclusive,
+            stream_bound: false,
             dispatch_mode,
             schema,
         };

@@ -75,6 +75,7 @@ impl pb::sava_client_server::SavaClient for NativeApi {
             topic: open.topic,
             name: open.producer_name,
             exclusive: open.access_mode == pb::AccessMode::Exclusive as i32,
+            stream_bound: true,
             dispatch_mode,
             schema: open.schema.map(schema_spec).transpose()?,
         };
@@ -160,6 +161,7 @@ impl pb::sava_client_server::SavaClient for NativeApi {
         };
 
         let (guard, receiver) = SessionGuard::attach(entry.clone())?;
+        let guard = guard.leave_on_end(Arc::clone(&self.broker));
         entry.handle.grant(subscribe.initial_credits);
         let control = tokio::spawn(read_controls(requests, entry.clone()));
 

@@ -16,6 +16,7 @@ use crate::message::Delivery;
 pub struct SessionGuard {
     entry: ConsumerEntry,
     session: u64,
+    leave: Option<std::sync::Arc<crate::broker::Broker>>,
 }
 
 impl SessionGuard {
@@ -26,7 +27,22 @@ impl SessionGuard {
         if session > 1 {
             entry.subscription.session_started(&entry.handle)?;
         }
-        Ok((SessionGuard { entry, session }, receiver))
+        Ok((
+            SessionGuard {
+                entry,
+                session,
+                leave: None,
+            },
+            receiver,
+        ))
+    }
+
+    /// Makes the end of this session the end of the consumer: native
+    /// clients resubscribe by name when they reconnect, so they need no
+    /// grace period (Danube clients reattach by id and do).
+    pub fn leave_on_end(mut self, broker: std::sync::Arc<crate::broker::Broker>) -> Self {
+        self.leave = Some(broker);
+        self
     }
 
     pub fn entry(&self) -> &ConsumerEntry {
@@ -36,8 +52,12 @@ impl SessionGuard {
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {
-        if self.entry.handle.detach(self.session) {
-            self.entry.subscription.session_ended(self.entry.handle.id);
+        if !self.entry.handle.detach(self.session) {
+            return;
+        }
+        match &self.leave {
+            Some(broker) => broker.close_consumer(self.entry.handle.id),
+            None => self.entry.subscription.session_ended(self.entry.handle.id),
         }
     }
 }

@@ -9,7 +9,7 @@ mod parse;
 mod produce;
 mod time;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use sava_client::{Client, SubscriptionType};
 
@@ -70,10 +70,8 @@ pub(crate) enum OutputArg {
 
 /// Runs the command `cli` describes.
 pub(crate) async fn run(cli: Cli) -> Result<()> {
-    let client = Client::builder(&cli.service_url)
-        .build()
-        .await
-        .with_context(|| format!("cannot reach the broker at {}", cli.service_url))?;
+    // The error names the URL already.
+    let client = Client::builder(&cli.service_url).build().await?;
 
     match cli.command {
         Command::Produce(args) => produce::run(&client, args).await,

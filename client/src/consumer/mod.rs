@@ -285,6 +285,19 @@ impl Consumer {
 
     /// Waits for the next message from any partition.
     ///
+    /// ```no_run
+    /// # async fn example(mut consumer: sava_client::Consumer) -> sava_client::Result<()> {
+    /// while let Some(message) = consumer.recv().await {
+    ///     let message = message?;
+    ///     println!("{} at offset {}", message.topic, message.offset);
+    ///     consumer.ack(&message)?;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
     /// Returns `None` once every partition has stopped, and `Some(Err(_))`
     /// once for each partition that stopped for good (its topic was
     /// deleted, say); the other partitions go on delivering.

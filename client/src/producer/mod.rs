@@ -329,6 +329,23 @@ impl Producer {
     /// future that resolves to the message's id once the broker acks the
     /// batch. Waits only while the partition's queue is full.
     ///
+    /// ```no_run
+    /// # async fn example(producer: sava_client::Producer) -> sava_client::Result<()> {
+    /// use sava_client::Message;
+    ///
+    /// // Queue many messages first, then wait for their acks.
+    /// let mut pending = Vec::new();
+    /// for index in 0..100 {
+    ///     pending.push(producer.send(Message::new(format!("event {index}"))).await?);
+    /// }
+    /// for future in pending {
+    ///     let id = future.await?;
+    ///     println!("stored at offset {}", id.offset);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`Error::Closed`] after [`Producer::close`], or the error that ended

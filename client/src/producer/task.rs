@@ -202,8 +202,9 @@ impl PartitionTask {
                         self.input_open = false;
                         self.accumulator.close();
                     }
+                    let now = std::time::Instant::now();
                     for input in inputs.drain(..) {
-                        self.take(input);
+                        self.take(input, now);
                     }
                     if self.settings.linger.is_zero() {
                         self.accumulator.close();
@@ -220,9 +221,9 @@ impl PartitionTask {
     }
 
     /// Handles one message, flush or close taken from the queue.
-    fn take(&mut self, input: Input) {
+    fn take(&mut self, input: Input, now: std::time::Instant) {
         match input {
-            Input::Message(pending) => self.accumulator.push(pending, Instant::now().into_std()),
+            Input::Message(pending) => self.accumulator.push(pending, now),
             Input::Flush(done) => {
                 self.accumulator.close();
                 let last = self.accumulator.last_closed_sequence();
@@ -358,8 +359,9 @@ impl PartitionTask {
         warn!(topic = %self.settings.partition, %error, "producer partition failed for good");
 
         self.input.close();
+        let now = std::time::Instant::now();
         while let Ok(input) = self.input.try_recv() {
-            self.take(input);
+            self.take(input, now);
         }
         self.accumulator.fail_all(&error);
         self.in_flight.fail_all(&error);

@@ -25,7 +25,11 @@ fn encode(records: &[Record]) -> Bytes {
 
 #[test]
 fn a_batch_round_trips_with_every_field() {
-    let records = vec![record(10, 100, b"one"), record(11, 100, b""), record(12, 105, b"x")];
+    let records = vec![
+        record(10, 100, b"one"),
+        record(11, 100, b""),
+        record(12, 105, b"x"),
+    ];
     let bytes = encode(&records);
 
     let (header, decoded) = decode_batch(&bytes).expect("valid batch");
@@ -34,7 +38,10 @@ fn a_batch_round_trips_with_every_field() {
     assert_eq!(header.base_offset, 10);
     assert_eq!(header.record_count, 3);
     assert_eq!(header.next_offset(), 13);
-    assert_eq!((header.first_publish_time_ms, header.last_publish_time_ms), (100, 105));
+    assert_eq!(
+        (header.first_publish_time_ms, header.last_publish_time_ms),
+        (100, 105)
+    );
     assert_eq!(header.len(), bytes.len());
     assert_eq!(encoded_batch_len(&records), bytes.len() as u64);
 }
@@ -82,12 +89,18 @@ fn encoding_reuses_the_buffer() {
     encode_batch(&[record(1, 1, b"small")], &mut out).expect("valid");
 
     assert_eq!((out.capacity(), out.as_ptr()), (capacity, pointer));
-    assert_eq!(decode_batch(&Bytes::from(out)).expect("valid").1[0].offset, 1);
+    assert_eq!(
+        decode_batch(&Bytes::from(out)).expect("valid").1[0].offset,
+        1
+    );
 }
 
 #[test]
 fn encoding_rejects_an_empty_batch() {
-    assert!(matches!(encode_batch(&[], &mut Vec::new()), Err(Error::EmptyBatch)));
+    assert!(matches!(
+        encode_batch(&[], &mut Vec::new()),
+        Err(Error::EmptyBatch)
+    ));
 }
 
 #[test]
@@ -96,7 +109,16 @@ fn encoding_rejects_offsets_with_a_hole() {
 
     let error = encode_batch(&records, &mut Vec::new()).expect_err("offsets are not dense");
 
-    assert!(matches!(error, Error::OffsetMismatch { expected: 6, got: 7 }), "{error:?}");
+    assert!(
+        matches!(
+            error,
+            Error::OffsetMismatch {
+                expected: 6,
+                got: 7
+            }
+        ),
+        "{error:?}"
+    );
 }
 
 #[test]
@@ -105,7 +127,13 @@ fn encoding_rejects_publish_times_going_backwards() {
 
     let error = encode_batch(&records, &mut Vec::new()).expect_err("time went back");
 
-    assert!(matches!(error, Error::PublishTimeRegression { last_ms: 10, got_ms: 9 }));
+    assert!(matches!(
+        error,
+        Error::PublishTimeRegression {
+            last_ms: 10,
+            got_ms: 9
+        }
+    ));
 }
 
 #[test]
@@ -114,7 +142,10 @@ fn decoding_a_cut_batch_reports_truncation() {
 
     for cut in [0, 10, BATCH_HEADER_LEN, bytes.len() - 1] {
         let error = decode_batch(&bytes.slice(..cut)).expect_err("cut batch");
-        assert!(matches!(error, FormatError::Truncated { .. }), "cut {cut}: {error:?}");
+        assert!(
+            matches!(error, FormatError::Truncated { .. }),
+            "cut {cut}: {error:?}"
+        );
     }
 }
 
@@ -164,7 +195,10 @@ fn decoding_rejects_a_checksummed_record_with_bad_utf8() {
 
     let error = decode_batch(&with_valid_crc(batch)).expect_err("bad utf-8");
 
-    assert!(matches!(error, FormatError::BadRecord { index: 0, .. }), "{error:?}");
+    assert!(
+        matches!(error, FormatError::BadRecord { index: 0, .. }),
+        "{error:?}"
+    );
 }
 
 #[test]
@@ -174,7 +208,10 @@ fn decoding_rejects_a_checksummed_batch_with_a_wrong_count() {
 
     let error = decode_batch(&with_valid_crc(batch)).expect_err("count too high");
 
-    assert!(matches!(error, FormatError::BadRecord { index: 1, .. }), "{error:?}");
+    assert!(
+        matches!(error, FormatError::BadRecord { index: 1, .. }),
+        "{error:?}"
+    );
 }
 
 fn text() -> impl Strategy<Value = String> {
@@ -185,11 +222,19 @@ fn arbitrary_record() -> impl Strategy<Value = Record> {
     (
         (any::<u64>(), text(), prop::option::of(text())),
         prop::collection::vec((text(), text()), 0..4),
-        (prop::option::of(any::<u64>()), prop::option::of(any::<u32>())),
+        (
+            prop::option::of(any::<u64>()),
+            prop::option::of(any::<u32>()),
+        ),
         prop::collection::vec(any::<u8>(), 0..256),
     )
         .prop_map(
-            |((producer_id, producer_name, key), attributes, (schema_id, schema_version), payload)| {
+            |(
+                (producer_id, producer_name, key),
+                attributes,
+                (schema_id, schema_version),
+                payload,
+            )| {
                 Record {
                     offset: 0,
                     publish_time_ms: 0,

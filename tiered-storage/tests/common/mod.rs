@@ -48,7 +48,7 @@ pub fn record(offset: u64) -> Record {
         publish_time_ms: time(offset),
         producer_id: 1,
         producer_name: "test-producer".to_owned(),
-        key: (offset % 2 == 0).then(|| format!("key-{offset}")),
+        key: offset.is_multiple_of(2).then(|| format!("key-{offset}")),
         attributes: vec![("n".to_owned(), offset.to_string())],
         schema_id: None,
         schema_version: None,

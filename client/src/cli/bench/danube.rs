@@ -325,7 +325,8 @@ async fn consume(
     meter: Arc<Meter>,
 ) -> Tally {
     let (acks, ids) = mpsc::channel(16 * 1024);
-    let acker = plan.reliable.then(|| {
+    // A backlog read without --reliable may still be a reliable topic.
+    let acker = (plan.reliable || plan.mode == Mode::Consume).then(|| {
         tokio::spawn(acknowledge(
             stub,
             plan.subscription.clone(),
