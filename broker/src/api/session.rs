@@ -80,9 +80,9 @@ pub fn one_by_one(
     })
 }
 
-/// The session's deliveries in batches of at most `max`, as soon as any are
-/// there: a batch takes whatever is buffered, so a busy consumer gets full
-/// batches and an idle one gets each message without delay.
+/// The session's deliveries in batches of at most `max`, as soon as any
+/// are there and credits allow: a batch takes whatever is buffered, so a
+/// busy consumer gets full batches and an idle one each message at once.
 pub fn batched(
     guard: SessionGuard,
     receiver: DeliveryReceiver,
@@ -91,20 +91,19 @@ pub fn batched(
     let state = (receiver, VecDeque::<Delivery>::new(), guard);
     futures::stream::unfold(state, move |(mut receiver, mut queue, guard)| async move {
         if queue.is_empty() {
-            let chunk = receiver.recv().await?;
-            guard.entry.handle.taken(chunk.len());
-            queue.extend(chunk);
+            queue.extend(receiver.recv().await?);
         }
         while queue.len() < max {
             let Ok(chunk) = receiver.try_recv() else {
                 break;
             };
-            guard.entry.handle.taken(chunk.len());
             queue.extend(chunk);
         }
-        let take = queue.len().min(max);
-        let batch: Vec<Delivery> = queue.drain(..take).collect();
-        let dropped = guard.entry.handle.take_dropped();
+        let handle = &guard.entry.handle;
+        let allowed = handle.take_credits(queue.len().min(max)).await;
+        let batch: Vec<Delivery> = queue.drain(..allowed).collect();
+        handle.taken(batch.len());
+        let dropped = handle.take_dropped();
         Some(((batch, dropped), (receiver, queue, guard)))
     })
 }

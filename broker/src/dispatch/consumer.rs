@@ -1,10 +1,13 @@
 //! One consumer of a subscription and the buffer its deliveries wait in.
 //!
 //! The dispatcher pushes deliveries into the consumer's current session
-//! only while [`ConsumerHandle::room`] allows it: the room is the smaller of
-//! the free buffer space and, for clients that grant credits (the native
-//! API), the credits not yet spent. The session's stream task drains the
-//! buffer onto the wire. A new session (a reconnect, or an Exclusive
+//! only while there is room in its buffer. The session's stream task moves
+//! them onto the wire, and for clients that grant credits (the native API)
+//! never more than the credits allow: the buffer absorbs a burst while the
+//! client's next credits are on their way. Reliable dispatch also keeps the
+//! buffer within the credits ([`ConsumerHandle::credited_room`]), so that
+//! unacknowledged messages are not parked with a consumer that cannot take
+//! them. A new session (a reconnect, or an Exclusive
 //! takeover by the same name) replaces the channel, which ends the old
 //! stream.
 
@@ -39,6 +42,8 @@ pub struct ConsumerHandle {
     session: Mutex<Session>,
     /// Woken when room grows, so a waiting reliable dispatcher sends more.
     room_changed: Arc<Notify>,
+    /// Woken when credits arrive, so a waiting stream sends more.
+    credits_granted: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -87,17 +92,49 @@ impl ConsumerHandle {
                 detached_since: None,
             }),
             room_changed,
+            credits_granted: Notify::new(),
         }
     }
 
-    /// How many more messages may be pushed now.
+    /// How many more messages fit in the buffer now.
     pub fn room(&self) -> usize {
-        let free = self.capacity.saturating_sub(self.buffered.load(Ordering::Acquire));
+        self.capacity.saturating_sub(self.buffered.load(Ordering::Acquire))
+    }
+
+    /// How many more messages may be buffered without exceeding the
+    /// client's credits.
+    pub fn credited_room(&self) -> usize {
         if !self.credit_flow {
-            return free;
+            return self.room();
         }
         let credits = self.credits.load(Ordering::Acquire).max(0) as usize;
-        free.min(credits)
+        let buffered = self.buffered.load(Ordering::Acquire);
+        self.room().min(credits.saturating_sub(buffered))
+    }
+
+    /// Takes up to `want` credits, waiting until at least one is granted.
+    /// Clients without credit flow get `want` at once.
+    pub async fn take_credits(&self, want: usize) -> usize {
+        if !self.credit_flow || want == 0 {
+            return want;
+        }
+        loop {
+            let available = self.credits.load(Ordering::Acquire);
+            if available > 0 {
+                let take = (available as usize).min(want);
+                let taken = self.credits.compare_exchange(
+                    available,
+                    available - take as i64,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+                if taken.is_ok() {
+                    return take;
+                }
+                continue;
+            }
+            self.credits_granted.notified().await;
+        }
     }
 
     /// Pushes deliveries that fit in [`ConsumerHandle::room`]. Returns them
@@ -109,16 +146,13 @@ impl ConsumerHandle {
             return Err(deliveries);
         };
         self.buffered.fetch_add(count, Ordering::AcqRel);
-        if self.credit_flow {
-            self.credits.fetch_sub(count as i64, Ordering::AcqRel);
-        }
         sender.send(deliveries).map_err(|error| {
             self.buffered.fetch_sub(count, Ordering::AcqRel);
             error.0
         })
     }
 
-    /// Called by the stream task for each chunk it takes off the buffer.
+    /// Called by the stream task for the messages it moved onto the wire.
     pub fn taken(&self, count: usize) {
         self.buffered.fetch_sub(count, Ordering::AcqRel);
         self.delivered.fetch_add(count as u64, Ordering::Relaxed);
@@ -129,6 +163,7 @@ impl ConsumerHandle {
     /// Adds credits granted by the client.
     pub fn grant(&self, credits: u32) {
         self.credits.fetch_add(i64::from(credits), Ordering::AcqRel);
+        self.credits_granted.notify_one();
         self.room_changed.notify_one();
     }
 

@@ -429,7 +429,7 @@ impl Task {
     fn room_of(&self, consumer: &ConsumerHandle) -> usize {
         let unacked = self.unacked.get(&consumer.id).copied().unwrap_or(0);
         let window = self.limits.max_unacked_per_consumer.saturating_sub(unacked);
-        consumer.room().min(window)
+        consumer.credited_room().min(window)
     }
 }
 
