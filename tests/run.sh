@@ -9,6 +9,9 @@ log() { printf '\n==> %s\n' "$*"; }
 
 need_apt=()
 command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
+command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
+# bindgen, for type-checking the FoundationDB backend.
+dpkg -s libclang-dev >/dev/null 2>&1 || need_apt+=(libclang-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -21,6 +24,9 @@ cargo fmt --all -- --check
 
 log "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+log "type-check the FoundationDB metadata backend (it cannot link here)"
+cargo check -p sava-metadata --all-targets --features foundationdb --locked
 
 log "build binaries for the end-to-end tests"
 cargo build --workspace --bins --locked

@@ -6,9 +6,9 @@ use std::error::Error as _;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
+use sava_proto::WireError;
 use sava_proto::danube_schema::schema_registry_client::SchemaRegistryClient;
 use sava_proto::sava::v1::admin_client::AdminClient;
-use sava_proto::{ErrorKind, WireError};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Response, Status};
 
@@ -40,10 +40,12 @@ impl Api {
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(CALL_TIMEOUT);
 
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|error| anyhow!("cannot connect to the admin api at {url}: {}", chain(&error)))?;
+        let channel = endpoint.connect().await.map_err(|error| {
+            anyhow!(
+                "cannot connect to the admin api at {url}: {}",
+                chain(&error)
+            )
+        })?;
         Ok(Api { url, channel })
     }
 
@@ -62,11 +64,10 @@ impl Api {
     /// bare codes get the URL and what the code means.
     pub(crate) fn error(&self, status: Status) -> anyhow::Error {
         let url = &self.url;
-        let message = status.message().trim().to_string();
         if let Some(source) = status.source() {
             return anyhow!("the admin api at {url} failed: {}", chain(source));
         }
-        if !message.is_empty() {
+        if !status.message().trim().is_empty() {
             return WireError::from(status).into();
         }
         match status.code() {
@@ -76,10 +77,10 @@ impl Api {
             Code::DeadlineExceeded => {
                 anyhow!("the admin api at {url} did not answer within {CALL_TIMEOUT:?}")
             }
-            code => {
-                let kind = ErrorKind::from_code(code);
-                anyhow!("the admin api at {url} refused the call ({code:?}, {kind:?})")
-            }
+            code => anyhow!(
+                "the admin api at {url} answered {}, without a message",
+                code.description().to_lowercase()
+            ),
         }
     }
 }
@@ -91,7 +92,8 @@ pub(crate) trait Reply<T> {
 
 impl<T> Reply<T> for std::result::Result<Response<T>, Status> {
     fn reply(self, api: &Api) -> Result<T> {
-        self.map(Response::into_inner).map_err(|status| api.error(status))
+        self.map(Response::into_inner)
+            .map_err(|status| api.error(status))
     }
 }
 

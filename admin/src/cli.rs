@@ -5,14 +5,16 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::time::parse_rfc3339;
+use crate::time::{format_rfc3339, parse_rfc3339};
 
 /// Administer a Sava cluster over its admin API: brokers, namespaces,
 /// topics, subscriptions and schemas.
 #[derive(Debug, Parser)]
-#[command(name = "sava-admin", version, about, long_about = None)]
-#[command(after_help = "Errors go to stderr as one line `sava-admin: <message>`; \
-    the exit status is 0 on success, 1 when a request fails and 2 for usage errors.")]
+#[command(name = "sava-admin", version)]
+#[command(
+    after_help = "Errors go to stderr as one line `sava-admin: <message>`; \
+    the exit status is 0 on success, 1 when a request fails and 2 for usage errors."
+)]
 pub(crate) struct Cli {
     #[command(flatten)]
     pub(crate) global: GlobalArgs,
@@ -118,8 +120,10 @@ pub(crate) enum NamespacesCommand {
         namespace: String,
     },
     /// Set one policy of a namespace.
-    #[command(after_help = "Keys: auto_create_topics (true|false: create topics on first use), \
-        max_message_bytes (a number of bytes; 0 for the broker's limit).")]
+    #[command(
+        after_help = "Keys: auto_create_topics (true|false: create topics on first use), \
+        max_message_bytes (a number of bytes; 0 for the broker's limit)."
+    )]
     SetPolicy {
         /// The namespace to change.
         namespace: String,
@@ -157,7 +161,12 @@ pub(crate) enum TopicsCommand {
         #[arg(long, value_enum, value_name = "TYPE")]
         schema: Option<SchemaKind>,
         /// The JSON Schema document for --schema json (required with it).
-        #[arg(long, value_name = "FILE", requires = "schema", required_if_eq("schema", "json"))]
+        #[arg(
+            long,
+            value_name = "FILE",
+            requires = "schema",
+            required_if_eq("schema", "json")
+        )]
         schema_file: Option<PathBuf>,
     },
     /// Delete a topic; one with subscriptions or clients is refused without
@@ -366,6 +375,17 @@ pub(crate) enum Position {
     Time(u64),
 }
 
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Position::Earliest => f.write_str("earliest"),
+            Position::Latest => f.write_str("latest"),
+            Position::Offset(offset) => write!(f, "offset {offset}"),
+            Position::Time(ms) => write!(f, "time {}", format_rfc3339(*ms)),
+        }
+    }
+}
+
 /// Parses `earliest`, `latest`, `offset:N` or `time:RFC3339`.
 pub(crate) fn parse_position(text: &str) -> Result<Position, String> {
     match text {
@@ -414,6 +434,9 @@ mod tests {
         assert!(parse_position("offset:-1").is_err());
         assert!(parse_position("time:soon").is_err());
         let error = parse_position("start").unwrap_err();
-        assert!(error.contains("earliest, latest, offset:N or time:RFC3339"), "{error}");
+        assert!(
+            error.contains("earliest, latest, offset:N or time:RFC3339"),
+            "{error}"
+        );
     }
 }

@@ -23,36 +23,45 @@ pub(crate) fn print_json<T: Serialize + ?Sized>(value: &T) -> Result<()> {
     Ok(())
 }
 
-/// How a column's cells line up.
+/// What a column holds, which decides how it lines up and whether it may
+/// be cut to fit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Align {
-    /// Text: left-aligned, truncated with `…` when the table is too wide.
-    Left,
-    /// Numbers, sizes and ages: right-aligned, never truncated.
-    Right,
+pub(crate) enum Column {
+    /// Names and free text: left-aligned, cut in the middle with `…` when
+    /// the table is too wide, so both ends of a name stay visible.
+    Text,
+    /// A short word from a fixed set (`reliable`, `key-shared`): left-aligned,
+    /// never cut.
+    Word,
+    /// Numbers, sizes and ages: right-aligned, never cut.
+    Number,
 }
 
 /// A table with a header row, fitted into [`WIDTH`] columns when printed.
 #[derive(Debug)]
 pub(crate) struct Table {
     headers: Vec<&'static str>,
-    aligns: Vec<Align>,
+    kinds: Vec<Column>,
     rows: Vec<Vec<String>>,
 }
 
 impl Table {
-    /// A table with these column headers and alignments.
-    pub(crate) fn new(columns: &[(&'static str, Align)]) -> Table {
+    /// A table with these column headers and kinds.
+    pub(crate) fn new(columns: &[(&'static str, Column)]) -> Table {
         Table {
             headers: columns.iter().map(|(header, _)| *header).collect(),
-            aligns: columns.iter().map(|(_, align)| *align).collect(),
+            kinds: columns.iter().map(|(_, kind)| *kind).collect(),
             rows: Vec::new(),
         }
     }
 
     /// Adds a row; it must have one cell per column.
     pub(crate) fn row(&mut self, cells: Vec<String>) {
-        debug_assert_eq!(cells.len(), self.headers.len(), "a row has one cell per column");
+        debug_assert_eq!(
+            cells.len(),
+            self.headers.len(),
+            "a row has one cell per column"
+        );
         self.rows.push(cells);
     }
 
@@ -62,7 +71,7 @@ impl Table {
     }
 
     /// The table as text, one line per row, at most `width` columns wide
-    /// unless the right-aligned columns alone are wider.
+    /// unless the columns that are never cut are wider on their own.
     pub(crate) fn render(&self, width: usize) -> String {
         let widths = self.fitted_widths(width);
         let mut text = String::new();
@@ -73,12 +82,13 @@ impl Table {
                 if index > 0 {
                     line.push_str(GAP);
                 }
-                let cell = truncate(cell, widths[index]);
-                let padding = widths[index] - cell.chars().count();
-                match self.aligns[index] {
-                    Align::Left => line.push_str(&format!("{cell}{}", " ".repeat(padding))),
-                    Align::Right => line.push_str(&format!("{}{cell}", " ".repeat(padding))),
-                }
+                let cell = truncate_middle(cell, widths[index]);
+                let padding = " ".repeat(widths[index] - cell.chars().count());
+                let aligned = match self.kinds[index] {
+                    Column::Number => format!("{padding}{cell}"),
+                    Column::Text | Column::Word => format!("{cell}{padding}"),
+                };
+                line.push_str(&aligned);
             }
             text.push_str(line.trim_end());
             text.push('\n');
@@ -96,10 +106,11 @@ impl Table {
             }
         }
 
-        let total = |widths: &[usize]| widths.iter().sum::<usize>() + GAP.len() * (widths.len() - 1);
+        let total =
+            |widths: &[usize]| widths.iter().sum::<usize>() + GAP.len() * (widths.len() - 1);
         while total(&widths) > width {
             let shrinkable = (0..widths.len())
-                .filter(|&index| self.aligns[index] == Align::Left)
+                .filter(|&index| self.kinds[index] == Column::Text)
                 .filter(|&index| widths[index] > MIN_COLUMN.max(self.headers[index].len()))
                 .max_by_key(|&index| widths[index]);
             match shrinkable {
@@ -118,6 +129,18 @@ pub(crate) fn truncate(text: &str, width: usize) -> String {
     }
     let kept: String = text.chars().take(width.saturating_sub(1)).collect();
     format!("{kept}…")
+}
+
+/// `text` cut to `width` characters by replacing its middle with `…`.
+pub(crate) fn truncate_middle(text: &str, width: usize) -> String {
+    let length = text.chars().count();
+    if length <= width {
+        return text.to_string();
+    }
+    let kept = width.saturating_sub(1);
+    let head: String = text.chars().take(kept / 2).collect();
+    let tail: String = text.chars().skip(length - (kept - kept / 2)).collect();
+    format!("{head}…{tail}")
 }
 
 /// A `label: value` list, labels aligned, long values wrapped under
@@ -146,13 +169,26 @@ impl Fields {
     /// The list as text, at most `width` columns wide where values have
     /// spaces to break at.
     pub(crate) fn render(&self, width: usize) -> String {
-        let label_width = self.fields.iter().map(|(label, _)| label.len() + 1).max().unwrap_or(0);
+        let label_width = self
+            .fields
+            .iter()
+            .map(|(label, _)| label.len() + 1)
+            .max()
+            .unwrap_or(0);
         let value_width = width.saturating_sub(label_width + 1).max(20);
         let mut text = String::new();
         for (label, value) in &self.fields {
-            let value = if value.is_empty() { "-" } else { value.as_str() };
+            let value = if value.is_empty() {
+                "-"
+            } else {
+                value.as_str()
+            };
             for (index, line) in wrap(value, value_width).iter().enumerate() {
-                let label = if index == 0 { format!("{label}:") } else { String::new() };
+                let label = if index == 0 {
+                    format!("{label}:")
+                } else {
+                    String::new()
+                };
                 text.push_str(&format!("{label:<label_width$} {line}\n"));
             }
         }
@@ -166,7 +202,10 @@ pub(crate) fn wrap(text: &str, width: usize) -> Vec<String> {
     let mut lines = Vec::new();
     let mut rest: Vec<char> = text.chars().collect();
     while rest.len() > width {
-        let cut = rest[..=width].iter().rposition(|c| *c == ' ').filter(|&at| at > 0);
+        let cut = rest[..=width]
+            .iter()
+            .rposition(|c| *c == ' ')
+            .filter(|&at| at > 0);
         let (line, skip) = match cut {
             Some(at) => (rest[..at].iter().collect::<String>(), at + 1),
             None => (rest[..width].iter().collect::<String>(), width),
@@ -213,23 +252,41 @@ mod tests {
 
     #[test]
     fn a_narrow_table_keeps_its_natural_widths_and_aligns_numbers_right() {
-        let mut table = Table::new(&[("NAME", Align::Left), ("COUNT", Align::Right)]);
+        let mut table = Table::new(&[("NAME", Column::Text), ("COUNT", Column::Number)]);
         table.row(vec!["alpha".into(), "7".into()]);
         table.row(vec!["b".into(), "1234567".into()]);
         assert_eq!(
             table.render(80),
-            "NAME         COUNT\nalpha            7\nb          1234567\n"
+            "NAME     COUNT\nalpha        7\nb      1234567\n"
         );
     }
 
     #[test]
-    fn a_wide_table_truncates_its_widest_text_column_to_fit() {
-        let mut table = Table::new(&[("TOPIC", Align::Left), ("SIZE", Align::Right)]);
-        table.row(vec!["/default/".to_string() + &"x".repeat(100), "1.0 MiB".into()]);
+    fn a_wide_table_cuts_its_widest_text_column_to_fit_and_keeps_words_and_numbers() {
+        let mut table = Table::new(&[
+            ("TOPIC", Column::Text),
+            ("TYPE", Column::Word),
+            ("SIZE", Column::Number),
+        ]);
+        let topic = "/default/".to_string() + &"x".repeat(100) + "-part-7";
+        table.row(vec![topic, "key-shared".into(), "1.0 MiB".into()]);
         let text = table.render(40);
-        assert!(text.lines().all(|line| line.chars().count() <= 40), "{text}");
-        assert!(text.contains('…'));
-        assert!(text.contains("1.0 MiB"));
+        assert!(
+            text.lines().all(|line| line.chars().count() <= 40),
+            "{text}"
+        );
+        assert!(text.contains("/default/…xx-part-7"), "{text}");
+        assert!(
+            text.contains("key-shared") && text.contains("1.0 MiB"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn cutting_in_the_middle_keeps_both_ends() {
+        assert_eq!(truncate_middle("/ns1/orders-part-12", 13), "/ns1/o…art-12");
+        assert_eq!(truncate_middle("short", 13), "short");
+        assert_eq!(truncate("fingerprint", 6), "finge…");
     }
 
     #[test]

@@ -49,7 +49,8 @@ pub(crate) fn parse_rfc3339(text: &str) -> Result<u64, String> {
     }
 
     let (millis, rest) = fraction_ms(&text[19..]).ok_or_else(|| bad("bad fraction of a second"))?;
-    let offset_seconds = utc_offset(rest).ok_or_else(|| bad("expected Z or an offset like +02:00"))?;
+    let offset_seconds =
+        utc_offset(rest).ok_or_else(|| bad("expected Z or an offset like +02:00"))?;
 
     let days = days_from_civil(year as i64, month, day);
     let seconds = days * SECONDS_PER_DAY
@@ -163,7 +164,7 @@ fn utc_offset(text: &str) -> Option<i64> {
 }
 
 fn is_leap_year(year: u32) -> bool {
-    (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
+    (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400)
 }
 
 fn days_in_month(year: u32, month: u32) -> u32 {
@@ -215,7 +216,10 @@ mod tests {
     fn the_epoch_and_a_known_date_parse_to_their_milliseconds() {
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Ok(0));
         assert_eq!(parse_rfc3339("2024-02-29T12:00:00Z"), Ok(1_709_208_000_000));
-        assert_eq!(parse_rfc3339("2024-02-29t12:00:00.25z"), Ok(1_709_208_000_250));
+        assert_eq!(
+            parse_rfc3339("2024-02-29t12:00:00.25z"),
+            Ok(1_709_208_000_250)
+        );
     }
 
     #[test]

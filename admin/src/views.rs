@@ -130,11 +130,14 @@ pub(crate) struct TopicView {
 
 impl From<pb::TopicInfo> for TopicView {
     fn from(info: pb::TopicInfo) -> TopicView {
-        let schema = (!info.schema_subject.is_empty()).then(|| TopicSchemaView {
-            subject: info.schema_subject,
-            version: info.schema_version,
-            schema_type: info.schema_type,
-        });
+        let schema = match info.schema_subject.is_empty() {
+            true => None,
+            false => Some(TopicSchemaView {
+                subject: info.schema_subject,
+                version: info.schema_version,
+                schema_type: info.schema_type,
+            }),
+        };
         TopicView {
             name: info.name,
             dispatch_mode: dispatch_mode_name(info.dispatch_mode),

@@ -9,13 +9,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use sava_metadata::{Catalog, DispatchMode, TopicRecord, TopicSchema};
+use sava_metadata::{Catalog, DispatchMode, SubscriptionRecord, TopicRecord, TopicSchema};
+use sava_storage::{CommitConfig, FsyncMode, GroupCommitter, LogConfig};
 
-use crate::config::Config;
+use crate::config::{Config, FsyncSetting};
 use crate::dispatch::SubscriptionType;
 use crate::dispatch::consumer::ConsumerHandle;
-use crate::dispatch::reliable::StartPosition;
+use crate::dispatch::reliable::{Cursor, Origin, StartPosition};
 use crate::error::BrokerError;
+use crate::log::TopicLog;
 use crate::names::{TopicName, check_label};
 use crate::schema::{PayloadCheck, normalize_type};
 use crate::subscription::{JoinRequest, Subscription};
@@ -31,7 +33,10 @@ pub enum SchemaSpec {
         definition: Vec<u8>,
     },
     /// A registry subject and which version (Danube API).
-    Subject { subject: String, version: VersionRef },
+    Subject {
+        subject: String,
+        version: VersionRef,
+    },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -102,6 +107,8 @@ pub struct Broker {
     consumers: RwLock<HashMap<u64, ConsumerEntry>>,
     next_id: AtomicU64,
     stopping: AtomicBool,
+    /// The one fsync thread of every reliable topic's log.
+    committer: Arc<GroupCommitter>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -116,6 +123,17 @@ impl Broker {
     /// A broker over `catalog`, with the `default` namespace in place.
     pub async fn new(config: Config, catalog: Catalog) -> Result<Arc<Broker>, BrokerError> {
         catalog.ensure_namespace("default").await?;
+        let storage = &config.storage;
+        let committer = GroupCommitter::start(CommitConfig {
+            mode: match storage.fsync {
+                FsyncSetting::Always => FsyncMode::Always,
+                FsyncSetting::Never => FsyncMode::Never,
+            },
+            flush_interval: Duration::from_millis(storage.flush_interval_ms),
+            flush_bytes: storage.flush_bytes,
+            ..CommitConfig::default()
+        })
+        .map_err(BrokerError::Storage)?;
         let advertised_url = config.advertised_url();
         Ok(Arc::new(Broker {
             broker_id: advertised_url
@@ -132,6 +150,7 @@ impl Broker {
             consumers: RwLock::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             stopping: AtomicBool::new(false),
+            committer,
         }))
     }
 
@@ -280,7 +299,10 @@ impl Broker {
             )));
         }
         let schema = match &record.schema {
-            Some(bound) => Some(self.active_schema(bound.schema_id, Some(bound.version)).await?),
+            Some(bound) => Some(
+                self.active_schema(bound.schema_id, Some(bound.version))
+                    .await?,
+            ),
             None => None,
         };
         let mut limits = self.limits();
@@ -289,7 +311,15 @@ impl Broker {
                 limits.max_message_bytes = limits.max_message_bytes.min(max as usize);
             }
         }
-        let topic = Arc::new(Topic::new(name.clone(), record, schema, limits));
+        let log = match record.dispatch_mode {
+            DispatchMode::Reliable => Some(self.open_log(name).await?),
+            DispatchMode::NonReliable => None,
+        };
+        let reliable = log.is_some();
+        let topic = Arc::new(Topic::new(name.clone(), record, schema, limits, log));
+        if reliable {
+            self.restore_subscriptions(&topic).await?;
+        }
         self.topics
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -297,12 +327,177 @@ impl Broker {
         Ok(topic)
     }
 
+    /// Where a reliable topic's segments live.
+    fn log_dir(&self, name: &TopicName) -> std::path::PathBuf {
+        let local = &name.as_str()[name.namespace().len() + 2..];
+        self.config
+            .broker
+            .data_dir
+            .join("topics")
+            .join(name.namespace())
+            .join(local)
+    }
+
+    async fn open_log(&self, name: &TopicName) -> Result<Arc<TopicLog>, BrokerError> {
+        let storage = &self.config.storage;
+        let config = LogConfig {
+            segment_bytes: storage.segment_bytes,
+            segment_age: Duration::from_secs(storage.segment_age_secs),
+            max_batch_bytes: (self.config.limits.max_message_bytes * 4).max(16 << 20),
+            ..LogConfig::default()
+        };
+        let dir = self.log_dir(name);
+        let committer = Arc::clone(&self.committer);
+        let tail_bytes = storage.tail_cache_bytes;
+        let (log, report) = tokio::task::spawn_blocking(move || {
+            TopicLog::open(&dir, config, committer, tail_bytes)
+        })
+        .await
+        .map_err(|_| BrokerError::ShuttingDown)?
+        .map_err(BrokerError::Storage)?;
+        tracing::info!(
+            topic = %name,
+            next_offset = log.next_offset(),
+            truncated_bytes = report.truncated_bytes,
+            "reliable topic log opened"
+        );
+        Ok(Arc::new(log))
+    }
+
+    /// Recreates a reliable topic's subscriptions from their saved cursors.
+    async fn restore_subscriptions(&self, topic: &Topic) -> Result<(), BrokerError> {
+        for record in self.catalog.subscriptions(topic.name.as_str()).await? {
+            let Some(kind) = subscription_type_named(&record.subscription_type) else {
+                tracing::warn!(topic = %topic.name, subscription = %record.name, kind = %record.subscription_type, "skipping a subscription of unknown type");
+                continue;
+            };
+            let cursor = Cursor {
+                floor: record.floor,
+                acked_ranges: record.acked_ranges,
+            };
+            topic
+                .subscription(&record.name, kind, Origin::Restored(cursor))
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Saves a new subscription of a reliable topic, so that it survives a
+    /// restart.
+    async fn save_subscription(
+        &self,
+        topic: &Topic,
+        subscription: &Subscription,
+    ) -> Result<(), BrokerError> {
+        let Some(stats) = subscription.reliable_stats() else {
+            return Ok(());
+        };
+        let cursor = stats.cursor();
+        let record = SubscriptionRecord {
+            topic: topic.name.to_string(),
+            name: subscription.name.clone(),
+            subscription_type: subscription.kind.name().to_string(),
+            floor: cursor.floor,
+            acked_ranges: cursor.acked_ranges,
+            created_at_ms: now_ms(),
+        };
+        self.catalog.save_subscriptions(&[record]).await?;
+        Ok(())
+    }
+
+    /// The subscription `name` of `topic`, created from `origin` (and saved,
+    /// on a reliable topic) when it does not exist.
+    pub async fn ensure_subscription(
+        &self,
+        topic: &Topic,
+        name: &str,
+        kind: SubscriptionType,
+        start: StartPosition,
+    ) -> Result<(Arc<Subscription>, bool), BrokerError> {
+        let (subscription, created) = topic.subscription(name, kind, Origin::New(start)).await;
+        if created {
+            self.save_subscription(topic, &subscription).await?;
+        }
+        Ok((subscription, created))
+    }
+
+    /// Writes every changed cursor of the loaded reliable topics in one
+    /// transaction.
+    pub async fn flush_cursors(&self) -> Result<usize, BrokerError> {
+        let mut records = Vec::new();
+        let mut changed = Vec::new();
+        for topic in self.loaded_topics() {
+            for subscription in topic.subscriptions() {
+                let Some(stats) = subscription.reliable_stats() else {
+                    continue;
+                };
+                let Some(cursor) = stats.take_changed_cursor() else {
+                    continue;
+                };
+                records.push(SubscriptionRecord {
+                    topic: topic.name.to_string(),
+                    name: subscription.name.clone(),
+                    subscription_type: subscription.kind.name().to_string(),
+                    floor: cursor.floor,
+                    acked_ranges: cursor.acked_ranges,
+                    created_at_ms: now_ms(),
+                });
+                changed.push(subscription);
+            }
+        }
+        if records.is_empty() {
+            return Ok(0);
+        }
+        if let Err(error) = self.catalog.save_subscriptions(&records).await {
+            for subscription in changed {
+                if let Some(stats) = subscription.reliable_stats() {
+                    stats.mark_cursor_unsaved();
+                }
+            }
+            return Err(error.into());
+        }
+        Ok(records.len())
+    }
+
+    /// Seals aged segments and deletes the ones retention lets go: a sealed
+    /// segment goes once every subscription acknowledged all of it and it is
+    /// older than the namespace's retention age (or the retained bytes pass
+    /// the namespace's retention size).
+    pub async fn apply_retention(&self) -> Result<(), BrokerError> {
+        for topic in self.loaded_topics() {
+            let (Some(log), Some(floor)) = (topic.log(), topic.acknowledged_floor()) else {
+                continue;
+            };
+            let policies = self
+                .catalog
+                .namespace(topic.name.namespace())
+                .await?
+                .map(|n| n.policies)
+                .unwrap_or_default();
+            let log = Arc::clone(log);
+            tokio::task::spawn_blocking(move || retain(&log, floor, &policies))
+                .await
+                .map_err(|_| BrokerError::ShuttingDown)?
+                .map_err(BrokerError::Storage)?;
+        }
+        Ok(())
+    }
+
     fn loaded(&self, name: &str) -> Option<Arc<Topic>> {
-        self.topics.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+        self.topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
     }
 
     pub fn loaded_topics(&self) -> Vec<Arc<Topic>> {
-        self.topics.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+        self.topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     fn limits(&self) -> TopicLimits {
@@ -311,7 +506,6 @@ impl Broker {
             max_message_bytes: limits.max_message_bytes,
             consumer_buffer: limits.consumer_buffer_messages,
             max_unacked_per_consumer: limits.max_unacked_per_consumer,
-            reliable_memory_bytes: limits.reliable_memory_bytes,
         }
     }
 
@@ -365,11 +559,18 @@ impl Broker {
     }
 
     pub fn has_producer(&self, id: u64) -> bool {
-        self.producers.read().unwrap_or_else(|p| p.into_inner()).contains_key(&id)
+        self.producers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&id)
     }
 
     pub fn close_producer(&self, id: u64) {
-        let removed = self.producers.write().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        let removed = self
+            .producers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
         if let Some((topic, _)) = removed {
             topic.remove_producer(id);
         }
@@ -384,7 +585,9 @@ impl Broker {
         let name = TopicName::parse(&spec.topic)?;
         let topic = self.topic(&name, None).await?;
 
-        let subscription = topic.subscription(&spec.subscription, spec.kind, spec.start);
+        let (subscription, _) = self
+            .ensure_subscription(&topic, &spec.subscription, spec.kind, spec.start)
+            .await?;
         let request = JoinRequest {
             id: self.next_id(),
             name: spec.consumer_name,
@@ -415,11 +618,18 @@ impl Broker {
     }
 
     pub fn has_consumer(&self, id: u64) -> bool {
-        self.consumers.read().unwrap_or_else(|p| p.into_inner()).contains_key(&id)
+        self.consumers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&id)
     }
 
     pub fn close_consumer(&self, id: u64) {
-        let removed = self.consumers.write().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        let removed = self
+            .consumers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
         if let Some(entry) = removed {
             entry.subscription.leave(id);
         }
@@ -445,7 +655,11 @@ impl Broker {
     /// Unloads a topic: its producers and consumers are detached (their
     /// streams end, and clients reconnect through a new lookup).
     pub fn unload(&self, name: &str) -> Option<Arc<Topic>> {
-        let topic = self.topics.write().unwrap_or_else(|p| p.into_inner()).remove(name)?;
+        let topic = self
+            .topics
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name)?;
         for producer in topic.producers() {
             self.close_producer(producer.id);
         }
@@ -470,7 +684,9 @@ impl Broker {
         let names = partition_names(&name, &record);
         if !force {
             for part in &names {
-                let Some(topic) = self.loaded(part) else { continue };
+                let Some(topic) = self.loaded(part) else {
+                    continue;
+                };
                 let subscriptions = topic.subscriptions().len();
                 let producers = topic.producers().len();
                 if subscriptions > 0 || producers > 0 {
@@ -487,6 +703,14 @@ impl Broker {
             self.unload(name.as_str());
         }
         self.catalog.delete_topic(name.as_str()).await?;
+        for part in &names {
+            let dir = self.log_dir(&TopicName::parse(part)?);
+            if let Err(error) = std::fs::remove_dir_all(&dir) {
+                if error.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(dir = %dir.display(), %error, "cannot remove a deleted topic's segments");
+                }
+            }
+        }
         let mut deleted = names;
         if record.partitions > 0 {
             deleted.insert(0, name.to_string());
@@ -558,7 +782,14 @@ impl Broker {
         PayloadCheck::compile(schema_type, definition)?;
         Ok(self
             .catalog
-            .register_schema(subject, schema_type, definition, description, created_by, tags)
+            .register_schema(
+                subject,
+                schema_type,
+                definition,
+                description,
+                created_by,
+                tags,
+            )
             .await?)
     }
 
@@ -617,9 +848,7 @@ impl Broker {
                 .catalog
                 .schema(latest.schema_id, Some(pinned))
                 .await?
-                .ok_or_else(|| {
-                    BrokerError::SchemaNotFound(format!("{subject} version {pinned}"))
-                }),
+                .ok_or_else(|| BrokerError::SchemaNotFound(format!("{subject} version {pinned}"))),
         }
     }
 
@@ -649,7 +878,10 @@ impl Broker {
                 },
                 Some(bound),
             ) => {
-                let record = self.catalog.schema(bound.schema_id, Some(bound.version)).await?;
+                let record = self
+                    .catalog
+                    .schema(bound.schema_id, Some(bound.version))
+                    .await?;
                 let same = record.is_some_and(|r| {
                     normalize_type(schema_type).ok() == Some(r.schema_type.as_str())
                         && r.definition == *definition
@@ -664,6 +896,56 @@ impl Broker {
             }
         }
     }
+}
+
+/// Deletes the segments of `log` that retention lets go.
+fn retain(
+    log: &TopicLog,
+    floor: u64,
+    policies: &sava_metadata::NamespacePolicies,
+) -> Result<(), sava_storage::Error> {
+    log.disk().seal_if_aged()?;
+    let now = now_ms();
+    let max_age_ms = policies
+        .retention_age_secs
+        .map_or(0, |s| s.saturating_mul(1000));
+    let segments = log.disk().segments();
+    let acked: Vec<_> = segments
+        .iter()
+        .filter(|s| s.sealed && s.next_offset <= floor)
+        .collect();
+    let mut retained: u64 = acked.iter().map(|s| s.bytes).sum();
+    let mut delete_before = None;
+    for segment in acked {
+        let age = now.saturating_sub(segment.last_publish_time_ms.unwrap_or(0));
+        let too_old = age >= max_age_ms;
+        let too_big = policies.retention_bytes.is_some_and(|max| retained > max);
+        if !(too_old || too_big) {
+            break;
+        }
+        retained -= segment.bytes;
+        delete_before = Some(segment.next_offset);
+    }
+    if let Some(offset) = delete_before {
+        let deleted = log.disk().delete_before(offset)?;
+        tracing::debug!(
+            segments = deleted.len(),
+            before = offset,
+            "retention deleted segments"
+        );
+    }
+    Ok(())
+}
+
+fn subscription_type_named(name: &str) -> Option<SubscriptionType> {
+    [
+        SubscriptionType::Exclusive,
+        SubscriptionType::Shared,
+        SubscriptionType::Failover,
+        SubscriptionType::KeyShared,
+    ]
+    .into_iter()
+    .find(|kind| kind.name() == name)
 }
 
 /// The topic name without its `-part-N` suffix.

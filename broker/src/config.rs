@@ -74,12 +74,56 @@ pub struct MetadataSection {
     pub url: String,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageSection {
     /// `s3://bucket/prefix`, `file:///path` or `memory://`; empty means
     /// `file://<data_dir>/objects`.
     pub object_store: String,
+    /// When a reliable publish is acknowledged.
+    pub fsync: FsyncSetting,
+    /// Group commit: the shortest time between two fsyncs unless
+    /// `flush_bytes` are waiting.
+    pub flush_interval_ms: u64,
+    /// Group commit: bytes waiting that trigger an fsync at once.
+    pub flush_bytes: u64,
+    /// A segment file is sealed once it holds this many bytes.
+    pub segment_bytes: u64,
+    /// A segment file is sealed once it is this old.
+    pub segment_age_secs: u64,
+    /// Newest messages of each reliable topic kept in memory, so consumers
+    /// that keep up never read from disk.
+    pub tail_cache_bytes: usize,
+    /// Subscription cursors are written to metadata at most this long after
+    /// they change.
+    pub cursor_flush_ms: u64,
+}
+
+/// When a reliable publish is acknowledged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncSetting {
+    /// After the fsync that covers it: survives a machine crash.
+    #[default]
+    Always,
+    /// After the write, without fsync: faster, survives a process crash,
+    /// but a machine crash or power loss can lose acknowledged messages.
+    Never,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        StorageSection {
+            object_store: String::new(),
+            fsync: FsyncSetting::Always,
+            flush_interval_ms: 1,
+            flush_bytes: 1024 * 1024,
+            segment_bytes: 64 * 1024 * 1024,
+            segment_age_secs: 600,
+            tail_cache_bytes: 8 * 1024 * 1024,
+            cursor_flush_ms: 100,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -92,9 +136,6 @@ pub struct LimitsSection {
     pub consumer_buffer_messages: usize,
     /// Unacknowledged messages one consumer of a reliable topic may hold.
     pub max_unacked_per_consumer: usize,
-    /// Memory a reliable topic may use for messages some subscription has
-    /// not acknowledged; past it, producers are refused.
-    pub reliable_memory_bytes: usize,
     /// How long a Danube consumer without a stream keeps its place (and an
     /// exclusive subscription), so that it can reattach by id. Native
     /// consumers leave when their stream ends.
@@ -110,7 +151,6 @@ impl Default for LimitsSection {
             max_message_bytes: 5 * 1024 * 1024,
             consumer_buffer_messages: 10_000,
             max_unacked_per_consumer: 1_000,
-            reliable_memory_bytes: 256 * 1024 * 1024,
             consumer_grace_secs: 15,
             producer_idle_secs: 60,
         }
@@ -152,6 +192,16 @@ impl Config {
                 "limits.max_message_bytes must be above 0".into(),
             ));
         }
+        if self.storage.flush_interval_ms == 0 || self.storage.segment_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "storage.flush_interval_ms and storage.segment_bytes must be above 0".into(),
+            ));
+        }
+        if self.storage.segment_age_secs == 0 || self.storage.cursor_flush_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "storage.segment_age_secs and storage.cursor_flush_ms must be above 0".into(),
+            ));
+        }
         if self.limits.consumer_buffer_messages == 0 {
             return Err(ConfigError::Invalid(
                 "limits.consumer_buffer_messages must be above 0".into(),
@@ -178,7 +228,10 @@ impl Config {
         if !self.metadata.url.is_empty() {
             return self.metadata.url.clone();
         }
-        format!("embedded://{}", absolute(&self.broker.data_dir.join("metadata.redb")))
+        format!(
+            "embedded://{}",
+            absolute(&self.broker.data_dir.join("metadata.redb"))
+        )
     }
 
     pub fn object_store_url(&self) -> String {
@@ -256,8 +309,14 @@ mod tests {
         let path = dir.path().join("sava.toml");
         std::fs::write(&path, "[limits]\nmax_message_bytes = 10\n").unwrap();
         let env = [
-            ("SAVA_LIMITS__MAX_MESSAGE_BYTES".to_string(), "2048".to_string()),
-            ("SAVA_BROKER__ADVERTISED_URL".to_string(), "http://b1:6650".to_string()),
+            (
+                "SAVA_LIMITS__MAX_MESSAGE_BYTES".to_string(),
+                "2048".to_string(),
+            ),
+            (
+                "SAVA_BROKER__ADVERTISED_URL".to_string(),
+                "http://b1:6650".to_string(),
+            ),
             ("HOME".to_string(), "/root".to_string()),
         ];
         let config = Config::load(Some(&path), env).unwrap();

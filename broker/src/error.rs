@@ -19,10 +19,10 @@ pub enum BrokerError {
     #[error("namespace {0} does not allow creating topics on first use")]
     AutoCreateDisabled(String),
 
-    #[error("producer {0} does not exist")]
+    #[error("producer {0} is not attached to this broker; look the topic up again and recreate it")]
     ProducerNotFound(u64),
 
-    #[error("consumer {0} does not exist")]
+    #[error("consumer {0} is not attached to this broker; look the topic up again and resubscribe")]
     ConsumerNotFound(u64),
 
     #[error("topic {topic} is held by exclusive producer {holder}")]
@@ -77,9 +77,6 @@ pub enum BrokerError {
     #[error("{0}")]
     InvalidRequest(String),
 
-    #[error("topic {topic} holds {bytes} bytes of unacknowledged messages in memory, its limit; consumers must catch up")]
-    BacklogFull { topic: String, bytes: usize },
-
     #[error("{0}")]
     InUse(String),
 
@@ -97,6 +94,9 @@ pub enum BrokerError {
 
     #[error("metadata: {0}")]
     Metadata(#[from] MetadataError),
+
+    #[error("storage: {0}")]
+    Storage(sava_storage::Error),
 }
 
 impl BrokerError {
@@ -110,8 +110,6 @@ impl BrokerError {
             | BrokerError::InvalidRequest(_) => ErrorKind::InvalidArgument,
             BrokerError::TopicNotFound(_)
             | BrokerError::NamespaceNotFound(_)
-            | BrokerError::ProducerNotFound(_)
-            | BrokerError::ConsumerNotFound(_)
             | BrokerError::SchemaNotFound(_)
             | BrokerError::SubscriptionNotFound { .. }
             | BrokerError::BrokerNotFound(_) => ErrorKind::NotFound,
@@ -123,9 +121,15 @@ impl BrokerError {
             | BrokerError::SubscriptionTypeMismatch { .. }
             | BrokerError::ExclusiveSubscriptionHeld { .. }
             | BrokerError::InUse(_) => ErrorKind::Conflict,
-            BrokerError::BacklogFull { .. } => ErrorKind::ResourceExhausted,
-            BrokerError::ShuttingDown => ErrorKind::Unavailable,
+            // Danube's clients retry these and then recreate the producer or
+            // consumer through a fresh lookup, which is what a restarted
+            // broker or a moved topic needs.
+            BrokerError::ShuttingDown
+            | BrokerError::ProducerNotFound(_)
+            | BrokerError::ConsumerNotFound(_) => ErrorKind::Unavailable,
             BrokerError::Metadata(error) => metadata_kind(error),
+            BrokerError::Storage(error) if error.is_disk_full() => ErrorKind::ResourceExhausted,
+            BrokerError::Storage(_) => ErrorKind::Internal,
         }
     }
 }

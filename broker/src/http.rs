@@ -30,19 +30,36 @@ async fn ready(State(broker): State<Arc<Broker>>) -> (StatusCode, &'static str) 
 async fn metrics(State(broker): State<Arc<Broker>>) -> String {
     let mut out = String::new();
     let topics = broker.loaded_topics();
-    let _ = writeln!(out, "# HELP sava_topic_messages_in_total Messages published to a topic.");
+    let _ = writeln!(
+        out,
+        "# HELP sava_topic_messages_in_total Messages published to a topic."
+    );
     let _ = writeln!(out, "# TYPE sava_topic_messages_in_total counter");
     for topic in &topics {
         let count = topic.stats.messages_in.load(Ordering::Relaxed);
-        let _ = writeln!(out, "sava_topic_messages_in_total{{topic=\"{}\"}} {count}", topic.name);
+        let _ = writeln!(
+            out,
+            "sava_topic_messages_in_total{{topic=\"{}\"}} {count}",
+            topic.name
+        );
     }
-    let _ = writeln!(out, "# HELP sava_topic_bytes_in_total Bytes published to a topic.");
+    let _ = writeln!(
+        out,
+        "# HELP sava_topic_bytes_in_total Bytes published to a topic."
+    );
     let _ = writeln!(out, "# TYPE sava_topic_bytes_in_total counter");
     for topic in &topics {
         let bytes = topic.stats.bytes_in.load(Ordering::Relaxed);
-        let _ = writeln!(out, "sava_topic_bytes_in_total{{topic=\"{}\"}} {bytes}", topic.name);
+        let _ = writeln!(
+            out,
+            "sava_topic_bytes_in_total{{topic=\"{}\"}} {bytes}",
+            topic.name
+        );
     }
-    let _ = writeln!(out, "# HELP sava_consumer_messages_out_total Messages sent to a consumer.");
+    let _ = writeln!(
+        out,
+        "# HELP sava_consumer_messages_out_total Messages sent to a consumer."
+    );
     let _ = writeln!(out, "# TYPE sava_consumer_messages_out_total counter");
     for topic in &topics {
         for subscription in topic.subscriptions() {
@@ -54,10 +71,18 @@ async fn metrics(State(broker): State<Arc<Broker>>) -> String {
             );
         }
     }
-    let _ = writeln!(out, "# HELP sava_topic_producers Producers attached to a topic.");
+    let _ = writeln!(
+        out,
+        "# HELP sava_topic_producers Producers attached to a topic."
+    );
     let _ = writeln!(out, "# TYPE sava_topic_producers gauge");
     for topic in &topics {
-        let _ = writeln!(out, "sava_topic_producers{{topic=\"{}\"}} {}", topic.name, topic.producers().len());
+        let _ = writeln!(
+            out,
+            "sava_topic_producers{{topic=\"{}\"}} {}",
+            topic.name,
+            topic.producers().len()
+        );
     }
     out
 }

@@ -1,18 +1,25 @@
-//! The message log of a reliable topic.
+//! The message log of a reliable topic: the partition's write-ahead log on
+//! disk ([`sava_storage::PartitionLog`]) with a bounded tail of the newest
+//! messages in memory ([`MemoryLog`]).
 //!
-//! Known shortcoming: the log is held in memory. Reliable topics get
-//! at-least-once delivery, redelivery and cursors while the broker runs,
-//! but a broker restart loses the messages and cursors; the write-ahead
-//! segments on disk take this type's place. Until then the log's memory is
-//! bounded by `max_bytes`, and a full log refuses producers with
-//! RESOURCE_EXHAUSTED instead of growing.
+//! The topic's publish lock serializes appends; an append writes to disk
+//! and to the tail, and its future resolves once group commit made it
+//! durable. Dispatchers read only below the durable offset, so no consumer
+//! sees a message a crash could still lose. Reads at or after the tail's
+//! start come from memory; older ones from the segment files, on the
+//! blocking pool, so catching up never holds an async worker.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sava_storage::{GroupCommitter, LogConfig, PartitionLog, Record, RecoveryReport};
 
 use std::collections::VecDeque;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::message::Message;
 
-/// The messages of one reliable topic that some subscription still needs.
+/// The newest messages of a topic, in offset order.
 #[derive(Debug)]
 pub struct MemoryLog {
     inner: RwLock<Inner>,
@@ -39,9 +46,16 @@ impl MemoryLog {
         }
     }
 
-    /// Whether `bytes` more fit under the bound.
-    pub fn has_room(&self, bytes: usize) -> bool {
-        self.read().bytes + bytes <= self.max_bytes
+    /// Drops the oldest messages until the tail fits its byte bound again.
+    pub fn shrink(&self) {
+        let mut inner = self.write();
+        while inner.bytes > self.max_bytes {
+            let Some(message) = inner.messages.pop_front() else {
+                break;
+            };
+            inner.bytes -= message.size();
+            inner.start += 1;
+        }
     }
 
     pub fn bytes(&self) -> usize {
@@ -79,7 +93,13 @@ impl MemoryLog {
     pub fn read_from(&self, from: u64, max: usize) -> Vec<Arc<Message>> {
         let inner = self.read();
         let skip = from.saturating_sub(inner.start) as usize;
-        inner.messages.iter().skip(skip).take(max).cloned().collect()
+        inner
+            .messages
+            .iter()
+            .skip(skip)
+            .take(max)
+            .cloned()
+            .collect()
     }
 
     /// The offset of the first message published at or after `time_ms`, or
@@ -87,7 +107,9 @@ impl MemoryLog {
     /// decrease within a topic.
     pub fn offset_at_time(&self, time_ms: u64) -> u64 {
         let inner = self.read();
-        let index = inner.messages.partition_point(|m| m.publish_time_ms < time_ms);
+        let index = inner
+            .messages
+            .partition_point(|m| m.publish_time_ms < time_ms);
         inner.start + index as u64
     }
 
@@ -115,10 +137,187 @@ impl MemoryLog {
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Inner> {
-        self.inner.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, Inner> {
-        self.inner.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// A reliable topic's log: segments on disk and the tail in memory.
+#[derive(Debug)]
+pub struct TopicLog {
+    disk: Arc<PartitionLog>,
+    tail: MemoryLog,
+    /// Payload bytes catch-up reads fetched from segment files.
+    bytes_read_from_disk: AtomicU64,
+}
+
+impl TopicLog {
+    /// Opens (recovering) the partition's log in `dir`. Blocking: call it
+    /// from the blocking pool.
+    pub fn open(
+        dir: &Path,
+        config: LogConfig,
+        committer: Arc<GroupCommitter>,
+        tail_bytes: usize,
+    ) -> Result<(TopicLog, RecoveryReport), sava_storage::Error> {
+        let (disk, report) = PartitionLog::open(dir, config, committer)?;
+        let tail = MemoryLog::new(disk.next_offset(), tail_bytes);
+        let log = TopicLog {
+            disk: Arc::new(disk),
+            tail,
+            bytes_read_from_disk: AtomicU64::new(0),
+        };
+        Ok((log, report))
+    }
+
+    /// The offset the next message gets.
+    pub fn next_offset(&self) -> u64 {
+        self.disk.next_offset()
+    }
+
+    pub fn last_publish_time_ms(&self) -> u64 {
+        self.disk.last_publish_time_ms()
+    }
+
+    /// The first offset still stored.
+    pub fn start(&self) -> u64 {
+        self.disk.start_offset()
+    }
+
+    /// The end of what dispatchers may read: every offset below it is
+    /// durable.
+    pub fn end(&self) -> u64 {
+        self.disk.durable_offset()
+    }
+
+    /// Appends a stamped batch. Called under the topic's publish lock; the
+    /// returned future resolves once the batch is durable.
+    pub fn append(
+        &self,
+        batch: &[Arc<Message>],
+    ) -> Result<sava_storage::AppendAck, sava_storage::Error> {
+        let records: Vec<Record> = batch.iter().map(|m| to_record(m)).collect();
+        let ack = self.disk.append(&records)?;
+        self.tail.append(batch);
+        self.tail.shrink();
+        Ok(ack)
+    }
+
+    /// Up to `max` durable messages from `from` on.
+    pub async fn read(
+        &self,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<Arc<Message>>, sava_storage::Error> {
+        let end = self.end();
+        if from >= end || max == 0 {
+            return Ok(Vec::new());
+        }
+        let max = max.min((end - from) as usize);
+        if from >= self.tail.start() {
+            return Ok(self.tail.read_from(from, max));
+        }
+
+        let disk = Arc::clone(&self.disk);
+        let records = tokio::task::spawn_blocking(move || disk.read(from, max, DISK_READ_BYTES))
+            .await
+            .map_err(|_| sava_storage::Error::Closed)??;
+        let bytes: usize = records.iter().map(|r| r.payload.len()).sum();
+        self.bytes_read_from_disk
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+        Ok(records
+            .into_iter()
+            .filter(|r| r.offset < end)
+            .map(from_record)
+            .collect())
+    }
+
+    /// The message at `offset`, if it is stored and durable.
+    pub async fn get(&self, offset: u64) -> Result<Option<Arc<Message>>, sava_storage::Error> {
+        Ok(self
+            .read(offset, 1)
+            .await?
+            .into_iter()
+            .find(|m| m.offset == offset))
+    }
+
+    /// The first offset published at or after `time_ms`.
+    pub async fn offset_at_time(&self, time_ms: u64) -> Result<u64, sava_storage::Error> {
+        let disk = Arc::clone(&self.disk);
+        tokio::task::spawn_blocking(move || disk.offset_for_time(time_ms))
+            .await
+            .map_err(|_| sava_storage::Error::Closed)?
+    }
+
+    /// Bytes stored from `offset` on (whole segments, so an upper bound),
+    /// and the publish time near `offset`.
+    pub fn backlog_from(&self, offset: u64) -> (u64, Option<u64>) {
+        if offset >= self.tail.start() {
+            let (bytes, oldest) = self.tail.backlog_from(offset);
+            return (bytes as u64, oldest);
+        }
+        let segments = self.disk.segments();
+        let bytes = segments
+            .iter()
+            .filter(|s| s.last_offset().is_none_or(|last| last >= offset))
+            .map(|s| s.bytes)
+            .sum();
+        let oldest = segments
+            .iter()
+            .find(|s| s.last_offset().is_some_and(|last| last >= offset))
+            .and_then(|s| s.first_publish_time_ms);
+        (bytes, oldest)
+    }
+
+    pub fn disk(&self) -> &PartitionLog {
+        &self.disk
+    }
+
+    /// Bytes the partition's segments take on local disk.
+    pub fn local_bytes(&self) -> u64 {
+        self.disk.disk_bytes()
+    }
+
+    /// Payload bytes catch-up reads fetched from segment files.
+    pub fn bytes_read_from_disk(&self) -> u64 {
+        self.bytes_read_from_disk.load(Ordering::Relaxed)
+    }
+}
+
+/// Most bytes one catch-up read takes from disk.
+const DISK_READ_BYTES: usize = 4 * 1024 * 1024;
+
+fn to_record(message: &Message) -> Record {
+    Record {
+        offset: message.offset,
+        publish_time_ms: message.publish_time_ms,
+        producer_id: message.producer_id,
+        producer_name: message.producer_name.to_string(),
+        key: message.key.clone(),
+        attributes: message.attributes.clone(),
+        schema_id: message.schema_id,
+        schema_version: message.schema_version,
+        payload: message.payload.clone(),
+    }
+}
+
+fn from_record(record: Record) -> Arc<Message> {
+    Arc::new(Message {
+        offset: record.offset,
+        publish_time_ms: record.publish_time_ms,
+        producer_id: record.producer_id,
+        producer_name: Arc::from(record.producer_name),
+        key: record.key,
+        attributes: record.attributes,
+        payload: record.payload,
+        schema_id: record.schema_id,
+        schema_version: record.schema_version,
+    })
 }

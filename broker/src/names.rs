@@ -135,7 +135,15 @@ mod tests {
 
     #[test]
     fn malformed_names_are_refused_with_the_reason() {
-        for bad in ["default/x", "/default", "/default/", "//x", "/a/b/c", "/de fault/x", "/a/b.c"] {
+        for bad in [
+            "default/x",
+            "/default",
+            "/default/",
+            "//x",
+            "/a/b/c",
+            "/de fault/x",
+            "/a/b.c",
+        ] {
             let error = TopicName::parse(bad).unwrap_err();
             assert!(error.to_string().contains(bad), "{error}");
         }

@@ -80,8 +80,9 @@ pub fn normalize_type(schema_type: &str) -> Result<&'static str, BrokerError> {
 }
 
 fn compile_json(definition: &[u8]) -> Result<PayloadCheck, BrokerError> {
-    let document: serde_json::Value = serde_json::from_slice(definition)
-        .map_err(|error| BrokerError::InvalidSchema(format!("the JSON schema is not JSON: {error}")))?;
+    let document: serde_json::Value = serde_json::from_slice(definition).map_err(|error| {
+        BrokerError::InvalidSchema(format!("the JSON schema is not JSON: {error}"))
+    })?;
     let validator = jsonschema::validator_for(&document).map_err(|error| {
         BrokerError::InvalidSchema(format!("the JSON schema does not compile: {error}"))
     })?;
@@ -95,7 +96,11 @@ fn json_violation(validator: &jsonschema::Validator, payload: &[u8]) -> Option<S
     };
     let error = validator.iter_errors(&document).next()?;
     let path = error.instance_path().to_string();
-    let place = if path.is_empty() { "/".to_string() } else { path };
+    let place = if path.is_empty() {
+        "/".to_string()
+    } else {
+        path
+    };
     Some(format!("at {place}: {error}"))
 }
 

@@ -58,12 +58,13 @@ pub async fn run(
         source,
     })?;
     let metadata_url = config.metadata_url();
-    let store = sava_metadata::open(&metadata_url)
-        .await
-        .map_err(|source| ServeError::Metadata {
-            url: metadata_url.clone(),
-            source,
-        })?;
+    let store =
+        sava_metadata::open(&metadata_url)
+            .await
+            .map_err(|source| ServeError::Metadata {
+                url: metadata_url.clone(),
+                source,
+            })?;
     let catalog = Catalog::with_cluster(store, &config.broker.cluster);
 
     let client_listener = bind("client API", config.broker.client_addr).await?;
@@ -78,11 +79,12 @@ pub async fn run(
         data_dir = %data_dir.display(),
         metadata = %metadata_url,
         object_store = %config.object_store_url(),
-        "sava broker listening (object store offload is not built yet; reliable topics are kept in memory)"
+        "sava broker listening (object store offload is not built yet)"
     );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let janitor = tokio::spawn(janitor(Arc::clone(&broker), stop_rx.clone()));
+    let flusher = tokio::spawn(cursor_flusher(Arc::clone(&broker), stop_rx.clone()));
     let http = tokio::spawn({
         let mut stop = stop_rx.clone();
         let app = crate::http::router(Arc::clone(&broker));
@@ -128,7 +130,9 @@ pub async fn run(
         .add_service(ConsumerServiceServer::new(danube.clone()))
         .add_service(DiscoveryServer::new(danube.clone()))
         .add_service(HealthCheckServer::new(danube))
-        .add_service(SchemaRegistryServer::new(SchemaRegistryApi::new(Arc::clone(&broker))))
+        .add_service(SchemaRegistryServer::new(SchemaRegistryApi::new(
+            Arc::clone(&broker),
+        )))
         .add_service(
             SavaClientServer::new(NativeApi::new(Arc::clone(&broker)))
                 .max_decoding_message_size(64 * 1024 * 1024)
@@ -138,6 +142,7 @@ pub async fn run(
         .await?;
 
     janitor.abort();
+    let _ = flusher.await;
     let _ = http.await;
     if let Ok(Err(error)) = admin.await {
         tracing::warn!(%error, "admin server failed");
@@ -152,19 +157,41 @@ async fn bind(what: &'static str, addr: std::net::SocketAddr) -> Result<TcpListe
         .map_err(|source| ServeError::Bind { what, addr, source })
 }
 
+/// Writes changed cursors every `storage.cursor_flush_ms`, and once more
+/// when the broker stops.
+async fn cursor_flusher(broker: Arc<Broker>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let every = Duration::from_millis(broker.config.storage.cursor_flush_ms);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+        if let Err(error) = broker.flush_cursors().await {
+            tracing::warn!(%error, "cannot save subscription cursors; retrying");
+        }
+    }
+    if let Err(error) = broker.flush_cursors().await {
+        tracing::warn!(%error, "cannot save subscription cursors at shutdown");
+    }
+}
+
 async fn janitor(broker: Arc<Broker>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last = tokio::time::Instant::now();
     loop {
         tokio::select! {
-            _ = tick.tick() => {
-                broker.expire_idle();
-                for topic in broker.loaded_topics() {
-                    topic.sample_rates(last.elapsed());
-                }
-                last = tokio::time::Instant::now();
-            }
+            _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
+        }
+        broker.expire_idle();
+        for topic in broker.loaded_topics() {
+            topic.sample_rates(last.elapsed());
+        }
+        last = tokio::time::Instant::now();
+        if let Err(error) = broker.apply_retention().await {
+            tracing::warn!(%error, "retention failed; retrying");
         }
     }
 }

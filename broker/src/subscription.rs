@@ -171,7 +171,10 @@ impl Subscription {
         let expired: Vec<u64> = self
             .lock()
             .values()
-            .filter(|c| c.detached_since().is_some_and(|since| since.elapsed() > grace))
+            .filter(|c| {
+                c.detached_since()
+                    .is_some_and(|since| since.elapsed() > grace)
+            })
             .map(|c| c.id)
             .collect();
         for id in &expired {
@@ -209,6 +212,14 @@ impl Subscription {
         }
     }
 
+    /// The reliable dispatcher's counters and cursor.
+    pub fn reliable_stats(&self) -> Option<&crate::dispatch::reliable::ReliableStats> {
+        match &self.dispatcher {
+            Dispatcher::Push(_) => None,
+            Dispatcher::Reliable(reliable) => Some(reliable.stats()),
+        }
+    }
+
     /// Every offset below this one is acknowledged (reliable topics).
     pub fn floor(&self) -> Option<u64> {
         match &self.dispatcher {
@@ -218,10 +229,10 @@ impl Subscription {
     }
 
     /// Moves a reliable subscription's cursor.
-    pub fn seek(&self, position: StartPosition) -> Result<(), BrokerError> {
+    pub async fn seek(&self, position: StartPosition) -> Result<(), BrokerError> {
         match &self.dispatcher {
             Dispatcher::Reliable(reliable) => {
-                reliable.seek(position);
+                reliable.seek(position).await;
                 Ok(())
             }
             Dispatcher::Push(_) => Err(BrokerError::InvalidRequest(format!(
@@ -252,7 +263,7 @@ impl Subscription {
             let (bytes, oldest) = reliable.log().backlog_from(floor);
             snapshot.cursor = floor;
             snapshot.backlog_messages = end.saturating_sub(floor).saturating_sub(acked_above);
-            snapshot.backlog_bytes = bytes as u64;
+            snapshot.backlog_bytes = bytes;
             snapshot.oldest_unacked_ms = oldest;
             snapshot.pending = stats.pending.load(Ordering::Acquire);
             snapshot.redelivered = stats.redelivered.load(Ordering::Relaxed);
@@ -268,6 +279,8 @@ impl Subscription {
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<u64, Arc<ConsumerHandle>>> {
-        self.consumers.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.consumers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

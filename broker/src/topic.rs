@@ -16,9 +16,9 @@ use tokio::sync::Notify;
 
 use crate::dispatch::SubscriptionType;
 use crate::dispatch::push::PushDispatcher;
-use crate::dispatch::reliable::{Limits, ReliableDispatcher, StartPosition};
+use crate::dispatch::reliable::{Limits, Origin, ReliableDispatcher};
 use crate::error::BrokerError;
-use crate::log::MemoryLog;
+use crate::log::TopicLog;
 use crate::message::{IncomingMessage, Message};
 use crate::names::TopicName;
 use crate::schema::PayloadCheck;
@@ -51,7 +51,10 @@ impl ProducerInfo {
     }
 
     pub fn idle_for(&self) -> std::time::Duration {
-        self.last_seen.lock().unwrap_or_else(|p| p.into_inner()).elapsed()
+        self.last_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
     }
 }
 
@@ -61,7 +64,28 @@ pub struct TopicLimits {
     pub max_message_bytes: usize,
     pub consumer_buffer: usize,
     pub max_unacked_per_consumer: usize,
-    pub reliable_memory_bytes: usize,
+}
+
+/// A publish that was accepted; for a reliable topic it is acknowledged
+/// once [`Published::durable`] resolves.
+#[must_use = "a reliable publish is acknowledged only once it is durable"]
+pub struct Published {
+    pub receipt: Receipt,
+    durable: Option<sava_storage::AppendAck>,
+}
+
+impl Published {
+    /// Waits until the batch is durable (at once for non-reliable topics),
+    /// then lets the topic's subscriptions deliver it.
+    pub async fn durable(self, topic: &Topic) -> Result<Receipt, BrokerError> {
+        if let Some(ack) = self.durable {
+            ack.await.map_err(BrokerError::Storage)?;
+            for subscription in topic.subscriptions() {
+                subscription.on_publish(&[]);
+            }
+        }
+        Ok(self.receipt)
+    }
 }
 
 /// What a successful publish returns.
@@ -107,21 +131,30 @@ pub struct Topic {
     pub limits: TopicLimits,
     pub stats: TopicStats,
     partition: u32,
-    log: Option<Arc<MemoryLog>>,
+    log: Option<Arc<TopicLog>>,
     publish: Mutex<PublishState>,
     producers: Mutex<Producers>,
     subscriptions: RwLock<HashMap<String, Arc<Subscription>>>,
 }
 
 impl Topic {
+    /// A topic; reliable topics come with their log, whose end gives the
+    /// next offset and the last publish time.
     pub fn new(
         name: TopicName,
         record: TopicRecord,
         schema: Option<Arc<ActiveSchema>>,
         limits: TopicLimits,
+        log: Option<Arc<TopicLog>>,
     ) -> Topic {
-        let log = (record.dispatch_mode == DispatchMode::Reliable)
-            .then(|| Arc::new(MemoryLog::new(0, limits.reliable_memory_bytes)));
+        debug_assert_eq!(
+            log.is_some(),
+            record.dispatch_mode == DispatchMode::Reliable
+        );
+        let publish = PublishState {
+            next_offset: log.as_ref().map_or(0, |log| log.next_offset()),
+            last_time_ms: log.as_ref().map_or(0, |log| log.last_publish_time_ms()),
+        };
         Topic {
             partition: name.partition_index().unwrap_or(0),
             name,
@@ -130,7 +163,7 @@ impl Topic {
             limits,
             stats: TopicStats::default(),
             log,
-            publish: Mutex::new(PublishState::default()),
+            publish: Mutex::new(publish),
             producers: Mutex::new(Producers::default()),
             subscriptions: RwLock::new(HashMap::new()),
         }
@@ -188,18 +221,24 @@ impl Topic {
     }
 
     /// Validates, stamps and publishes a batch. All or nothing: the first
-    /// message that breaks a rule refuses the whole batch.
+    /// message that breaks a rule refuses the whole batch. A reliable batch
+    /// is written to the log here and acknowledged once
+    /// [`Published::durable`] resolves.
     pub fn publish(
         &self,
         producer: &ProducerInfo,
         messages: Vec<IncomingMessage>,
-    ) -> Result<Receipt, BrokerError> {
+    ) -> Result<Published, BrokerError> {
         let schema = producer.schema.as_ref().or(self.schema.as_ref());
         let mut bytes = 0;
         for (index, message) in messages.iter().enumerate() {
             let size = message.payload.len()
                 + message.key.as_ref().map_or(0, String::len)
-                + message.attributes.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+                + message
+                    .attributes
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len())
+                    .sum::<usize>();
             if size > self.limits.max_message_bytes {
                 return Err(BrokerError::MessageTooLarge {
                     index,
@@ -223,19 +262,9 @@ impl Topic {
         let count = messages.len() as u32;
 
         let mut state = lock(&self.publish);
-        if let Some(log) = &self.log {
-            self.trim(log);
-            if !log.has_room(bytes) {
-                return Err(BrokerError::BacklogFull {
-                    topic: self.name.to_string(),
-                    bytes: log.bytes(),
-                });
-            }
-        }
         let publish_time_ms = now_ms().max(state.last_time_ms);
         state.last_time_ms = publish_time_ms;
         let first_offset = state.next_offset;
-        state.next_offset += u64::from(count);
 
         let batch: Vec<Arc<Message>> = messages
             .into_iter()
@@ -254,56 +283,81 @@ impl Topic {
                 })
             })
             .collect();
-        if let Some(log) = &self.log {
-            log.append(&batch);
-        }
-        for subscription in read(&self.subscriptions).values() {
-            subscription.on_publish(&batch);
-        }
+        let durable = match &self.log {
+            Some(log) => Some(log.append(&batch).map_err(BrokerError::Storage)?),
+            None => {
+                for subscription in read(&self.subscriptions).values() {
+                    subscription.on_publish(&batch);
+                }
+                None
+            }
+        };
+        state.next_offset += u64::from(count);
         drop(state);
 
-        self.stats.messages_in.fetch_add(u64::from(count), Ordering::Relaxed);
-        self.stats.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
-        Ok(Receipt {
+        self.stats
+            .messages_in
+            .fetch_add(u64::from(count), Ordering::Relaxed);
+        self.stats
+            .bytes_in
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+        let receipt = Receipt {
             first_offset,
             count,
             publish_time_ms,
-        })
+        };
+        Ok(Published { receipt, durable })
     }
 
-    /// The subscription `name`, created with `kind` starting at `start`
-    /// when it does not exist yet.
-    pub fn subscription(
+    /// The subscription `name`, created with `kind` from `origin` when it
+    /// does not exist yet; says whether it was created.
+    pub async fn subscription(
         &self,
         name: &str,
         kind: SubscriptionType,
-        start: StartPosition,
-    ) -> Arc<Subscription> {
+        origin: Origin,
+    ) -> (Arc<Subscription>, bool) {
         if let Some(existing) = read(&self.subscriptions).get(name) {
-            return Arc::clone(existing);
+            return (Arc::clone(existing), false);
         }
+
+        let wake = Arc::new(Notify::new());
+        let dispatcher = match &self.log {
+            None => Dispatcher::Push(PushDispatcher::new(kind, self.partition)),
+            Some(log) => {
+                let limits = Limits {
+                    max_unacked_per_consumer: self.limits.max_unacked_per_consumer,
+                };
+                let log = Arc::clone(log);
+                let wake = Arc::clone(&wake);
+                let started =
+                    ReliableDispatcher::start(kind, self.partition, log, origin, limits, wake);
+                Dispatcher::Reliable(started.await)
+            }
+        };
+        let built = Arc::new(Subscription::new(
+            self.name.as_str(),
+            name,
+            kind,
+            dispatcher,
+            wake,
+        ));
+
+        // Another caller may have created it meanwhile; theirs wins and ours
+        // (with its task) is dropped.
         let mut subscriptions = self
             .subscriptions
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let created = subscriptions.entry(name.to_string()).or_insert_with(|| {
-            let wake = Arc::new(Notify::new());
-            let dispatcher = match &self.log {
-                None => Dispatcher::Push(PushDispatcher::new(kind, self.partition)),
-                Some(log) => Dispatcher::Reliable(ReliableDispatcher::start(
-                    kind,
-                    self.partition,
-                    Arc::clone(log),
-                    start,
-                    Limits {
-                        max_unacked_per_consumer: self.limits.max_unacked_per_consumer,
-                    },
-                    Arc::clone(&wake),
-                )),
-            };
-            Arc::new(Subscription::new(self.name.as_str(), name, kind, dispatcher, wake))
-        });
-        Arc::clone(created)
+        if let Some(existing) = subscriptions.get(name) {
+            return (Arc::clone(existing), false);
+        }
+        subscriptions.insert(name.to_string(), Arc::clone(&built));
+        (built, true)
+    }
+
+    pub fn log(&self) -> Option<&Arc<TopicLog>> {
+        self.log.as_ref()
     }
 
     /// Removes subscription `name`, closing its consumers.
@@ -327,7 +381,10 @@ impl Topic {
     /// Updates the rates from the counters, `elapsed` after the last call.
     pub fn sample_rates(&self, elapsed: std::time::Duration) {
         let seconds = elapsed.as_secs_f64().max(0.001);
-        let (now_in, now_out) = (self.stats.messages_in.load(Ordering::Relaxed), self.messages_out());
+        let (now_in, now_out) = (
+            self.stats.messages_in.load(Ordering::Relaxed),
+            self.messages_out(),
+        );
         let mut rates = lock(&self.stats.rates);
         rates.rate_in = now_in.saturating_sub(rates.last_in) as f64 / seconds;
         rates.rate_out = now_out.saturating_sub(rates.last_out) as f64 / seconds;
@@ -341,9 +398,9 @@ impl Topic {
         (rates.rate_in, rates.rate_out)
     }
 
-    /// Bytes of messages this topic holds in memory.
+    /// Bytes of messages this topic holds on local disk.
     pub fn local_bytes(&self) -> u64 {
-        self.log.as_ref().map_or(0, |log| log.bytes() as u64)
+        self.log.as_ref().map_or(0, |log| log.local_bytes())
     }
 
     pub fn existing_subscription(&self, name: &str) -> Option<Arc<Subscription>> {
@@ -359,19 +416,22 @@ impl Topic {
         lock(&self.publish).next_offset
     }
 
-    /// Drops what every subscription has acknowledged from the log.
-    fn trim(&self, log: &MemoryLog) {
+    /// The lowest acknowledged floor over the subscriptions (reliable
+    /// topics), or the end of the log when there are none.
+    pub fn acknowledged_floor(&self) -> Option<u64> {
+        let log = self.log.as_ref()?;
         let floor = read(&self.subscriptions)
             .values()
             .filter_map(|s| s.floor())
-            .min()
-            .unwrap_or_else(|| log.end());
-        log.trim_to(floor);
+            .min();
+        Some(floor.unwrap_or_else(|| log.end()))
     }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {

@@ -124,7 +124,9 @@ pub trait Transaction: Send {
     /// Adds `delta` to the little-endian `i64` stored at `key` (a missing key
     /// counts as 0; a shorter value is zero-extended) when the transaction
     /// commits. The add does not read the key, so concurrent adds never
-    /// conflict with each other.
+    /// conflict with each other; on etcd, which has no atomic add, the
+    /// commit retries its read-modify-write and conflicts only under heavy
+    /// contention (see [`crate::etcd`]).
     fn atomic_add(&mut self, key: &[u8], delta: i64);
 
     /// Commits the buffered writes atomically.

@@ -60,9 +60,7 @@ impl ErrorKind {
             Code::AlreadyExists => ErrorKind::AlreadyExists,
             Code::FailedPrecondition | Code::Aborted => ErrorKind::Conflict,
             Code::ResourceExhausted => ErrorKind::ResourceExhausted,
-            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
-                ErrorKind::Unavailable
-            }
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => ErrorKind::Unavailable,
             Code::PermissionDenied | Code::Unauthenticated => ErrorKind::PermissionDenied,
             Code::Unimplemented => ErrorKind::Unsupported,
             _ => ErrorKind::Internal,
@@ -126,7 +124,8 @@ mod tests {
 
     #[test]
     fn a_status_carries_the_message_that_names_the_problem() {
-        let status: Status = WireError::new(ErrorKind::NotFound, "topic /default/x does not exist").into();
+        let status: Status =
+            WireError::new(ErrorKind::NotFound, "topic /default/x does not exist").into();
         assert_eq!(status.code(), Code::NotFound);
         assert_eq!(status.message(), "topic /default/x does not exist");
     }

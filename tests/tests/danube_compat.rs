@@ -62,13 +62,22 @@ async fn a_plain_producer_and_exclusive_consumer_exchange_messages_with_attribut
     let client = client(&broker).await;
     let topic = "/default/plain";
 
-    let mut producer = client.new_producer().with_topic(topic).with_name("p1").build().unwrap();
+    let mut producer = client
+        .new_producer()
+        .with_topic(topic)
+        .with_name("p1")
+        .build()
+        .unwrap();
     producer.create().await.unwrap();
-    let (mut consumer, mut stream) = consumer(&client, topic, "c1", "sub", SubType::Exclusive).await;
+    let (mut consumer, mut stream) =
+        consumer(&client, topic, "c1", "sub", SubType::Exclusive).await;
 
     for i in 0..10 {
         let attributes = HashMap::from([("index".to_string(), i.to_string())]);
-        producer.send(format!("hello {i}").into_bytes(), Some(attributes)).await.unwrap();
+        producer
+            .send(format!("hello {i}").into_bytes(), Some(attributes))
+            .await
+            .unwrap();
     }
     for i in 0..10u64 {
         let message = next(&mut stream).await;
@@ -96,10 +105,14 @@ async fn a_partitioned_producer_spreads_messages_and_the_consumer_reads_every_pa
         .build()
         .unwrap();
     producer.create().await.unwrap();
-    let (mut consumer, mut stream) = consumer(&client, topic, "pc", "psub", SubType::Exclusive).await;
+    let (mut consumer, mut stream) =
+        consumer(&client, topic, "pc", "psub", SubType::Exclusive).await;
 
     for i in 0..30 {
-        producer.send(format!("m{i}").into_bytes(), None).await.unwrap();
+        producer
+            .send(format!("m{i}").into_bytes(), None)
+            .await
+            .unwrap();
     }
     let mut payloads = HashSet::new();
     let mut partitions = HashSet::new();
@@ -120,7 +133,12 @@ async fn key_shared_consumers_each_get_whole_keys_in_order() {
     let client = client(&broker).await;
     let topic = "/default/keyed";
 
-    let mut producer = client.new_producer().with_topic(topic).with_name("kp").build().unwrap();
+    let mut producer = client
+        .new_producer()
+        .with_topic(topic)
+        .with_name("kp")
+        .build()
+        .unwrap();
     producer.create().await.unwrap();
     let (_a, mut a_stream) = consumer(&client, topic, "ka", "ks", SubType::KeyShared).await;
     let (_b, mut b_stream) = consumer(&client, topic, "kb", "ks", SubType::KeyShared).await;
@@ -137,9 +155,15 @@ async fn key_shared_consumers_each_get_whole_keys_in_order() {
     assert_eq!(a.len() + b.len(), 30);
 
     let keys_of = |messages: &[StreamMessage]| -> HashSet<String> {
-        messages.iter().filter_map(|m| m.routing_key.clone()).collect()
+        messages
+            .iter()
+            .filter_map(|m| m.routing_key.clone())
+            .collect()
     };
-    assert!(keys_of(&a).is_disjoint(&keys_of(&b)), "a key went to both consumers");
+    assert!(
+        keys_of(&a).is_disjoint(&keys_of(&b)),
+        "a key went to both consumers"
+    );
     for messages in [&a, &b] {
         for key in keys {
             let rounds: Vec<String> = messages
@@ -159,17 +183,29 @@ async fn shared_consumers_split_the_messages_between_them() {
     let client = client(&broker).await;
     let topic = "/default/shared";
 
-    let mut producer = client.new_producer().with_topic(topic).with_name("sp").build().unwrap();
+    let mut producer = client
+        .new_producer()
+        .with_topic(topic)
+        .with_name("sp")
+        .build()
+        .unwrap();
     producer.create().await.unwrap();
     let (_a, mut a_stream) = consumer(&client, topic, "sa", "sh", SubType::Shared).await;
     let (_b, mut b_stream) = consumer(&client, topic, "sb", "sh", SubType::Shared).await;
 
     for i in 0..20 {
-        producer.send(format!("s{i}").into_bytes(), None).await.unwrap();
+        producer
+            .send(format!("s{i}").into_bytes(), None)
+            .await
+            .unwrap();
     }
     let a = drain(&mut a_stream, Duration::from_secs(2)).await;
     let b = drain(&mut b_stream, Duration::from_secs(1)).await;
-    assert_eq!(a.len() + b.len(), 20, "each message goes to exactly one consumer");
+    assert_eq!(
+        a.len() + b.len(),
+        20,
+        "each message goes to exactly one consumer"
+    );
     assert!(!a.is_empty() && !b.is_empty(), "both consumers get a share");
 }
 
@@ -179,17 +215,29 @@ async fn failover_sends_to_one_consumer_at_a_time() {
     let client = client(&broker).await;
     let topic = "/default/failover";
 
-    let mut producer = client.new_producer().with_topic(topic).with_name("fp").build().unwrap();
+    let mut producer = client
+        .new_producer()
+        .with_topic(topic)
+        .with_name("fp")
+        .build()
+        .unwrap();
     producer.create().await.unwrap();
     let (_a, mut a_stream) = consumer(&client, topic, "fa", "fo", SubType::FailOver).await;
     let (_b, mut b_stream) = consumer(&client, topic, "fb", "fo", SubType::FailOver).await;
 
     for i in 0..10 {
-        producer.send(format!("f{i}").into_bytes(), None).await.unwrap();
+        producer
+            .send(format!("f{i}").into_bytes(), None)
+            .await
+            .unwrap();
     }
     let a = drain(&mut a_stream, Duration::from_secs(2)).await;
     let b = drain(&mut b_stream, Duration::from_secs(1)).await;
-    assert_eq!((a.len(), b.len()), (10, 0), "the first consumer by name is active");
+    assert_eq!(
+        (a.len(), b.len()),
+        (10, 0),
+        "the first consumer by name is active"
+    );
 }
 
 #[tokio::test]
@@ -198,7 +246,12 @@ async fn a_second_exclusive_consumer_with_another_name_is_refused() {
     let client = client(&broker).await;
     let topic = "/default/exclusive";
 
-    let mut producer = client.new_producer().with_topic(topic).with_name("ep").build().unwrap();
+    let mut producer = client
+        .new_producer()
+        .with_topic(topic)
+        .with_name("ep")
+        .build()
+        .unwrap();
     producer.create().await.unwrap();
     let (_first, _stream) = consumer(&client, topic, "owner", "ex", SubType::Exclusive).await;
 
@@ -231,7 +284,10 @@ async fn reliable_dispatch_delivers_every_message_and_takes_acks() {
     let (mut consumer, mut stream) = consumer(&client, topic, "rc", "rs", SubType::Exclusive).await;
 
     for i in 0..50 {
-        producer.send(format!("r{i}").into_bytes(), None).await.unwrap();
+        producer
+            .send(format!("r{i}").into_bytes(), None)
+            .await
+            .unwrap();
     }
     for i in 0..50u64 {
         let message = next(&mut stream).await;
@@ -265,15 +321,25 @@ async fn a_json_schema_producer_sends_valid_payloads_and_invalid_ones_are_refuse
     producer.create().await.unwrap();
     let (_consumer, mut stream) = consumer(&client, topic, "jc", "js", SubType::Exclusive).await;
 
-    producer.send(br#"{"field1":"a","field2":1}"#.to_vec(), None).await.unwrap();
-    let error = producer.send(br#"{"field2":"nope"}"#.to_vec(), None).await.unwrap_err();
+    producer
+        .send(br#"{"field1":"a","field2":1}"#.to_vec(), None)
+        .await
+        .unwrap();
+    let error = producer
+        .send(br#"{"field2":"nope"}"#.to_vec(), None)
+        .await
+        .unwrap_err();
     assert!(error.to_string().contains("schema"), "{error}");
 
     let message = next(&mut stream).await;
     assert_eq!(message.payload.as_ref(), br#"{"field1":"a","field2":1}"#);
     assert_eq!(message.schema_id, Some(schema_id));
     assert_eq!(message.schema_version, Some(1));
-    assert!(drain(&mut stream, Duration::from_millis(500)).await.is_empty());
+    assert!(
+        drain(&mut stream, Duration::from_millis(500))
+            .await
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -282,7 +348,12 @@ async fn key_filters_route_matching_keys_to_the_filtering_consumer() {
     let client = client(&broker).await;
     let topic = "/default/filtered";
 
-    let mut producer = client.new_producer().with_topic(topic).with_name("fp").build().unwrap();
+    let mut producer = client
+        .new_producer()
+        .with_topic(topic)
+        .with_name("fp")
+        .build()
+        .unwrap();
     producer.create().await.unwrap();
     let mut eu = client
         .new_consumer()
@@ -295,15 +366,23 @@ async fn key_filters_route_matching_keys_to_the_filtering_consumer() {
         .unwrap();
     eu.subscribe().await.unwrap();
     let mut eu_stream = eu.receive().await.unwrap();
-    let (_rest, mut rest_stream) = consumer(&client, topic, "rest", "regions", SubType::KeyShared).await;
+    let (_rest, mut rest_stream) =
+        consumer(&client, topic, "rest", "regions", SubType::KeyShared).await;
 
     for i in 0..10 {
-        producer.send_with_key(format!("e{i}").into_bytes(), None, &format!("eu-{i}")).await.unwrap();
+        producer
+            .send_with_key(format!("e{i}").into_bytes(), None, &format!("eu-{i}"))
+            .await
+            .unwrap();
     }
     let eu_got = drain(&mut eu_stream, Duration::from_secs(2)).await;
     let rest_got = drain(&mut rest_stream, Duration::from_millis(500)).await;
     assert_eq!(eu_got.len(), 10, "every eu-* key goes to the eu consumer");
-    assert!(rest_got.iter().all(|m| !m.routing_key.clone().unwrap_or_default().starts_with("eu-")));
+    assert!(
+        rest_got
+            .iter()
+            .all(|m| !m.routing_key.clone().unwrap_or_default().starts_with("eu-"))
+    );
 }
 
 #[tokio::test]
@@ -312,10 +391,17 @@ async fn failover_moves_to_the_next_consumer_when_the_active_one_closes() {
     let client = client(&broker).await;
     let topic = "/default/takeover";
 
-    let mut producer = client.new_producer().with_topic(topic).with_name("tp").build().unwrap();
+    let mut producer = client
+        .new_producer()
+        .with_topic(topic)
+        .with_name("tp")
+        .build()
+        .unwrap();
     producer.create().await.unwrap();
-    let (mut active, mut a_stream) = consumer(&client, topic, "a-first", "fo", SubType::FailOver).await;
-    let (_standby, mut b_stream) = consumer(&client, topic, "b-second", "fo", SubType::FailOver).await;
+    let (mut active, mut a_stream) =
+        consumer(&client, topic, "a-first", "fo", SubType::FailOver).await;
+    let (_standby, mut b_stream) =
+        consumer(&client, topic, "b-second", "fo", SubType::FailOver).await;
 
     producer.send(b"before".to_vec(), None).await.unwrap();
     assert_eq!(next(&mut a_stream).await.payload.as_ref(), b"before");

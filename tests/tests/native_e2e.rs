@@ -10,7 +10,10 @@ use sava_tests::Broker;
 use tokio::time::timeout;
 
 async fn client(broker: &Broker) -> Client {
-    Client::builder(broker.service_url()).build().await.expect("client connects")
+    Client::builder(broker.service_url())
+        .build()
+        .await
+        .expect("client connects")
 }
 
 async fn next(consumer: &mut sava_client::Consumer) -> ReceivedMessage {
@@ -29,7 +32,10 @@ async fn drain(consumer: &mut sava_client::Consumer, quiet: Duration) -> Vec<Rec
     got
 }
 
-async fn send_all(producer: &sava_client::Producer, messages: Vec<Message>) -> Vec<sava_client::MessageId> {
+async fn send_all(
+    producer: &sava_client::Producer,
+    messages: Vec<Message>,
+) -> Vec<sava_client::MessageId> {
     let mut pending = Vec::new();
     for message in messages {
         pending.push(producer.send(message).await.expect("queued"));
@@ -48,13 +54,25 @@ async fn pipelined_sends_get_dense_offsets_and_arrive_in_order_with_keys_and_att
     let topic = "/default/native-plain";
 
     let producer = client.producer(topic).name("p").create().await.unwrap();
-    let mut consumer = client.consumer(topic, "s").name("c").subscribe().await.unwrap();
+    let mut consumer = client
+        .consumer(topic, "s")
+        .name("c")
+        .subscribe()
+        .await
+        .unwrap();
 
     let messages = (0..500)
-        .map(|i| Message::new(format!("m{i}")).with_key(format!("k{}", i % 7)).with_attribute("i", i.to_string()))
+        .map(|i| {
+            Message::new(format!("m{i}"))
+                .with_key(format!("k{}", i % 7))
+                .with_attribute("i", i.to_string())
+        })
         .collect();
     let ids = send_all(&producer, messages).await;
-    assert_eq!(ids.iter().map(|id| id.offset).collect::<Vec<_>>(), (0..500).collect::<Vec<_>>());
+    assert_eq!(
+        ids.iter().map(|id| id.offset).collect::<Vec<_>>(),
+        (0..500).collect::<Vec<_>>()
+    );
 
     for i in 0..500u64 {
         let message = next(&mut consumer).await;
@@ -76,7 +94,9 @@ async fn a_partitioned_topic_spreads_batches_and_one_consumer_reads_all_partitio
     assert_eq!(producer.partition_count(), 4);
     let mut consumer = client.consumer(topic, "s").subscribe().await.unwrap();
 
-    let messages = (0..400).map(|i| Message::new(format!("m{i}")).with_key(format!("key-{i}"))).collect();
+    let messages = (0..400)
+        .map(|i| Message::new(format!("m{i}")).with_key(format!("key-{i}")))
+        .collect();
     let ids = send_all(&producer, messages).await;
     let partitions: HashSet<String> = ids.iter().map(|id| id.topic.to_string()).collect();
     assert_eq!(partitions.len(), 4, "{partitions:?}");
@@ -95,15 +115,42 @@ async fn a_second_exclusive_consumer_is_refused_and_shared_consumers_split_the_w
     let topic = "/default/native-types";
     let producer = client.producer(topic).create().await.unwrap();
 
-    let _owner = client.consumer(topic, "ex").name("owner").subscribe().await.unwrap();
+    let _owner = client
+        .consumer(topic, "ex")
+        .name("owner")
+        .subscribe()
+        .await
+        .unwrap();
     let refused = client.consumer(topic, "ex").name("other").subscribe().await;
-    let error = refused.err().expect("a second exclusive consumer is refused").to_string();
+    let error = refused
+        .err()
+        .expect("a second exclusive consumer is refused")
+        .to_string();
     assert!(error.contains("owner"), "{error}");
 
-    let mut a = client.consumer(topic, "sh").name("a").subscription_type(SubscriptionType::Shared).subscribe().await.unwrap();
-    let mut b = client.consumer(topic, "sh").name("b").subscription_type(SubscriptionType::Shared).subscribe().await.unwrap();
-    send_all(&producer, (0..200).map(|i| Message::new(format!("{i}"))).collect()).await;
-    let (a_got, b_got) = (drain(&mut a, Duration::from_secs(1)).await, drain(&mut b, Duration::from_millis(300)).await);
+    let mut a = client
+        .consumer(topic, "sh")
+        .name("a")
+        .subscription_type(SubscriptionType::Shared)
+        .subscribe()
+        .await
+        .unwrap();
+    let mut b = client
+        .consumer(topic, "sh")
+        .name("b")
+        .subscription_type(SubscriptionType::Shared)
+        .subscribe()
+        .await
+        .unwrap();
+    send_all(
+        &producer,
+        (0..200).map(|i| Message::new(format!("{i}"))).collect(),
+    )
+    .await;
+    let (a_got, b_got) = (
+        drain(&mut a, Duration::from_secs(1)).await,
+        drain(&mut b, Duration::from_millis(300)).await,
+    );
     assert_eq!(a_got.len() + b_got.len(), 200);
     assert!(!a_got.is_empty() && !b_got.is_empty());
 }
@@ -115,21 +162,58 @@ async fn failover_and_key_shared_deliver_as_their_types_promise() {
     let topic = "/default/native-fo-ks";
     let producer = client.producer(topic).create().await.unwrap();
 
-    let mut active = client.consumer(topic, "fo").name("a").subscription_type(SubscriptionType::Failover).subscribe().await.unwrap();
-    let mut standby = client.consumer(topic, "fo").name("b").subscription_type(SubscriptionType::Failover).subscribe().await.unwrap();
-    let mut k1 = client.consumer(topic, "ks").name("k1").subscription_type(SubscriptionType::KeyShared).subscribe().await.unwrap();
-    let mut k2 = client.consumer(topic, "ks").name("k2").subscription_type(SubscriptionType::KeyShared).subscribe().await.unwrap();
+    let mut active = client
+        .consumer(topic, "fo")
+        .name("a")
+        .subscription_type(SubscriptionType::Failover)
+        .subscribe()
+        .await
+        .unwrap();
+    let mut standby = client
+        .consumer(topic, "fo")
+        .name("b")
+        .subscription_type(SubscriptionType::Failover)
+        .subscribe()
+        .await
+        .unwrap();
+    let mut k1 = client
+        .consumer(topic, "ks")
+        .name("k1")
+        .subscription_type(SubscriptionType::KeyShared)
+        .subscribe()
+        .await
+        .unwrap();
+    let mut k2 = client
+        .consumer(topic, "ks")
+        .name("k2")
+        .subscription_type(SubscriptionType::KeyShared)
+        .subscribe()
+        .await
+        .unwrap();
 
     let keys = ["a", "b", "c", "d", "e", "f", "g", "h"];
-    let messages = (0..80).map(|i| Message::new(format!("{i}")).with_key(keys[i % 8])).collect();
+    let messages = (0..80)
+        .map(|i| Message::new(format!("{i}")).with_key(keys[i % 8]))
+        .collect();
     send_all(&producer, messages).await;
 
     assert_eq!(drain(&mut active, Duration::from_secs(1)).await.len(), 80);
-    assert!(drain(&mut standby, Duration::from_millis(300)).await.is_empty());
+    assert!(
+        drain(&mut standby, Duration::from_millis(300))
+            .await
+            .is_empty()
+    );
 
-    let (g1, g2) = (drain(&mut k1, Duration::from_secs(1)).await, drain(&mut k2, Duration::from_millis(300)).await);
+    let (g1, g2) = (
+        drain(&mut k1, Duration::from_secs(1)).await,
+        drain(&mut k2, Duration::from_millis(300)).await,
+    );
     assert_eq!(g1.len() + g2.len(), 80);
-    let keys_of = |got: &[ReceivedMessage]| got.iter().filter_map(|m| m.key.clone()).collect::<HashSet<_>>();
+    let keys_of = |got: &[ReceivedMessage]| {
+        got.iter()
+            .filter_map(|m| m.key.clone())
+            .collect::<HashSet<_>>()
+    };
     assert!(keys_of(&g1).is_disjoint(&keys_of(&g2)));
     for got in [&g1, &g2] {
         let mut last: HashMap<String, u64> = HashMap::new();
@@ -141,7 +225,9 @@ async fn failover_and_key_shared_deliver_as_their_types_promise() {
         }
     }
 
-    drop(active);
+    // Closing waits until the broker ended the stream, so the standby is
+    // active by the time the next message is published.
+    active.close().await;
     send_all(&producer, vec![Message::new("after")]).await;
     let message = next(&mut standby).await;
     assert_eq!(message.payload.as_ref(), b"after");
@@ -154,15 +240,33 @@ async fn a_payload_that_breaks_the_json_schema_is_refused_with_the_reason() {
     let topic = "/default/native-json";
     let schema = r#"{"type":"object","properties":{"id":{"type":"integer"}},"required":["id"]}"#;
 
-    let producer = client.producer(topic).schema(Schema::json(schema)).create().await.unwrap();
-    let ok = producer.send(Message::new(r#"{"id":1}"#)).await.unwrap().await;
+    let producer = client
+        .producer(topic)
+        .schema(Schema::json(schema))
+        .create()
+        .await
+        .unwrap();
+    let ok = producer
+        .send(Message::new(r#"{"id":1}"#))
+        .await
+        .unwrap()
+        .await;
     assert!(ok.is_ok(), "{ok:?}");
-    let refused = producer.send(Message::new(r#"{"id":"one"}"#)).await.unwrap().await;
+    let refused = producer
+        .send(Message::new(r#"{"id":"one"}"#))
+        .await
+        .unwrap()
+        .await;
     let error = refused.expect_err("refused").to_string();
     assert!(error.contains("/id"), "{error}");
 
     let refused = producer.send(Message::new("not json")).await.unwrap().await;
-    assert!(refused.expect_err("refused").to_string().contains("not JSON"));
+    assert!(
+        refused
+            .expect_err("refused")
+            .to_string()
+            .contains("not JSON")
+    );
 }
 
 #[tokio::test]
@@ -171,7 +275,13 @@ async fn an_exclusive_producer_keeps_others_out_until_it_leaves() {
     let client = client(&broker).await;
     let topic = "/default/native-exclusive";
 
-    let holder = client.producer(topic).name("holder").exclusive(true).create().await.unwrap();
+    let holder = client
+        .producer(topic)
+        .name("holder")
+        .exclusive(true)
+        .create()
+        .await
+        .unwrap();
     let intruder = client.producer(topic).name("intruder").create().await;
     let error = intruder.err().expect("refused").to_string();
     assert!(error.contains("holder"), "{error}");
@@ -197,10 +307,24 @@ async fn a_slow_non_reliable_consumer_loses_messages_without_slowing_anyone() {
     let topic = "/default/native-slow";
 
     let producer = client.producer(topic).create().await.unwrap();
-    let mut fast = client.consumer(topic, "fast").credits(100_000).subscribe().await.unwrap();
-    let mut slow = client.consumer(topic, "slow").credits(10).subscribe().await.unwrap();
+    let mut fast = client
+        .consumer(topic, "fast")
+        .credits(100_000)
+        .subscribe()
+        .await
+        .unwrap();
+    let mut slow = client
+        .consumer(topic, "slow")
+        .credits(10)
+        .subscribe()
+        .await
+        .unwrap();
 
-    send_all(&producer, (0..20_000).map(|i| Message::new(format!("{i}"))).collect()).await;
+    send_all(
+        &producer,
+        (0..20_000).map(|i| Message::new(format!("{i}"))).collect(),
+    )
+    .await;
     let fast_got = drain(&mut fast, Duration::from_secs(2)).await;
     assert_eq!(fast_got.len(), 20_000, "the fast consumer gets everything");
 
@@ -209,17 +333,29 @@ async fn a_slow_non_reliable_consumer_loses_messages_without_slowing_anyone() {
 }
 
 #[tokio::test]
-async fn reliable_messages_are_redelivered_after_a_nack_and_a_new_subscription_can_start_at_earliest() {
+async fn reliable_messages_are_redelivered_after_a_nack_and_a_new_subscription_can_start_at_earliest()
+ {
     let broker = Broker::start().await.unwrap();
     let client = client(&broker).await;
     let topic = "/default/native-reliable";
 
-    let producer = client.producer(topic).reliable(true).create().await.unwrap();
+    let producer = client
+        .producer(topic)
+        .reliable(true)
+        .create()
+        .await
+        .unwrap();
     let mut consumer = client.consumer(topic, "s").subscribe().await.unwrap();
-    send_all(&producer, (0..10).map(|i| Message::new(format!("{i}"))).collect()).await;
+    send_all(
+        &producer,
+        (0..10).map(|i| Message::new(format!("{i}"))).collect(),
+    )
+    .await;
 
     let first = next(&mut consumer).await;
-    consumer.nack(&first, Some(Duration::from_millis(100))).unwrap();
+    consumer
+        .nack(&first, Some(Duration::from_millis(100)))
+        .unwrap();
     let mut seen = Vec::new();
     while seen.len() < 10 {
         let message = next(&mut consumer).await;
@@ -228,7 +364,12 @@ async fn reliable_messages_are_redelivered_after_a_nack_and_a_new_subscription_c
     }
     assert!(seen.contains(&(0, 2)), "{seen:?}");
 
-    let mut late = client.consumer(topic, "late").start(StartPosition::Earliest).subscribe().await.unwrap();
+    let mut late = client
+        .consumer(topic, "late")
+        .start(StartPosition::Earliest)
+        .subscribe()
+        .await
+        .unwrap();
     let message = next(&mut late).await;
     assert_eq!(message.offset, 0, "the log still holds what nobody trimmed");
 }

@@ -3,8 +3,13 @@
 //!
 //! ```text
 //! cargo run --release -p sava-storage --example wal_bench -- \
-//!     [--seconds 5] [--writers 4] [--partitions 1] [--records 1] [--window 256] [--dir DIR]
+//!     [--seconds 5] [--writers 4] [--partitions 1] [--records 1] [--window 256] \
+//!     [--sync-threads 4] [--rounds 5] [--dir DIR]
 //! ```
+//!
+//! The run alternates `--rounds` slices of the baseline (1 MiB writes, each
+//! followed by `sync_data`) and of WAL appends, `--seconds` of each in all,
+//! so both see the same state of a shared disk.
 //!
 //! `--records` is records per append (one batch), `--window` the appends
 //! each writer keeps in flight, as a producer with pipelined acks does.
@@ -13,7 +18,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::future::Future;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
@@ -31,6 +36,8 @@ struct Options {
     partitions: usize,
     records: usize,
     window: usize,
+    sync_threads: usize,
+    rounds: usize,
     dir: PathBuf,
 }
 
@@ -41,6 +48,8 @@ fn parse_options() -> Options {
         partitions: 1,
         records: 1,
         window: 256,
+        sync_threads: CommitConfig::default().sync_threads,
+        rounds: 5,
         dir: std::env::temp_dir(),
     };
     let mut args = std::env::args().skip(1);
@@ -59,155 +68,149 @@ fn parse_options() -> Options {
             "--partitions" => options.partitions = number() as usize,
             "--records" => options.records = number() as usize,
             "--window" => options.window = number() as usize,
+            "--sync-threads" => options.sync_threads = number() as usize,
+            "--rounds" => options.rounds = number() as usize,
             "--dir" => options.dir = PathBuf::from(&value),
             _ => panic!("unknown flag {flag}"),
         }
     }
     options.partitions = options.partitions.clamp(1, options.writers.max(1));
+    options.rounds = options.rounds.max(1);
     options
 }
 
 fn main() {
     let options = parse_options();
     let dir = tempfile::tempdir_in(&options.dir).expect("bench directory");
-    let duration = Duration::from_secs_f64(options.seconds);
-
-    let baseline = raw_write_fsync(&dir.path().join("baseline.bin"), duration);
-    println!(
-        "baseline: sequential 1 MiB writes + sync_data: {:.1} MB/s ({} fsyncs, mean {:.2} ms)",
-        baseline.mb_per_s,
-        baseline.fsyncs,
-        baseline.mean_fsync.as_secs_f64() * 1e3
-    );
-
+    let slice = Duration::from_secs_f64(options.seconds / options.rounds as f64);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
-    let wal = runtime.block_on(wal_appends(&options, dir.path(), duration));
-
-    println!(
-        "wal: {} writers, {} partition(s), {} x 1 KiB records per append, window {}",
-        options.writers, options.partitions, options.records, options.window
-    );
-    println!(
-        "wal: {:.1} MB/s of payload ({:.1} MB/s on disk), {:.0} records/s",
-        wal.payload_mb_per_s, wal.disk_mb_per_s, wal.records_per_s
-    );
-    println!(
-        "wal: {} flushes, {:.1} batches per fsync, {:.0} KiB per flush, mean fsync {:.2} ms",
-        wal.flushes,
-        wal.batches_per_flush,
-        wal.kib_per_flush,
-        wal.mean_fsync.as_secs_f64() * 1e3
-    );
-    println!(
-        "wal: append-to-durable latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        wal.p50.as_secs_f64() * 1e3,
-        wal.p99.as_secs_f64() * 1e3,
-        wal.max.as_secs_f64() * 1e3
-    );
-    println!(
-        "ratio: wal payload / baseline = {:.2} (on-disk bytes: {:.2})",
-        wal.payload_mb_per_s / baseline.mb_per_s,
-        wal.disk_mb_per_s / baseline.mb_per_s
-    );
-}
-
-struct Baseline {
-    mb_per_s: f64,
-    fsyncs: u64,
-    mean_fsync: Duration,
-}
-
-/// Writes 1 MiB blocks to one file, `sync_data` after each, for `duration`.
-fn raw_write_fsync(path: &Path, duration: Duration) -> Baseline {
-    let mut file = File::create(path).expect("baseline file");
-    let block = vec![0xa5u8; BLOCK_BYTES];
-    let started = Instant::now();
-    let (mut written, mut fsyncs, mut fsync_time) = (0u64, 0u64, Duration::ZERO);
-
-    while started.elapsed() < duration {
-        file.write_all(&block).expect("baseline write");
-        let synced = Instant::now();
-        file.sync_data().expect("baseline fsync");
-        fsync_time += synced.elapsed();
-        written += BLOCK_BYTES as u64;
-        fsyncs += 1;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    drop(file);
-    let _ = std::fs::remove_file(path);
-
-    Baseline {
-        mb_per_s: written as f64 / elapsed / 1e6,
-        fsyncs,
-        mean_fsync: fsync_time / fsyncs.max(1) as u32,
-    }
-}
-
-struct WalResult {
-    payload_mb_per_s: f64,
-    disk_mb_per_s: f64,
-    records_per_s: f64,
-    flushes: u64,
-    batches_per_flush: f64,
-    kib_per_flush: f64,
-    mean_fsync: Duration,
-    p50: Duration,
-    p99: Duration,
-    max: Duration,
-}
-
-async fn wal_appends(options: &Options, dir: &Path, duration: Duration) -> WalResult {
-    let committer = GroupCommitter::start(CommitConfig::default()).expect("committer");
+    let config = CommitConfig {
+        sync_threads: options.sync_threads,
+        ..CommitConfig::default()
+    };
+    let committer = GroupCommitter::start(config).expect("committer");
     let partitions: Vec<Arc<Mutex<PartitionLog>>> = (0..options.partitions)
         .map(|i| {
-            let path = dir.join(format!("partition-{i}"));
+            let path = dir.path().join(format!("partition-{i}"));
             let opened = PartitionLog::open(&path, LogConfig::default(), Arc::clone(&committer));
             Arc::new(Mutex::new(opened.expect("partition log").0))
         })
         .collect();
 
+    // Alternate slices of both, so a noisy shared disk weighs on both alike.
+    // The baseline file stays until the end: deleting a large file would
+    // have its discards stall the fsyncs that follow.
+    let mut baseline_file = File::create(dir.path().join("baseline.bin")).expect("baseline");
+    let mut baseline = Baseline::default();
+    let mut wal = WalTotals::default();
+    for _ in 0..options.rounds {
+        raw_write_fsync(&mut baseline_file, slice, &mut baseline);
+        runtime.block_on(wal_appends(&options, &partitions, slice, &mut wal));
+    }
+
+    let stats = committer.stats();
+    let baseline_mb_per_s = baseline.bytes as f64 / baseline.time.as_secs_f64() / 1e6;
+    let wal_seconds = wal.time.as_secs_f64();
+    let payload_mb_per_s = (wal.records * RECORD_BYTES as u64) as f64 / wal_seconds / 1e6;
+    let disk_mb_per_s = stats.bytes as f64 / wal_seconds / 1e6;
+    let flushes = stats.flushes.max(1);
+    let mut latencies = wal.latencies;
+    latencies.sort_unstable();
+    let ms = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e3;
+
+    println!(
+        "baseline: sequential 1 MiB writes + sync_data: {:.1} MB/s ({} fsyncs, mean {:.2} ms)",
+        baseline_mb_per_s,
+        baseline.fsyncs,
+        baseline.fsync_time.as_secs_f64() * 1e3 / baseline.fsyncs.max(1) as f64
+    );
+    println!(
+        "wal: {} writers, {} partition(s), {} x 1 KiB records per append, window {}, {} rounds",
+        options.writers, options.partitions, options.records, options.window, options.rounds
+    );
+    println!(
+        "wal: {:.1} MB/s of payload ({:.1} MB/s on disk), {:.0} records/s",
+        payload_mb_per_s,
+        disk_mb_per_s,
+        wal.records as f64 / wal_seconds
+    );
+    println!(
+        "wal: {} flushes, {:.1} batches per flush, {:.0} KiB per flush, mean fsync {:.2} ms",
+        stats.flushes,
+        stats.batches_per_flush(),
+        stats.bytes as f64 / flushes as f64 / 1024.0,
+        stats.total_fsync_time.as_secs_f64() * 1e3 / flushes as f64
+    );
+    println!(
+        "wal: append-to-durable latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        ms(0.50),
+        ms(0.99),
+        ms(1.0)
+    );
+    println!(
+        "ratio: wal payload / baseline = {:.2} (on-disk bytes: {:.2})",
+        payload_mb_per_s / baseline_mb_per_s,
+        disk_mb_per_s / baseline_mb_per_s
+    );
+}
+
+#[derive(Default)]
+struct Baseline {
+    bytes: u64,
+    fsyncs: u64,
+    fsync_time: Duration,
+    time: Duration,
+}
+
+/// Appends 1 MiB blocks to the file, `sync_data` after each, for `slice`.
+fn raw_write_fsync(file: &mut File, slice: Duration, totals: &mut Baseline) {
+    let block = vec![0xa5u8; BLOCK_BYTES];
+    let started = Instant::now();
+    while started.elapsed() < slice {
+        file.write_all(&block).expect("baseline write");
+        let synced = Instant::now();
+        file.sync_data().expect("baseline fsync");
+        totals.fsync_time += synced.elapsed();
+        totals.bytes += BLOCK_BYTES as u64;
+        totals.fsyncs += 1;
+    }
+    totals.time += started.elapsed();
+}
+
+#[derive(Default)]
+struct WalTotals {
+    records: u64,
+    latencies: Vec<Duration>,
+    time: Duration,
+}
+
+/// Runs the writers for `slice`, until every append they made is durable.
+async fn wal_appends(
+    options: &Options,
+    partitions: &[Arc<Mutex<PartitionLog>>],
+    slice: Duration,
+    totals: &mut WalTotals,
+) {
     let payload = Bytes::from(vec![0x5au8; RECORD_BYTES]);
     let started = Instant::now();
     let writers: Vec<_> = (0..options.writers)
         .map(|w| {
             let partition = Arc::clone(&partitions[w % partitions.len()]);
             let (payload, records, window) = (payload.clone(), options.records, options.window);
-            tokio::spawn(writer(
-                partition,
-                payload,
-                records,
-                window,
-                started + duration,
-            ))
+            tokio::spawn(writer(partition, payload, records, window, started + slice))
         })
         .collect();
 
-    let mut latencies = Vec::new();
     for writer in writers {
-        latencies.extend(writer.await.expect("writer task"));
+        let latencies = writer.await.expect("writer task");
+        totals.records += latencies.len() as u64 * options.records as u64;
+        totals.latencies.extend(latencies);
     }
-    let elapsed = started.elapsed().as_secs_f64();
-
-    let stats = committer.stats();
-    let records = latencies.len() as u64 * options.records as u64;
-    latencies.sort_unstable();
-    let percentile = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize];
-    WalResult {
-        payload_mb_per_s: (records * RECORD_BYTES as u64) as f64 / elapsed / 1e6,
-        disk_mb_per_s: stats.bytes as f64 / elapsed / 1e6,
-        records_per_s: records as f64 / elapsed,
-        flushes: stats.flushes,
-        batches_per_flush: stats.batches_per_flush(),
-        kib_per_flush: stats.bytes as f64 / stats.flushes.max(1) as f64 / 1024.0,
-        mean_fsync: stats.total_fsync_time / stats.flushes.max(1) as u32,
-        p50: percentile(0.50),
-        p99: percentile(0.99),
-        max: percentile(1.0),
-    }
+    totals.time += started.elapsed();
 }
 
 /// One producer: stamps and appends under the partition lock, keeps up to

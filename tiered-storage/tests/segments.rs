@@ -341,3 +341,30 @@ fn large_payloads_round_trip_through_the_log() {
     assert_eq!(records[0], huge);
     assert_records(&log.read(1, 10, 1 << 20).expect("read"), 1..3);
 }
+
+#[test]
+fn readers_see_a_consistent_prefix_while_appends_and_rolls_go_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let committer = committer(FsyncMode::Never);
+    let log = open(dir.path(), small_config(2048), &committer);
+    let done = std::sync::atomic::AtomicBool::new(false);
+
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(|| {
+            let mut reads = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let records = log.read(0, usize::MAX, usize::MAX).expect("read");
+                assert_records(&records, 0..records.len() as u64);
+                reads += 1;
+            }
+            reads
+        });
+
+        append_all(&log, 1000, 3);
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(reader.join().expect("reader") > 0);
+    });
+
+    assert!(log.segments().len() > 10);
+    assert_records(&log.read(0, usize::MAX, usize::MAX).expect("read"), 0..1000);
+}

@@ -6,7 +6,7 @@ use sava_proto::sava::v1 as pb;
 use super::show;
 use crate::api::{Api, Reply};
 use crate::cli::{BrokersCommand, OutputFormat};
-use crate::output::{Align, Fields, Table, yes_no};
+use crate::output::{Column, Fields, Table, yes_no};
 use crate::time::{age_since, format_time};
 use crate::views::BrokerView;
 
@@ -14,7 +14,10 @@ pub(super) async fn run(api: &Api, output: OutputFormat, command: BrokersCommand
     let mut admin = api.admin();
     match command {
         BrokersCommand::List => {
-            let reply = admin.list_brokers(pb::ListBrokersRequest {}).await.reply(api)?;
+            let reply = admin
+                .list_brokers(pb::ListBrokersRequest {})
+                .await
+                .reply(api)?;
             let brokers: Vec<BrokerView> = reply.brokers.into_iter().map(Into::into).collect();
             show(output, brokers.as_slice(), print_list)
         }
@@ -32,12 +35,12 @@ pub(super) async fn run(api: &Api, output: OutputFormat, command: BrokersCommand
 
 fn print_list(brokers: &[BrokerView]) {
     let mut table = Table::new(&[
-        ("ID", Align::Left),
-        ("STATE", Align::Left),
-        ("LEADER", Align::Left),
-        ("TOPICS", Align::Right),
-        ("UPTIME", Align::Right),
-        ("CLIENT URL", Align::Left),
+        ("ID", Column::Text),
+        ("STATE", Column::Word),
+        ("LEADER", Column::Word),
+        ("TOPICS", Column::Number),
+        ("UPTIME", Column::Number),
+        ("CLIENT URL", Column::Text),
     ]);
     for broker in brokers {
         table.row(vec![

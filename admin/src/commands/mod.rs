@@ -32,7 +32,11 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
 }
 
 /// Prints `value` as JSON, or as a table with `table`.
-fn show<T: Serialize + ?Sized>(output: OutputFormat, value: &T, table: impl FnOnce(&T)) -> Result<()> {
+fn show<T: Serialize + ?Sized>(
+    output: OutputFormat,
+    value: &T,
+    table: impl FnOnce(&T),
+) -> Result<()> {
     match output {
         OutputFormat::Json => print_json(value),
         OutputFormat::Table => {

@@ -6,15 +6,20 @@ use sava_proto::sava::v1 as pb;
 use super::{print_deleted, show, topics};
 use crate::api::{Api, Reply};
 use crate::cli::{NamespacesCommand, OutputFormat};
-use crate::output::{Align, Fields, Table, format_bytes, yes_no};
-use crate::views::{Changed, DeletedView, NamespacePoliciesView, NamespaceView, PoliciesView, TopicView};
+use crate::output::{Column, Fields, Table, format_bytes, yes_no};
 use crate::time::age_since;
+use crate::views::{
+    Changed, DeletedView, NamespacePoliciesView, NamespaceView, PoliciesView, TopicView,
+};
 
 pub(super) async fn run(api: &Api, output: OutputFormat, command: NamespacesCommand) -> Result<()> {
     let mut admin = api.admin();
     match command {
         NamespacesCommand::List => {
-            let reply = admin.list_namespaces(pb::ListNamespacesRequest {}).await.reply(api)?;
+            let reply = admin
+                .list_namespaces(pb::ListNamespacesRequest {})
+                .await
+                .reply(api)?;
             let namespaces: Vec<NamespaceView> =
                 reply.namespaces.into_iter().map(Into::into).collect();
             show(output, namespaces.as_slice(), print_list)
@@ -69,11 +74,11 @@ pub(super) async fn run(api: &Api, output: OutputFormat, command: NamespacesComm
 
 fn print_list(namespaces: &[NamespaceView]) {
     let mut table = Table::new(&[
-        ("NAME", Align::Left),
-        ("TOPICS", Align::Right),
-        ("AUTO-CREATE", Align::Left),
-        ("MAX MESSAGE", Align::Right),
-        ("AGE", Align::Right),
+        ("NAME", Column::Text),
+        ("TOPICS", Column::Number),
+        ("AUTO-CREATE", Column::Word),
+        ("MAX MESSAGE", Column::Number),
+        ("AGE", Column::Number),
     ]);
     for namespace in namespaces {
         table.row(vec![
@@ -95,7 +100,10 @@ fn print_policies(view: &NamespacePoliciesView) {
     };
     Fields::new()
         .add("namespace", &view.namespace)
-        .add("auto_create_topics", policies.auto_create_topics.to_string())
+        .add(
+            "auto_create_topics",
+            policies.auto_create_topics.to_string(),
+        )
         .add("max_message_bytes", max_message_bytes)
         .add("default_dispatch_mode", &policies.default_dispatch_mode)
         .print();

@@ -4,13 +4,13 @@
 //! schema id: `get --version` looks the subject's id up first.
 
 use anyhow::{Result, bail};
-use sava_proto::danube_schema as registry;
 use sava_proto::ErrorKind;
+use sava_proto::danube_schema as registry;
 
 use super::{read_file, show};
 use crate::api::{Api, Reply};
 use crate::cli::{OutputFormat, SchemaKind, SchemasCommand};
-use crate::output::{Align, Fields, Table, truncate};
+use crate::output::{Column, Fields, Table, truncate};
 use crate::time::format_time;
 use crate::views::{
     CompatibilityModeView, CompatibilityView, RegisteredView, SchemaView, VersionView,
@@ -113,7 +113,10 @@ async fn get(api: &Api, subject: &str, version: Option<u32>) -> Result<SchemaVie
     let latest_request = registry::GetLatestSchemaRequest {
         subject: subject.into(),
     };
-    let latest = registry.get_latest_schema(latest_request).await.reply(api)?;
+    let latest = registry
+        .get_latest_schema(latest_request)
+        .await
+        .reply(api)?;
     let Some(version) = version.filter(|version| *version != latest.version) else {
         return Ok(latest.into());
     };
@@ -171,23 +174,34 @@ fn print_schema(schema: &SchemaView) {
 }
 
 fn print_versions(versions: &[VersionView]) {
-    let mut table = Table::new(&[
-        ("VERSION", Align::Right),
-        ("SCHEMA ID", Align::Right),
-        ("CREATED", Align::Left),
-        ("CREATED BY", Align::Left),
-        ("FINGERPRINT", Align::Left),
-        ("DESCRIPTION", Align::Left),
-    ]);
+    // Descriptions are rarely set; their column only takes room when one is.
+    let described = versions
+        .iter()
+        .any(|version| !version.description.is_empty());
+    let mut columns = vec![
+        ("VERSION", Column::Number),
+        ("SCHEMA ID", Column::Number),
+        ("CREATED", Column::Word),
+        ("CREATED BY", Column::Text),
+        ("FINGERPRINT", Column::Text),
+    ];
+    if described {
+        columns.push(("DESCRIPTION", Column::Text));
+    }
+
+    let mut table = Table::new(&columns);
     for version in versions {
-        table.row(vec![
+        let mut row = vec![
             version.version.to_string(),
             version.schema_id.to_string(),
             format_time(version.created_at_ms),
             version.created_by.clone(),
             truncate(&version.fingerprint, 16),
-            version.description.clone(),
-        ]);
+        ];
+        if described {
+            row.push(version.description.clone());
+        }
+        table.row(row);
     }
     table.print();
 }

@@ -6,7 +6,7 @@ use sava_proto::sava::v1 as pb;
 use super::{print_deleted, show, start_position, topics};
 use crate::api::{Api, Reply};
 use crate::cli::{OutputFormat, SubscriptionKind, SubscriptionsCommand};
-use crate::output::{Align, Fields, Table, format_bytes};
+use crate::output::{Column, Fields, Table, format_bytes};
 use crate::time::format_age;
 use crate::views::{Changed, DeletedView, SubscriptionView};
 
@@ -19,7 +19,9 @@ pub(super) async fn run(
     match command {
         SubscriptionsCommand::List { topic } => {
             let subscriptions = list(api, &topic).await?;
-            show(output, subscriptions.as_slice(), print_list)
+            show(output, subscriptions.as_slice(), |subscriptions| {
+                print_list(&topic, subscriptions)
+            })
         }
         SubscriptionsCommand::Create {
             topic,
@@ -71,13 +73,12 @@ pub(super) async fn run(
                 position: Some(start_position(to)),
             };
             let info = admin.reset_subscription(request).await.reply(api)?;
+            // The broker moves the cursor after it answers, so the reply's
+            // numbers may predate the move: the table names the target only.
             show(output, &SubscriptionView::from(info), |subscription| {
                 println!(
-                    "reset subscription {} on {}: cursor {}, backlog {} messages",
-                    subscription.name,
-                    subscription.topic,
-                    subscription.cursor,
-                    subscription.backlog_messages
+                    "reset subscription {} on {} to {to}",
+                    subscription.name, subscription.topic
                 );
             })
         }
@@ -103,7 +104,9 @@ async fn list(api: &Api, topic: &str) -> Result<Vec<SubscriptionView>> {
     let info = admin.describe_topic(describe).await.reply(api)?;
     let names: Vec<String> = match info.partitions {
         0 => vec![info.name],
-        count => (0..count).map(|index| format!("{}-part-{index}", info.name)).collect(),
+        count => (0..count)
+            .map(|index| format!("{}-part-{index}", info.name))
+            .collect(),
     };
 
     let mut subscriptions = Vec::new();
@@ -124,25 +127,26 @@ fn wire_type(kind: SubscriptionKind) -> pb::SubscriptionType {
     }
 }
 
-/// Prints subscriptions as a table, with a TOPIC column when they belong to
-/// several partitions; shared with `topics stats`.
-pub(super) fn print_list(subscriptions: &[SubscriptionView]) {
-    let several_topics = subscriptions
-        .windows(2)
-        .any(|pair| pair[0].topic != pair[1].topic);
+/// Prints the subscriptions of `topic` as a table, with a PART column (the partition index)
+/// when they belong to its partitions; shared with `topics stats`.
+pub(super) fn print_list(topic: &str, subscriptions: &[SubscriptionView]) {
+    let of_partitions = subscriptions
+        .iter()
+        .any(|subscription| subscription.topic != topic);
     let mut columns = vec![
-        ("NAME", Align::Left),
-        ("TYPE", Align::Left),
-        ("CURSOR", Align::Right),
-        ("BACKLOG", Align::Right),
-        ("BACKLOG SIZE", Align::Right),
-        ("OLDEST", Align::Right),
-        ("CONSUMERS", Align::Right),
+        ("NAME", Column::Text),
+        ("TYPE", Column::Word),
+        ("CURSOR", Column::Number),
+        ("BACKLOG", Column::Number),
+        ("SIZE", Column::Number),
+        ("OLDEST", Column::Number),
+        ("CONSUMERS", Column::Number),
     ];
-    if several_topics {
-        columns.insert(0, ("TOPIC", Align::Left));
+    if of_partitions {
+        columns.insert(0, ("PART", Column::Text));
     }
 
+    let partition_prefix = format!("{topic}-part-");
     let mut table = Table::new(&columns);
     for subscription in subscriptions {
         let mut row = vec![
@@ -154,8 +158,9 @@ pub(super) fn print_list(subscriptions: &[SubscriptionView]) {
             oldest(subscription),
             subscription.consumers.len().to_string(),
         ];
-        if several_topics {
-            row.insert(0, subscription.topic.clone());
+        if of_partitions {
+            let partition = subscription.topic.strip_prefix(&partition_prefix);
+            row.insert(0, partition.unwrap_or(&subscription.topic).to_string());
         }
         table.row(row);
     }
@@ -168,7 +173,10 @@ fn print_one(subscription: &SubscriptionView) {
         .add("name", &subscription.name)
         .add("type", &subscription.subscription_type)
         .add("cursor", subscription.cursor.to_string())
-        .add("backlog", format!("{} messages", subscription.backlog_messages))
+        .add(
+            "backlog",
+            format!("{} messages", subscription.backlog_messages),
+        )
         .add("backlog size", format_bytes(subscription.backlog_bytes))
         .add("oldest unacked", oldest(subscription))
         .add("pending", subscription.pending.to_string())

@@ -1,14 +1,16 @@
 //! `sava-admin topics`: create, delete, describe, stats and unload.
 
+use std::path::PathBuf;
+
 use anyhow::Result;
 use sava_proto::sava::v1 as pb;
 
 use super::{print_deleted, read_file, show, subscriptions};
 use crate::api::{Api, Reply};
 use crate::cli::{OutputFormat, SchemaKind, TopicsCommand};
-use crate::output::{Align, Fields, Table, format_bytes, format_rate, yes_no};
+use crate::output::{Column, Fields, Table, format_bytes, format_rate, yes_no};
 use crate::time::{age_since, format_time};
-use crate::views::{ClientView, Changed, DeletedView, StatsView, TopicView, UnloadedView};
+use crate::views::{Changed, ClientView, DeletedView, StatsView, TopicView, UnloadedView};
 
 pub(super) async fn run(api: &Api, output: OutputFormat, command: TopicsCommand) -> Result<()> {
     let mut admin = api.admin();
@@ -28,27 +30,7 @@ pub(super) async fn run(api: &Api, output: OutputFormat, command: TopicsCommand)
             schema,
             schema_file,
         } => {
-            let schema = match schema {
-                Some(kind) => {
-                    let definition = match &schema_file {
-                        Some(path) => read_file(path)?,
-                        None => Vec::new(),
-                    };
-                    Some(wire_schema(kind, definition))
-                }
-                None => None,
-            };
-            let dispatch_mode = match reliable {
-                true => pb::DispatchMode::Reliable,
-                false => pb::DispatchMode::NonReliable,
-            };
-            let request = pb::CreateTopicRequest {
-                name: topic,
-                partitions,
-                dispatch_mode: dispatch_mode as i32,
-                schema,
-            };
-
+            let request = create_request(topic, partitions, reliable, schema, schema_file)?;
             let mut info = admin.create_topic(request).await.reply(api)?;
             let note = std::mem::take(&mut info.note);
             let created = Changed::new(TopicView::from(info), note);
@@ -70,7 +52,9 @@ pub(super) async fn run(api: &Api, output: OutputFormat, command: TopicsCommand)
             show(output, &StatsView::from(stats), print_stats)
         }
         TopicsCommand::Unload { topic } => {
-            let request = pb::UnloadTopicRequest { name: topic.clone() };
+            let request = pb::UnloadTopicRequest {
+                name: topic.clone(),
+            };
             let reply = admin.unload_topic(request).await.reply(api)?;
             let unloaded = UnloadedView {
                 topic,
@@ -83,6 +67,30 @@ pub(super) async fn run(api: &Api, output: OutputFormat, command: TopicsCommand)
             })
         }
     }
+}
+
+/// The request `topics create` sends; the schema file is read here.
+fn create_request(
+    name: String,
+    partitions: u32,
+    reliable: bool,
+    schema: Option<SchemaKind>,
+    schema_file: Option<PathBuf>,
+) -> Result<pb::CreateTopicRequest> {
+    let definition = match &schema_file {
+        Some(path) => read_file(path)?,
+        None => Vec::new(),
+    };
+    let dispatch_mode = match reliable {
+        true => pb::DispatchMode::Reliable,
+        false => pb::DispatchMode::NonReliable,
+    };
+    Ok(pb::CreateTopicRequest {
+        name,
+        partitions,
+        dispatch_mode: dispatch_mode as i32,
+        schema: schema.map(|kind| wire_schema(kind, definition)),
+    })
 }
 
 fn wire_schema(kind: SchemaKind, definition: Vec<u8>) -> pb::Schema {
@@ -101,11 +109,11 @@ fn wire_schema(kind: SchemaKind, definition: Vec<u8>) -> pb::Schema {
 /// Prints topics as a table; shared with `namespaces topics`.
 pub(super) fn print_list(topics: &[TopicView]) {
     let mut table = Table::new(&[
-        ("NAME", Align::Left),
-        ("DISPATCH", Align::Left),
-        ("PARTITIONS", Align::Right),
-        ("SCHEMA", Align::Left),
-        ("AGE", Align::Right),
+        ("NAME", Column::Text),
+        ("DISPATCH", Column::Word),
+        ("PARTITIONS", Column::Number),
+        ("SCHEMA", Column::Word),
+        ("AGE", Column::Number),
     ]);
     for topic in topics {
         table.row(vec![
@@ -183,17 +191,17 @@ fn print_stats(stats: &StatsView) {
     }
     if !stats.subscriptions.is_empty() {
         println!("\nSUBSCRIPTIONS");
-        subscriptions::print_list(&stats.subscriptions);
+        subscriptions::print_list(&stats.name, &stats.subscriptions);
     }
 }
 
 /// Prints producers or consumers as a table.
 pub(super) fn print_clients(clients: &[ClientView]) {
     let mut table = Table::new(&[
-        ("ID", Align::Right),
-        ("NAME", Align::Left),
-        ("MODE", Align::Left),
-        ("CONNECTED", Align::Left),
+        ("ID", Column::Number),
+        ("NAME", Column::Text),
+        ("MODE", Column::Word),
+        ("CONNECTED", Column::Word),
     ]);
     for client in clients {
         table.row(vec![

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use sava_metadata::{DispatchMode, NamespacePolicies, NamespaceRecord, TopicRecord};
+use sava_metadata::{NamespacePolicies, NamespaceRecord, TopicRecord};
 use sava_proto::sava::v1 as pb;
 use tonic::{Request, Response, Status};
 
@@ -36,7 +36,12 @@ impl AdminApi {
             broker_id: broker.broker_id.clone(),
             client_url: broker.advertised_url.clone(),
             admin_url: admin_url(broker),
-            state: if broker.is_stopping() { "draining" } else { "active" }.into(),
+            state: if broker.is_stopping() {
+                "draining"
+            } else {
+                "active"
+            }
+            .into(),
             leader: true,
             topics: broker.loaded_topics().len() as u32,
             started_at_ms: broker.started_at_ms,
@@ -44,7 +49,11 @@ impl AdminApi {
         }
     }
 
-    async fn namespace_info(&self, record: NamespaceRecord, note: &str) -> Result<pb::NamespaceInfo, BrokerError> {
+    async fn namespace_info(
+        &self,
+        record: NamespaceRecord,
+        note: &str,
+    ) -> Result<pb::NamespaceInfo, BrokerError> {
         let topics = self.broker.catalog().list_topics(&record.name).await?;
         let top_level = topics.iter().filter(|t| t.partition_of.is_none()).count();
         Ok(pb::NamespaceInfo {
@@ -56,16 +65,28 @@ impl AdminApi {
         })
     }
 
-    async fn topic_info(&self, record: TopicRecord, note: &str) -> Result<pb::TopicInfo, BrokerError> {
+    async fn topic_info(
+        &self,
+        record: TopicRecord,
+        note: &str,
+    ) -> Result<pb::TopicInfo, BrokerError> {
         let (subject, version, schema_type) = match &record.schema {
             Some(schema) => {
-                let found = self.broker.catalog().schema(schema.schema_id, Some(schema.version)).await?;
+                let found = self
+                    .broker
+                    .catalog()
+                    .schema(schema.schema_id, Some(schema.version))
+                    .await?;
                 let schema_type = found.map(|r| r.schema_type).unwrap_or_default();
                 (schema.subject.clone(), schema.version, schema_type)
             }
             None => (String::new(), 0, String::new()),
         };
-        let loaded = self.broker.loaded_topics().iter().any(|t| t.name.as_str() == record.name);
+        let loaded = self
+            .broker
+            .loaded_topics()
+            .iter()
+            .any(|t| t.name.as_str() == record.name);
         Ok(pb::TopicInfo {
             dispatch_mode: mode_to_wire(record.dispatch_mode) as i32,
             partitions: record.partitions,
@@ -74,10 +95,42 @@ impl AdminApi {
             schema_version: version,
             schema_type,
             created_at_ms: record.created_at_ms,
-            owner_url: if loaded || record.partitions > 0 { self.broker.advertised_url.clone() } else { String::new() },
+            owner_url: if loaded || record.partitions > 0 {
+                self.broker.advertised_url.clone()
+            } else {
+                String::new()
+            },
             name: record.name,
             note: note.into(),
         })
+    }
+
+    /// Whether `existing` has the schema `wanted` describes (or none).
+    async fn same_schema(
+        &self,
+        existing: &TopicRecord,
+        wanted: Option<&crate::broker::SchemaSpec>,
+    ) -> Result<bool, BrokerError> {
+        let (bound, wanted) = match (&existing.schema, wanted) {
+            (None, None) => return Ok(true),
+            (
+                Some(bound),
+                Some(crate::broker::SchemaSpec::Inline {
+                    schema_type,
+                    definition,
+                }),
+            ) => (bound, (schema_type, definition)),
+            _ => return Ok(false),
+        };
+        let record = self
+            .broker
+            .catalog()
+            .schema(bound.schema_id, Some(bound.version))
+            .await?;
+        Ok(record.is_some_and(|r| {
+            crate::schema::normalize_type(wanted.0).ok() == Some(r.schema_type.as_str())
+                && r.definition == *wanted.1
+        }))
     }
 
     async fn record(&self, name: &str) -> Result<TopicRecord, BrokerError> {
@@ -91,31 +144,44 @@ impl AdminApi {
 
     /// The subscription `name` of topic `topic`, which must be a
     /// partition or a topic that is not partitioned.
-    async fn subscription(&self, topic: &str, name: &str) -> Result<Arc<Subscription>, BrokerError> {
+    async fn subscription(
+        &self,
+        topic: &str,
+        name: &str,
+    ) -> Result<Arc<Subscription>, BrokerError> {
         let topic_name = TopicName::parse(topic)?;
         let topic = self.broker.topic(&topic_name, None).await?;
-        topic.existing_subscription(name).ok_or_else(|| {
-            BrokerError::SubscriptionNotFound {
+        topic
+            .existing_subscription(name)
+            .ok_or_else(|| BrokerError::SubscriptionNotFound {
                 topic: topic_name.to_string(),
                 subscription: name.to_string(),
-            }
-        })
+            })
     }
 }
 
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminApi {
-    async fn list_brokers(&self, _: Request<pb::ListBrokersRequest>) -> Result<Response<pb::ListBrokersResponse>, Status> {
+    async fn list_brokers(
+        &self,
+        _: Request<pb::ListBrokersRequest>,
+    ) -> Result<Response<pb::ListBrokersResponse>, Status> {
         Ok(Response::new(pb::ListBrokersResponse {
             brokers: vec![self.this_broker()],
         }))
     }
 
-    async fn get_leader(&self, _: Request<pb::GetLeaderRequest>) -> Result<Response<pb::BrokerInfo>, Status> {
+    async fn get_leader(
+        &self,
+        _: Request<pb::GetLeaderRequest>,
+    ) -> Result<Response<pb::BrokerInfo>, Status> {
         Ok(Response::new(self.this_broker()))
     }
 
-    async fn describe_broker(&self, request: Request<pb::DescribeBrokerRequest>) -> Result<Response<pb::BrokerInfo>, Status> {
+    async fn describe_broker(
+        &self,
+        request: Request<pb::DescribeBrokerRequest>,
+    ) -> Result<Response<pb::BrokerInfo>, Status> {
         let id = request.into_inner().broker_id;
         let this = self.this_broker();
         if id != this.broker_id {
@@ -124,8 +190,16 @@ impl pb::admin_server::Admin for AdminApi {
         Ok(Response::new(this))
     }
 
-    async fn list_namespaces(&self, _: Request<pb::ListNamespacesRequest>) -> Result<Response<pb::ListNamespacesResponse>, Status> {
-        let records = self.broker.catalog().list_namespaces().await.map_err(BrokerError::from)?;
+    async fn list_namespaces(
+        &self,
+        _: Request<pb::ListNamespacesRequest>,
+    ) -> Result<Response<pb::ListNamespacesResponse>, Status> {
+        let records = self
+            .broker
+            .catalog()
+            .list_namespaces()
+            .await
+            .map_err(BrokerError::from)?;
         let mut namespaces = Vec::with_capacity(records.len());
         for record in records {
             namespaces.push(self.namespace_info(record, "").await?);
@@ -133,12 +207,18 @@ impl pb::admin_server::Admin for AdminApi {
         Ok(Response::new(pb::ListNamespacesResponse { namespaces }))
     }
 
-    async fn create_namespace(&self, request: Request<pb::CreateNamespaceRequest>) -> Result<Response<pb::NamespaceInfo>, Status> {
+    async fn create_namespace(
+        &self,
+        request: Request<pb::CreateNamespaceRequest>,
+    ) -> Result<Response<pb::NamespaceInfo>, Status> {
         let name = request.into_inner().name;
         check_namespace(&name)?;
         let catalog = self.broker.catalog();
         if let Some(existing) = catalog.namespace(&name).await.map_err(BrokerError::from)? {
-            return Ok(Response::new(self.namespace_info(existing, "namespace already exists").await?));
+            return Ok(Response::new(
+                self.namespace_info(existing, "namespace already exists")
+                    .await?,
+            ));
         }
         let record = catalog
             .create_namespace(&name, NamespacePolicies::default())
@@ -147,11 +227,19 @@ impl pb::admin_server::Admin for AdminApi {
         Ok(Response::new(self.namespace_info(record, "").await?))
     }
 
-    async fn delete_namespace(&self, request: Request<pb::DeleteNamespaceRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+    async fn delete_namespace(
+        &self,
+        request: Request<pb::DeleteNamespaceRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
         let request = request.into_inner();
         check_namespace(&request.name)?;
         let catalog = self.broker.catalog();
-        if catalog.namespace(&request.name).await.map_err(BrokerError::from)?.is_none() {
+        if catalog
+            .namespace(&request.name)
+            .await
+            .map_err(BrokerError::from)?
+            .is_none()
+        {
             return Err(BrokerError::NamespaceNotFound(request.name).into());
         }
         let topics: Vec<TopicRecord> = catalog
@@ -172,14 +260,20 @@ impl pb::admin_server::Admin for AdminApi {
         for topic in &topics {
             self.broker.delete_topic(&topic.name, true).await?;
         }
-        catalog.delete_namespace(&request.name).await.map_err(BrokerError::from)?;
+        catalog
+            .delete_namespace(&request.name)
+            .await
+            .map_err(BrokerError::from)?;
         Ok(Response::new(pb::DeleteResponse {
             deleted: format!("namespace {} and {} topics", request.name, topics.len()),
             note: String::new(),
         }))
     }
 
-    async fn get_namespace(&self, request: Request<pb::GetNamespaceRequest>) -> Result<Response<pb::NamespaceInfo>, Status> {
+    async fn get_namespace(
+        &self,
+        request: Request<pb::GetNamespaceRequest>,
+    ) -> Result<Response<pb::NamespaceInfo>, Status> {
         let name = request.into_inner().name;
         let record = self
             .broker
@@ -191,7 +285,10 @@ impl pb::admin_server::Admin for AdminApi {
         Ok(Response::new(self.namespace_info(record, "").await?))
     }
 
-    async fn set_namespace_policy(&self, request: Request<pb::SetNamespacePolicyRequest>) -> Result<Response<pb::NamespaceInfo>, Status> {
+    async fn set_namespace_policy(
+        &self,
+        request: Request<pb::SetNamespacePolicyRequest>,
+    ) -> Result<Response<pb::NamespaceInfo>, Status> {
         let request = request.into_inner();
         let catalog = self.broker.catalog();
         let record = catalog
@@ -207,13 +304,27 @@ impl pb::admin_server::Admin for AdminApi {
         Ok(Response::new(self.namespace_info(record, "").await?))
     }
 
-    async fn list_topics(&self, request: Request<pb::ListTopicsRequest>) -> Result<Response<pb::ListTopicsResponse>, Status> {
+    async fn list_topics(
+        &self,
+        request: Request<pb::ListTopicsRequest>,
+    ) -> Result<Response<pb::ListTopicsResponse>, Status> {
         let namespace = request.into_inner().namespace;
         let catalog = self.broker.catalog();
         let namespaces = match namespace.is_empty() {
-            true => catalog.list_namespaces().await.map_err(BrokerError::from)?.into_iter().map(|n| n.name).collect(),
+            true => catalog
+                .list_namespaces()
+                .await
+                .map_err(BrokerError::from)?
+                .into_iter()
+                .map(|n| n.name)
+                .collect(),
             false => {
-                if catalog.namespace(&namespace).await.map_err(BrokerError::from)?.is_none() {
+                if catalog
+                    .namespace(&namespace)
+                    .await
+                    .map_err(BrokerError::from)?
+                    .is_none()
+                {
                     return Err(BrokerError::NamespaceNotFound(namespace).into());
                 }
                 vec![namespace]
@@ -221,7 +332,11 @@ impl pb::admin_server::Admin for AdminApi {
         };
         let mut topics = Vec::new();
         for namespace in namespaces {
-            for record in catalog.list_topics(&namespace).await.map_err(BrokerError::from)? {
+            for record in catalog
+                .list_topics(&namespace)
+                .await
+                .map_err(BrokerError::from)?
+            {
                 if record.partition_of.is_none() {
                     topics.push(self.topic_info(record, "").await?);
                 }
@@ -230,7 +345,10 @@ impl pb::admin_server::Admin for AdminApi {
         Ok(Response::new(pb::ListTopicsResponse { topics }))
     }
 
-    async fn create_topic(&self, request: Request<pb::CreateTopicRequest>) -> Result<Response<pb::TopicInfo>, Status> {
+    async fn create_topic(
+        &self,
+        request: Request<pb::CreateTopicRequest>,
+    ) -> Result<Response<pb::TopicInfo>, Status> {
         let request = request.into_inner();
         let name = TopicName::parse(&request.name)?;
         let spec = topic_spec(pb::TopicSettings {
@@ -238,8 +356,15 @@ impl pb::admin_server::Admin for AdminApi {
             partitions: request.partitions,
             schema: request.schema,
         })?;
-        if let Some(existing) = self.broker.catalog().topic(name.as_str()).await.map_err(BrokerError::from)? {
-            let same = existing.partitions == spec.partitions && existing.dispatch_mode == spec.dispatch_mode;
+        if let Some(existing) = self
+            .broker
+            .catalog()
+            .topic(name.as_str())
+            .await
+            .map_err(BrokerError::from)?
+        {
+            let same = existing.partitions == spec.partitions
+                && existing.dispatch_mode == spec.dispatch_mode;
             if !same {
                 return Err(BrokerError::TopicExists(format!(
                     "topic {name} exists with {} partitions and {} dispatch",
@@ -248,32 +373,54 @@ impl pb::admin_server::Admin for AdminApi {
                 ))
                 .into());
             }
-            return Ok(Response::new(self.topic_info(existing, "topic already exists").await?));
+            if !self.same_schema(&existing, spec.schema.as_ref()).await? {
+                return Err(BrokerError::TopicExists(format!(
+                    "topic {name} exists with another schema"
+                ))
+                .into());
+            }
+            return Ok(Response::new(
+                self.topic_info(existing, "topic already exists").await?,
+            ));
         }
         let record = self.broker.create_topic(&name, &spec).await?;
         Ok(Response::new(self.topic_info(record, "").await?))
     }
 
-    async fn delete_topic(&self, request: Request<pb::DeleteTopicRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+    async fn delete_topic(
+        &self,
+        request: Request<pb::DeleteTopicRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
         let request = request.into_inner();
-        let deleted = self.broker.delete_topic(&request.name, request.force).await?;
+        let deleted = self
+            .broker
+            .delete_topic(&request.name, request.force)
+            .await?;
         Ok(Response::new(pb::DeleteResponse {
             deleted: deleted.join(", "),
             note: String::new(),
         }))
     }
 
-    async fn describe_topic(&self, request: Request<pb::DescribeTopicRequest>) -> Result<Response<pb::TopicInfo>, Status> {
+    async fn describe_topic(
+        &self,
+        request: Request<pb::DescribeTopicRequest>,
+    ) -> Result<Response<pb::TopicInfo>, Status> {
         let record = self.record(&request.into_inner().name).await?;
         Ok(Response::new(self.topic_info(record, "").await?))
     }
 
-    async fn topic_stats(&self, request: Request<pb::TopicStatsRequest>) -> Result<Response<pb::TopicStatsResponse>, Status> {
+    async fn topic_stats(
+        &self,
+        request: Request<pb::TopicStatsRequest>,
+    ) -> Result<Response<pb::TopicStatsResponse>, Status> {
         let name = request.into_inner().name;
         let record = self.record(&name).await?;
         let parts = match record.partitions {
             0 => vec![record.name.clone()],
-            n => (0..n).map(|i| format!("{}-part-{i}", record.name)).collect(),
+            n => (0..n)
+                .map(|i| format!("{}-part-{i}", record.name))
+                .collect(),
         };
         let mut stats = pb::TopicStatsResponse {
             name: record.name.clone(),
@@ -283,8 +430,14 @@ impl pb::admin_server::Admin for AdminApi {
             let part_name = TopicName::parse(&part)?;
             let topic = self.broker.topic(&part_name, None).await?;
             let (rate_in, rate_out) = topic.rates();
-            stats.messages_in += topic.stats.messages_in.load(std::sync::atomic::Ordering::Relaxed);
-            stats.bytes_in += topic.stats.bytes_in.load(std::sync::atomic::Ordering::Relaxed);
+            stats.messages_in += topic
+                .stats
+                .messages_in
+                .load(std::sync::atomic::Ordering::Relaxed);
+            stats.bytes_in += topic
+                .stats
+                .bytes_in
+                .load(std::sync::atomic::Ordering::Relaxed);
             stats.messages_out += topic.messages_out();
             stats.rate_in += rate_in;
             stats.rate_out += rate_out;
@@ -295,25 +448,33 @@ impl pb::admin_server::Admin for AdminApi {
                     id: producer.id,
                     name: producer.name.to_string(),
                     connected: true,
-                    mode: if producer.exclusive { "exclusive" } else { "shared" }.into(),
+                    mode: if producer.exclusive {
+                        "exclusive"
+                    } else {
+                        "shared"
+                    }
+                    .into(),
                 });
             }
             for subscription in topic.subscriptions() {
-                stats.subscriptions.push(subscription_info(&part, &subscription.name, subscription.snapshot(), ""));
+                stats.subscriptions.push(subscription_info(
+                    &part,
+                    &subscription.name,
+                    subscription.snapshot(),
+                    "",
+                ));
             }
         }
         Ok(Response::new(stats))
     }
 
-    async fn unload_topic(&self, request: Request<pb::UnloadTopicRequest>) -> Result<Response<pb::UnloadTopicResponse>, Status> {
+    async fn unload_topic(
+        &self,
+        request: Request<pb::UnloadTopicRequest>,
+    ) -> Result<Response<pb::UnloadTopicResponse>, Status> {
         let name = request.into_inner().name;
         let record = self.record(&name).await?;
-        if record.dispatch_mode == DispatchMode::Reliable {
-            return Err(BrokerError::InUse(format!(
-                "topic {name} is reliable, and reliable topics are kept in memory by this broker: unloading would lose their messages"
-            ))
-            .into());
-        }
+        self.broker.flush_cursors().await?;
         let unloaded = self.broker.unload(&record.name).is_some();
         let note = if unloaded { "" } else { "topic was not loaded" };
         Ok(Response::new(pb::UnloadTopicResponse {
@@ -322,7 +483,10 @@ impl pb::admin_server::Admin for AdminApi {
         }))
     }
 
-    async fn list_subscriptions(&self, request: Request<pb::ListSubscriptionsRequest>) -> Result<Response<pb::ListSubscriptionsResponse>, Status> {
+    async fn list_subscriptions(
+        &self,
+        request: Request<pb::ListSubscriptionsRequest>,
+    ) -> Result<Response<pb::ListSubscriptionsResponse>, Status> {
         let name = TopicName::parse(&request.into_inner().topic)?;
         let topic = self.broker.topic(&name, None).await?;
         let mut subscriptions: Vec<pb::SubscriptionInfo> = topic
@@ -331,10 +495,15 @@ impl pb::admin_server::Admin for AdminApi {
             .map(|s| subscription_info(name.as_str(), &s.name, s.snapshot(), ""))
             .collect();
         subscriptions.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(Response::new(pb::ListSubscriptionsResponse { subscriptions }))
+        Ok(Response::new(pb::ListSubscriptionsResponse {
+            subscriptions,
+        }))
     }
 
-    async fn create_subscription(&self, request: Request<pb::CreateSubscriptionRequest>) -> Result<Response<pb::SubscriptionInfo>, Status> {
+    async fn create_subscription(
+        &self,
+        request: Request<pb::CreateSubscriptionRequest>,
+    ) -> Result<Response<pb::SubscriptionInfo>, Status> {
         let request = request.into_inner();
         crate::names::check_label("subscription", &request.subscription)?;
         let name = TopicName::parse(&request.topic)?;
@@ -350,17 +519,40 @@ impl pb::admin_server::Admin for AdminApi {
                 }
                 .into());
             }
-            let info = subscription_info(name.as_str(), &existing.name, existing.snapshot(), "subscription already exists");
+            let info = subscription_info(
+                name.as_str(),
+                &existing.name,
+                existing.snapshot(),
+                "subscription already exists",
+            );
             return Ok(Response::new(info));
         }
-        let created = topic.subscription(&request.subscription, kind, start_position(request.start));
-        Ok(Response::new(subscription_info(name.as_str(), &created.name, created.snapshot(), "")))
+        let start = start_position(request.start);
+        let (created, _) = self
+            .broker
+            .ensure_subscription(&topic, &request.subscription, kind, start)
+            .await?;
+        Ok(Response::new(subscription_info(
+            name.as_str(),
+            &created.name,
+            created.snapshot(),
+            "",
+        )))
     }
 
-    async fn delete_subscription(&self, request: Request<pb::DeleteSubscriptionRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+    async fn delete_subscription(
+        &self,
+        request: Request<pb::DeleteSubscriptionRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
         let request = request.into_inner();
-        let subscription = self.subscription(&request.topic, &request.subscription).await?;
-        let connected = subscription.consumers().iter().filter(|c| c.is_attached()).count();
+        let subscription = self
+            .subscription(&request.topic, &request.subscription)
+            .await?;
+        let connected = subscription
+            .consumers()
+            .iter()
+            .filter(|c| c.is_attached())
+            .count();
         if connected > 0 && !request.force {
             return Err(BrokerError::InUse(format!(
                 "subscription {} on {} has {connected} connected consumers; use --force to delete it anyway",
@@ -368,34 +560,67 @@ impl pb::admin_server::Admin for AdminApi {
             ))
             .into());
         }
-        let topic = self.broker.topic(&TopicName::parse(&request.topic)?, None).await?;
+        let topic = self
+            .broker
+            .topic(&TopicName::parse(&request.topic)?, None)
+            .await?;
         for consumer in subscription.consumers() {
             self.broker.close_consumer(consumer.id);
         }
         topic.remove_subscription(&request.subscription);
+        self.broker
+            .catalog()
+            .delete_subscription(topic.name.as_str(), &request.subscription)
+            .await
+            .map_err(BrokerError::from)?;
         Ok(Response::new(pb::DeleteResponse {
             deleted: format!("subscription {} on {}", request.subscription, request.topic),
             note: String::new(),
         }))
     }
 
-    async fn reset_subscription(&self, request: Request<pb::ResetSubscriptionRequest>) -> Result<Response<pb::SubscriptionInfo>, Status> {
+    async fn reset_subscription(
+        &self,
+        request: Request<pb::ResetSubscriptionRequest>,
+    ) -> Result<Response<pb::SubscriptionInfo>, Status> {
         let request = request.into_inner();
-        let subscription = self.subscription(&request.topic, &request.subscription).await?;
-        subscription.seek(start_position(request.position))?;
-        let info = subscription_info(&request.topic, &subscription.name, subscription.snapshot(), "");
+        let subscription = self
+            .subscription(&request.topic, &request.subscription)
+            .await?;
+        subscription.seek(start_position(request.position)).await?;
+        let info = subscription_info(
+            &request.topic,
+            &subscription.name,
+            subscription.snapshot(),
+            "",
+        );
         Ok(Response::new(info))
     }
 
-    async fn describe_subscription(&self, request: Request<pb::DescribeSubscriptionRequest>) -> Result<Response<pb::SubscriptionInfo>, Status> {
+    async fn describe_subscription(
+        &self,
+        request: Request<pb::DescribeSubscriptionRequest>,
+    ) -> Result<Response<pb::SubscriptionInfo>, Status> {
         let request = request.into_inner();
-        let subscription = self.subscription(&request.topic, &request.subscription).await?;
-        let info = subscription_info(&request.topic, &subscription.name, subscription.snapshot(), "");
+        let subscription = self
+            .subscription(&request.topic, &request.subscription)
+            .await?;
+        let info = subscription_info(
+            &request.topic,
+            &subscription.name,
+            subscription.snapshot(),
+            "",
+        );
         Ok(Response::new(info))
     }
 }
 
-fn subscription_info(topic: &str, name: &str, snapshot: SubscriptionSnapshot, note: &str) -> pb::SubscriptionInfo {
+fn subscription_info(
+    topic: &str,
+    name: &str,
+    snapshot: SubscriptionSnapshot,
+    note: &str,
+) -> pb::SubscriptionInfo {
     let kind = snapshot.kind;
     pb::SubscriptionInfo {
         topic: topic.into(),
@@ -404,7 +629,9 @@ fn subscription_info(topic: &str, name: &str, snapshot: SubscriptionSnapshot, no
         cursor: snapshot.cursor,
         backlog_messages: snapshot.backlog_messages,
         backlog_bytes: snapshot.backlog_bytes,
-        oldest_unacked_age_ms: snapshot.oldest_unacked_ms.map_or(0, |t| now_ms().saturating_sub(t)),
+        oldest_unacked_age_ms: snapshot
+            .oldest_unacked_ms
+            .map_or(0, |t| now_ms().saturating_sub(t)),
         pending: snapshot.pending,
         delivered: snapshot.delivered,
         redelivered: snapshot.redelivered,
@@ -427,21 +654,41 @@ fn policies_to_wire(policies: &NamespacePolicies) -> pb::NamespacePolicies {
     pb::NamespacePolicies {
         auto_create_topics: policies.auto_create_topics,
         max_message_bytes: policies.max_message_bytes.unwrap_or(0),
+        retention_age_secs: policies.retention_age_secs.unwrap_or(0),
+        retention_bytes: policies.retention_bytes.unwrap_or(0),
         default_dispatch_mode: mode_to_wire(policies.default_dispatch_mode) as i32,
     }
 }
 
-fn apply_policy(mut policies: NamespacePolicies, key: &str, value: &str) -> Result<NamespacePolicies, BrokerError> {
-    let bad = |expected: &str| BrokerError::InvalidRequest(format!("policy {key} takes {expected}, not {value:?}"));
+fn apply_policy(
+    mut policies: NamespacePolicies,
+    key: &str,
+    value: &str,
+) -> Result<NamespacePolicies, BrokerError> {
+    let bad = |expected: &str| {
+        BrokerError::InvalidRequest(format!("policy {key} takes {expected}, not {value:?}"))
+    };
     match key {
-        "auto_create_topics" => policies.auto_create_topics = value.parse().map_err(|_| bad("true or false"))?,
+        "auto_create_topics" => {
+            policies.auto_create_topics = value.parse().map_err(|_| bad("true or false"))?
+        }
         "max_message_bytes" => {
             let bytes: u64 = value.parse().map_err(|_| bad("a number of bytes"))?;
             policies.max_message_bytes = (bytes > 0).then_some(bytes);
         }
+        "retention_age_secs" | "retention_bytes" => {
+            let number: u64 = value
+                .parse()
+                .map_err(|_| bad("a whole number, 0 for none"))?;
+            let number = (number > 0).then_some(number);
+            match key {
+                "retention_age_secs" => policies.retention_age_secs = number,
+                _ => policies.retention_bytes = number,
+            }
+        }
         _ => {
             return Err(BrokerError::InvalidRequest(format!(
-                "unknown policy {key}; the policies are auto_create_topics and max_message_bytes"
+                "unknown policy {key}; the policies are auto_create_topics, max_message_bytes, retention_age_secs and retention_bytes"
             )));
         }
     }
@@ -455,6 +702,10 @@ fn admin_url(broker: &Broker) -> String {
         .rsplit_once(':')
         .map_or("127.0.0.1", |(host, _)| host)
         .to_string();
-    let host = if addr.ip().is_unspecified() { host } else { addr.ip().to_string() };
+    let host = if addr.ip().is_unspecified() {
+        host
+    } else {
+        addr.ip().to_string()
+    };
     format!("http://{host}:{}", addr.port())
 }

@@ -48,7 +48,12 @@ impl pb::producer_service_server::ProducerService for DanubeApi {
         };
         let exclusive = match pb::ProducerAccessMode::try_from(request.producer_access_mode) {
             Ok(mode) => mode == pb::ProducerAccessMode::Exclusive,
-            Err(_) => return Err(invalid("producer_access_mode", request.producer_access_mode)),
+            Err(_) => {
+                return Err(invalid(
+                    "producer_access_mode",
+                    request.producer_access_mode,
+                ));
+            }
         };
         let schema = request.schema_ref.map(|reference| SchemaSpec::Subject {
             version: match reference.version_ref {
@@ -98,7 +103,10 @@ impl pb::producer_service_server::ProducerService for DanubeApi {
             key: message.routing_key,
             attributes: message.attributes.into_iter().collect(),
         };
-        topic.publish(&producer, vec![incoming])?;
+        topic
+            .publish(&producer, vec![incoming])?
+            .durable(&topic)
+            .await?;
         Ok(Response::new(pb::MessageResponse {
             request_id: message.request_id,
         }))
@@ -208,7 +216,10 @@ impl pb::consumer_service_server::ConsumerService for DanubeApi {
             reason = request.reason.as_deref().unwrap_or(""),
             "message nacked"
         );
-        subscription.nack(vec![id.topic_offset], request.delay_ms.map(Duration::from_millis));
+        subscription.nack(
+            vec![id.topic_offset],
+            request.delay_ms.map(Duration::from_millis),
+        );
         Ok(Response::new(pb::NackResponse {
             request_id: request.request_id,
         }))

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use sava_metadata::{DispatchMode, TopicRecord};
 use sava_proto::sava::v1 as pb;
 use tokio::sync::mpsc;
@@ -95,29 +96,7 @@ impl pb::sava_client_server::SavaClient for NativeApi {
 
         let broker = Arc::clone(&self.broker);
         tokio::spawn(async move {
-            while let Ok(Some(request)) = requests.message().await {
-                let Some(pb::publish_request::Request::Batch(batch)) = request.request else {
-                    let _ = responses.send(Err(missing_first("batch"))).await;
-                    break;
-                };
-                let sequence = batch.sequence;
-                let messages = batch.messages.into_iter().map(incoming).collect();
-                let response = match topic.publish(&producer, messages) {
-                    Ok(receipt) => pb::publish_response::Response::Ack(pb::BatchAck {
-                        sequence,
-                        first_offset: receipt.first_offset,
-                        count: receipt.count,
-                        publish_time: receipt.publish_time_ms,
-                    }),
-                    Err(error) => batch_error(sequence, error),
-                };
-                let response = pb::PublishResponse {
-                    response: Some(response),
-                };
-                if responses.send(Ok(response)).await.is_err() {
-                    break;
-                }
-            }
+            serve_batches(requests, responses, topic, Arc::clone(&producer)).await;
             debug!(producer = producer.id, "publish stream ended");
             broker.close_producer(producer.id);
         });
@@ -171,11 +150,13 @@ impl pb::sava_client_server::SavaClient for NativeApi {
         let deliveries = batched(guard, receiver, MAX_DELIVERY_BATCH).take_until(control);
         let deliveries = deliveries.map(move |(batch, dropped)| {
             Ok(pb::ConsumeResponse {
-                response: Some(pb::consume_response::Response::Deliveries(pb::DeliveryBatch {
-                    topic: topic.clone(),
-                    messages: batch.into_iter().map(delivery).collect(),
-                    dropped,
-                })),
+                response: Some(pb::consume_response::Response::Deliveries(
+                    pb::DeliveryBatch {
+                        topic: topic.clone(),
+                        messages: batch.into_iter().map(delivery).collect(),
+                        dropped,
+                    },
+                )),
             })
         });
         let stream = futures::stream::iter([Ok(subscribed)]).chain(deliveries);
@@ -183,8 +164,74 @@ impl pb::sava_client_server::SavaClient for NativeApi {
     }
 }
 
+/// Publishes a producer's batches until its stream ends. Batches are
+/// written in the order they arrive and acknowledged in that order once
+/// durable; up to [`PUBLISH_RESPONSES_IN_FLIGHT`] wait for durability at
+/// once, so one producer's batches share group commits.
+async fn serve_batches(
+    mut requests: Streaming<pb::PublishRequest>,
+    responses: mpsc::Sender<Result<pb::PublishResponse, Status>>,
+    topic: Arc<crate::topic::Topic>,
+    producer: Arc<crate::topic::ProducerInfo>,
+) {
+    let mut in_flight = FuturesOrdered::new();
+    let mut reading = true;
+    loop {
+        tokio::select! {
+            request = requests.message(), if reading && in_flight.len() < PUBLISH_RESPONSES_IN_FLIGHT => {
+                match request {
+                    Ok(Some(pb::PublishRequest { request: Some(pb::publish_request::Request::Batch(batch)) })) => {
+                        in_flight.push_back(publish_batch(Arc::clone(&topic), &producer, batch));
+                    }
+                    Ok(Some(_)) => {
+                        let _ = responses.send(Err(missing_first("batch"))).await;
+                        return;
+                    }
+                    Ok(None) | Err(_) => reading = false,
+                }
+            }
+            Some(response) = in_flight.next(), if !in_flight.is_empty() => {
+                let response = pb::PublishResponse { response: Some(response) };
+                if responses.send(Ok(response)).await.is_err() {
+                    return;
+                }
+            }
+            else => return,
+        }
+    }
+}
+
+/// Publishes one batch; the future resolves to its answer once durable.
+fn publish_batch(
+    topic: Arc<crate::topic::Topic>,
+    producer: &crate::topic::ProducerInfo,
+    batch: pb::MessageBatch,
+) -> futures::future::BoxFuture<'static, pb::publish_response::Response> {
+    let sequence = batch.sequence;
+    let messages = batch.messages.into_iter().map(incoming).collect();
+    let published = topic.publish(producer, messages);
+    Box::pin(async move {
+        let receipt = match published {
+            Ok(published) => published.durable(&topic).await,
+            Err(error) => Err(error),
+        };
+        match receipt {
+            Ok(receipt) => pb::publish_response::Response::Ack(pb::BatchAck {
+                sequence,
+                first_offset: receipt.first_offset,
+                count: receipt.count,
+                publish_time: receipt.publish_time_ms,
+            }),
+            Err(error) => batch_error(sequence, error),
+        }
+    })
+}
+
 /// Applies a consumer's flow, ack and nack requests until its stream ends.
-async fn read_controls(mut requests: Streaming<pb::ConsumeRequest>, entry: crate::broker::ConsumerEntry) {
+async fn read_controls(
+    mut requests: Streaming<pb::ConsumeRequest>,
+    entry: crate::broker::ConsumerEntry,
+) {
     while let Ok(Some(request)) = requests.message().await {
         match request.request {
             Some(pb::consume_request::Request::Flow(flow)) => entry.handle.grant(flow.credits),
@@ -196,7 +243,10 @@ async fn read_controls(mut requests: Streaming<pb::ConsumeRequest>, entry: crate
                 entry.subscription.nack(nack.offsets, delay);
             }
             Some(pb::consume_request::Request::Subscribe(_)) | None => {
-                debug!(consumer = entry.handle.id, "ignoring a second subscribe on one stream");
+                debug!(
+                    consumer = entry.handle.id,
+                    "ignoring a second subscribe on one stream"
+                );
             }
         }
     }

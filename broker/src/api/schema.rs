@@ -37,13 +37,25 @@ impl pb::schema_registry_server::SchemaRegistry for SchemaRegistryApi {
         request: Request<pb::RegisterSchemaRequest>,
     ) -> Result<Response<pb::RegisterSchemaResponse>, Status> {
         let r = request.into_inner();
-        if let Some(existing) = self.broker.catalog().latest_schema(&r.subject).await.map_err(BrokerError::from)? {
-            let subject = self.broker.catalog().subject(&r.subject).await.map_err(BrokerError::from)?;
+        if let Some(existing) = self
+            .broker
+            .catalog()
+            .latest_schema(&r.subject)
+            .await
+            .map_err(BrokerError::from)?
+        {
+            let subject = self
+                .broker
+                .catalog()
+                .subject(&r.subject)
+                .await
+                .map_err(BrokerError::from)?;
             let mode = subject.map_or_else(|| "backward".to_string(), |s| s.compatibility_mode);
-            let errors = compatibility_errors(&existing, &r.schema_type, &r.schema_definition, &mode)?;
+            let errors =
+                compatibility_errors(&existing, &r.schema_type, &r.schema_definition, &mode)?;
             if !errors.is_empty() {
                 return Err(BrokerError::InvalidSchema(format!(
-                    "the new schema for {} is not {mode} compatible: {}",
+                    "the new schema for {} breaks {mode} compatibility: {}",
                     r.subject,
                     errors.join("; ")
                 ))
@@ -52,7 +64,14 @@ impl pb::schema_registry_server::SchemaRegistry for SchemaRegistryApi {
         }
         let (record, is_new) = self
             .broker
-            .register_schema(&r.subject, &r.schema_type, &r.schema_definition, &r.description, &r.created_by, &r.tags)
+            .register_schema(
+                &r.subject,
+                &r.schema_type,
+                &r.schema_definition,
+                &r.description,
+                &r.created_by,
+                &r.tags,
+            )
             .await?;
         Ok(Response::new(pb::RegisterSchemaResponse {
             schema_id: record.schema_id,
@@ -74,7 +93,9 @@ impl pb::schema_registry_server::SchemaRegistry for SchemaRegistryApi {
             .await
             .map_err(BrokerError::from)?
             .ok_or_else(|| match r.version {
-                Some(v) => BrokerError::SchemaNotFound(format!("with id {} version {v}", r.schema_id)),
+                Some(v) => {
+                    BrokerError::SchemaNotFound(format!("with id {} version {v}", r.schema_id))
+                }
                 None => BrokerError::SchemaNotFound(format!("with id {}", r.schema_id)),
             })?;
         Ok(Response::new(self.describe(record).await?))
@@ -100,7 +121,12 @@ impl pb::schema_registry_server::SchemaRegistry for SchemaRegistryApi {
         request: Request<pb::ListVersionsRequest>,
     ) -> Result<Response<pb::ListVersionsResponse>, Status> {
         let subject = request.into_inner().subject;
-        let records = self.broker.catalog().schema_versions(&subject).await.map_err(BrokerError::from)?;
+        let records = self
+            .broker
+            .catalog()
+            .schema_versions(&subject)
+            .await
+            .map_err(BrokerError::from)?;
         if records.is_empty() {
             return Err(BrokerError::SchemaNotFound(subject).into());
         }
@@ -124,7 +150,11 @@ impl pb::schema_registry_server::SchemaRegistry for SchemaRegistryApi {
     ) -> Result<Response<pb::CheckCompatibilityResponse>, Status> {
         let r = request.into_inner();
         let catalog = self.broker.catalog();
-        let Some(latest) = catalog.latest_schema(&r.subject).await.map_err(BrokerError::from)? else {
+        let Some(latest) = catalog
+            .latest_schema(&r.subject)
+            .await
+            .map_err(BrokerError::from)?
+        else {
             return Ok(Response::new(pb::CheckCompatibilityResponse {
                 is_compatible: true,
                 errors: vec![],
@@ -138,7 +168,8 @@ impl pb::schema_registry_server::SchemaRegistry for SchemaRegistryApi {
                 .map_err(BrokerError::from)?
                 .map_or_else(|| "backward".to_string(), |s| s.compatibility_mode),
         };
-        let errors = compatibility_errors(&latest, &r.schema_type, &r.new_schema_definition, &mode)?;
+        let errors =
+            compatibility_errors(&latest, &r.schema_type, &r.new_schema_definition, &mode)?;
         Ok(Response::new(pb::CheckCompatibilityResponse {
             is_compatible: errors.is_empty(),
             errors,
@@ -167,12 +198,18 @@ impl pb::schema_registry_server::SchemaRegistry for SchemaRegistryApi {
     ) -> Result<Response<pb::SetCompatibilityModeResponse>, Status> {
         let r = request.into_inner();
         let mode = r.compatibility_mode.to_ascii_lowercase();
-        let subject = self
+        let subject = match self
             .broker
             .catalog()
             .set_compatibility_mode(&r.subject, &mode)
             .await
-            .map_err(BrokerError::from)?;
+        {
+            Ok(subject) => subject,
+            Err(sava_metadata::MetadataError::NotFound { .. }) => {
+                return Err(BrokerError::SchemaNotFound(r.subject).into());
+            }
+            Err(error) => return Err(BrokerError::from(error).into()),
+        };
         Ok(Response::new(pb::SetCompatibilityModeResponse {
             success: true,
             message: format!("{} is now {}", subject.subject, subject.compatibility_mode),
@@ -228,7 +265,12 @@ impl pb::schema_registry_server::SchemaRegistry for SchemaRegistryApi {
         &self,
         _request: Request<pb::ListSubjectsRequest>,
     ) -> Result<Response<pb::ListSubjectsResponse>, Status> {
-        let subjects = self.broker.catalog().list_subjects().await.map_err(BrokerError::from)?;
+        let subjects = self
+            .broker
+            .catalog()
+            .list_subjects()
+            .await
+            .map_err(BrokerError::from)?;
         let subjects = subjects
             .into_iter()
             .map(|s| pb::SubjectSummary {
@@ -307,7 +349,11 @@ fn reader_errors(writer: &Value, reader: &Value) -> Vec<String> {
         schema
             .get("required")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let writer_props = properties(writer).unwrap_or_default();
@@ -316,7 +362,9 @@ fn reader_errors(writer: &Value, reader: &Value) -> Vec<String> {
     let mut errors = Vec::new();
     for field in required(reader) {
         if !writer_props.contains_key(&field) {
-            errors.push(format!("property {field:?} is required but older data lacks it"));
+            errors.push(format!(
+                "property {field:?} is required but older data lacks it"
+            ));
         }
     }
     for (field, reader_schema) in &reader_props {
@@ -354,13 +402,18 @@ mod tests {
     #[test]
     fn adding_an_optional_property_is_backward_compatible() {
         let v2 = r#"{"type":"object","properties":{"a":{"type":"string"},"b":{"type":"integer"}},"required":["a"]}"#;
-        assert!(compatibility_errors(&record(V1), "json_schema", v2.as_bytes(), "backward").unwrap().is_empty());
+        assert!(
+            compatibility_errors(&record(V1), "json_schema", v2.as_bytes(), "backward")
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
     fn adding_a_required_property_is_not_backward_compatible() {
         let v2 = r#"{"type":"object","properties":{"a":{"type":"string"},"b":{"type":"integer"}},"required":["a","b"]}"#;
-        let errors = compatibility_errors(&record(V1), "json_schema", v2.as_bytes(), "backward").unwrap();
+        let errors =
+            compatibility_errors(&record(V1), "json_schema", v2.as_bytes(), "backward").unwrap();
         assert_eq!(errors.len(), 1, "{errors:?}");
     }
 
@@ -368,9 +421,17 @@ mod tests {
     fn changing_a_property_type_is_incompatible_in_every_direction_but_none() {
         let v2 = r#"{"type":"object","properties":{"a":{"type":"integer"}},"required":["a"]}"#;
         for mode in ["backward", "forward", "full"] {
-            assert!(!compatibility_errors(&record(V1), "json_schema", v2.as_bytes(), mode).unwrap().is_empty());
+            assert!(
+                !compatibility_errors(&record(V1), "json_schema", v2.as_bytes(), mode)
+                    .unwrap()
+                    .is_empty()
+            );
         }
-        assert!(compatibility_errors(&record(V1), "json_schema", v2.as_bytes(), "none").unwrap().is_empty());
+        assert!(
+            compatibility_errors(&record(V1), "json_schema", v2.as_bytes(), "none")
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

@@ -98,7 +98,8 @@ impl ConsumerHandle {
 
     /// How many more messages fit in the buffer now.
     pub fn room(&self) -> usize {
-        self.capacity.saturating_sub(self.buffered.load(Ordering::Acquire))
+        self.capacity
+            .saturating_sub(self.buffered.load(Ordering::Acquire))
     }
 
     /// How many more messages may be buffered without exceeding the
@@ -156,7 +157,8 @@ impl ConsumerHandle {
     pub fn taken(&self, count: usize) {
         self.buffered.fetch_sub(count, Ordering::AcqRel);
         self.delivered.fetch_add(count as u64, Ordering::Relaxed);
-        self.delivered_counter.fetch_add(count as u64, Ordering::Relaxed);
+        self.delivered_counter
+            .fetch_add(count as u64, Ordering::Relaxed);
         self.room_changed.notify_one();
     }
 
@@ -237,6 +239,8 @@ impl ConsumerHandle {
 
     fn lock_session(&self) -> std::sync::MutexGuard<'_, Session> {
         // A panic while holding this lock leaves a consistent Session.
-        self.session.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.session
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

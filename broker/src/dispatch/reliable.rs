@@ -5,17 +5,19 @@
 //! The task is the only writer of the subscription's state. A consumer that
 //! goes away, or a nack, makes its pending offsets ready again (a nack with
 //! a delay only once the delay has passed), and ready offsets go out before
-//! new ones. The acknowledged position is the `floor` (every offset below
-//! it is acknowledged) plus the acknowledged offsets above it.
+//! new ones. The cursor is the `floor` (every offset below it is
+//! acknowledged) plus the acknowledged offsets above it; the task publishes
+//! a snapshot of it whenever it changes, which the broker writes to
+//! metadata in coalesced batches. A subscription restored from such a
+//! snapshot delivers everything unacknowledged again and skips the rest.
 //!
-//! Known shortcomings: when the consumer that owns the next message has no
+//! Known shortcoming: when the consumer that owns the next message has no
 //! room, dispatch waits for it (for Shared and Key-Shared too), so one slow
-//! Key-Shared consumer holds the subscription back; and the cursor lives in
-//! memory only, like the log it reads.
+//! Key-Shared consumer holds the subscription back.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc};
@@ -25,11 +27,13 @@ use super::SubscriptionType;
 use super::consumer::ConsumerHandle;
 use super::router::{Member, Router};
 use crate::error::BrokerError;
-use crate::log::MemoryLog;
-use crate::message::Delivery;
+use crate::log::TopicLog;
+use crate::message::{Delivery, Message};
 
 /// Messages read from the log per step.
 const READ_STEP: usize = 256;
+/// How long dispatch pauses after a failed read before trying again.
+const READ_RETRY: Duration = Duration::from_secs(1);
 
 /// Where a new subscription starts reading.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,6 +42,15 @@ pub enum StartPosition {
     Earliest,
     Offset(u64),
     TimeMs(u64),
+}
+
+/// A subscription's acknowledged position.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cursor {
+    /// Every offset below it is acknowledged.
+    pub floor: u64,
+    /// Acknowledged offsets above `floor`, as inclusive ranges in order.
+    pub acked_ranges: Vec<(u64, u64)>,
 }
 
 /// How a consumer's unacknowledged messages are bounded.
@@ -60,10 +73,39 @@ pub struct ReliableStats {
     pub pending: AtomicU64,
     pub delivered: AtomicU64,
     pub redelivered: AtomicU64,
+    cursor: Mutex<Cursor>,
+    cursor_dirty: AtomicBool,
+}
+
+impl ReliableStats {
+    /// The cursor, when it changed since the last call.
+    pub fn take_changed_cursor(&self) -> Option<Cursor> {
+        if !self.cursor_dirty.swap(false, Ordering::AcqRel) {
+            return None;
+        }
+        Some(
+            self.cursor
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
+    }
+
+    /// Marks the cursor as not saved yet (after a failed save).
+    pub fn mark_cursor_unsaved(&self) {
+        self.cursor_dirty.store(true, Ordering::Release);
+    }
+
+    pub fn cursor(&self) -> Cursor {
+        self.cursor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 enum Command {
-    Seek(u64),
+    Seek(StartPosition, tokio::sync::oneshot::Sender<()>),
     Add(Arc<ConsumerHandle>, Member),
     Remove(u64),
     Ack {
@@ -76,37 +118,49 @@ enum Command {
     },
 }
 
+/// Where the task starts: a position for a new subscription, or the cursor
+/// of a restored one.
+#[derive(Clone, Debug)]
+pub enum Origin {
+    New(StartPosition),
+    Restored(Cursor),
+}
+
 /// The handle the subscription keeps; dropping it stops the task.
 #[derive(Debug)]
 pub struct ReliableDispatcher {
     commands: mpsc::UnboundedSender<Command>,
     wake: Arc<Notify>,
     stats: Arc<ReliableStats>,
-    log: Arc<MemoryLog>,
+    log: Arc<TopicLog>,
 }
 
 impl ReliableDispatcher {
     /// Starts the dispatch task of a subscription over `log`.
-    pub fn start(
+    pub async fn start(
         kind: SubscriptionType,
         partition: u32,
-        log: Arc<MemoryLog>,
-        start: StartPosition,
+        log: Arc<TopicLog>,
+        origin: Origin,
         limits: Limits,
         wake: Arc<Notify>,
     ) -> ReliableDispatcher {
-        let first = resolve(&log, start);
+        let cursor = match origin {
+            Origin::New(position) => Cursor {
+                floor: resolve(&log, position).await,
+                acked_ranges: Vec::new(),
+            },
+            Origin::Restored(cursor) => cursor,
+        };
         let stats = Arc::new(ReliableStats::default());
-        stats.floor.store(first, Ordering::Release);
-        stats.next_read.store(first, Ordering::Release);
         let (commands, receiver) = mpsc::unbounded_channel();
-        let task = Task {
+        let mut task = Task {
             router: Router::new(kind, partition),
             consumers: Vec::new(),
             log: Arc::clone(&log),
             limits,
-            next_read: first,
-            floor: first,
+            next_read: cursor.floor,
+            floor: cursor.floor,
             acked_above: BTreeSet::new(),
             pending: BTreeMap::new(),
             ready: BTreeSet::new(),
@@ -114,7 +168,14 @@ impl ReliableDispatcher {
             counts: HashMap::new(),
             unacked: HashMap::new(),
             stats: Arc::clone(&stats),
+            cursor_changed: true,
+            read_failed_at: None,
         };
+        for (first, last) in &cursor.acked_ranges {
+            task.acked_above
+                .extend((*first..=*last).filter(|o| *o >= cursor.floor));
+        }
+        task.publish_stats();
         tokio::spawn(task.run(receiver, Arc::clone(&wake)));
         ReliableDispatcher {
             commands,
@@ -125,16 +186,19 @@ impl ReliableDispatcher {
     }
 
     /// Moves the cursor to `position`: everything from there on is
-    /// delivered again, everything before counts as acknowledged.
-    pub fn seek(&self, position: StartPosition) {
-        self.send(Command::Seek(resolve(&self.log, position)));
+    /// delivered again, everything before counts as acknowledged. Resolves
+    /// once the task has moved it.
+    pub async fn seek(&self, position: StartPosition) {
+        let (done, moved) = tokio::sync::oneshot::channel();
+        self.send(Command::Seek(position, done));
+        let _ = moved.await;
     }
 
     pub fn stats(&self) -> &ReliableStats {
         &self.stats
     }
 
-    pub fn log(&self) -> &MemoryLog {
+    pub fn log(&self) -> &TopicLog {
         &self.log
     }
 
@@ -184,7 +248,7 @@ struct Task {
     router: Router,
     /// In the order of `router.members()`.
     consumers: Vec<Arc<ConsumerHandle>>,
-    log: Arc<MemoryLog>,
+    log: Arc<TopicLog>,
     limits: Limits,
     /// The next offset never delivered yet.
     next_read: u64,
@@ -197,14 +261,22 @@ struct Task {
     /// Pending offsets per consumer id.
     unacked: HashMap<u64, usize>,
     stats: Arc<ReliableStats>,
+    cursor_changed: bool,
+    read_failed_at: Option<Instant>,
 }
 
-fn resolve(log: &MemoryLog, position: StartPosition) -> u64 {
+async fn resolve(log: &TopicLog, position: StartPosition) -> u64 {
     match position {
         StartPosition::Latest => log.end(),
         StartPosition::Earliest => log.start(),
         StartPosition::Offset(offset) => offset.clamp(log.start(), log.end()),
-        StartPosition::TimeMs(time) => log.offset_at_time(time),
+        StartPosition::TimeMs(time) => match log.offset_at_time(time).await {
+            Ok(offset) => offset.clamp(log.start(), log.end()),
+            Err(error) => {
+                tracing::warn!(%error, time_ms = time, "cannot find the offset at a time; starting at the end");
+                log.end()
+            }
+        },
     }
 }
 
@@ -212,10 +284,18 @@ impl Task {
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>, wake: Arc<Notify>) {
         loop {
             self.release_due();
-            self.dispatch();
+            self.dispatch().await;
             self.publish_stats();
 
-            let next_due = self.delayed.keys().next().copied();
+            let retry_at = self.read_failed_at.map(|at| at + READ_RETRY);
+            let next_due = self
+                .delayed
+                .keys()
+                .next()
+                .copied()
+                .into_iter()
+                .chain(retry_at)
+                .min();
             let due = async {
                 match next_due {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -224,7 +304,7 @@ impl Task {
             };
             tokio::select! {
                 command = commands.recv() => match command {
-                    Some(command) => self.handle(command),
+                    Some(command) => self.handle(command).await,
                     None => return,
                 },
                 _ = wake.notified() => {}
@@ -233,17 +313,29 @@ impl Task {
         }
     }
 
-    fn publish_stats(&self) {
+    fn publish_stats(&mut self) {
         let stats = &self.stats;
         stats.floor.store(self.floor, Ordering::Release);
         stats.next_read.store(self.next_read, Ordering::Release);
-        stats.acked_above.store(self.acked_above.len() as u64, Ordering::Release);
-        stats.pending.store(self.pending.len() as u64, Ordering::Release);
+        stats
+            .acked_above
+            .store(self.acked_above.len() as u64, Ordering::Release);
+        stats
+            .pending
+            .store(self.pending.len() as u64, Ordering::Release);
+        if std::mem::take(&mut self.cursor_changed) {
+            *stats.cursor.lock().unwrap_or_else(|p| p.into_inner()) = Cursor {
+                floor: self.floor,
+                acked_ranges: ranges(&self.acked_above),
+            };
+            stats.cursor_dirty.store(true, Ordering::Release);
+        }
     }
 
-    fn handle(&mut self, command: Command) {
+    async fn handle(&mut self, command: Command) {
         match command {
-            Command::Seek(offset) => {
+            Command::Seek(position, done) => {
+                let offset = resolve(&self.log, position).await;
                 self.next_read = offset;
                 self.floor = offset;
                 self.acked_above.clear();
@@ -252,20 +344,20 @@ impl Task {
                 self.delayed.clear();
                 self.counts.clear();
                 self.unacked.clear();
-                self.stats.floor.store(offset, Ordering::Release);
+                self.cursor_changed = true;
+                self.publish_stats();
+                let _ = done.send(());
             }
             Command::Add(consumer, member) => {
+                let id = consumer.id;
                 self.router.insert(member);
-                self.consumers.retain(|c| c.id != consumer.id);
+                self.consumers.retain(|c| c.id != id);
                 self.consumers.push(consumer);
                 let order: Vec<u64> = self.router.members().iter().map(|m| m.id).collect();
                 self.consumers
-                    .sort_by_key(|c| order.iter().position(|id| *id == c.id));
+                    .sort_by_key(|c| order.iter().position(|member| *member == c.id));
                 // A consumer that comes back gets what it had not acked again.
-                let id = self.consumers.last().map(|c| c.id);
-                if let Some(id) = id {
-                    self.release_consumer(id);
-                }
+                self.release_consumer(id);
             }
             Command::Remove(id) => {
                 self.router.remove(id);
@@ -297,7 +389,10 @@ impl Task {
                     }
                     match delay {
                         Some(delay) if !delay.is_zero() => {
-                            self.delayed.entry(Instant::now() + delay).or_default().push(offset);
+                            self.delayed
+                                .entry(Instant::now() + delay)
+                                .or_default()
+                                .push(offset);
                         }
                         _ => {
                             self.ready.insert(offset);
@@ -320,7 +415,7 @@ impl Task {
     }
 
     fn acknowledge(&mut self, offset: u64) {
-        if offset < self.floor || offset >= self.next_read {
+        if offset < self.floor || offset >= self.next_read || self.acked_above.contains(&offset) {
             return;
         }
         self.take_pending(offset);
@@ -330,7 +425,7 @@ impl Task {
         while self.acked_above.remove(&self.floor) {
             self.floor += 1;
         }
-        self.stats.floor.store(self.floor, Ordering::Release);
+        self.cursor_changed = true;
     }
 
     fn release_consumer(&mut self, id: u64) {
@@ -359,39 +454,23 @@ impl Task {
         }
     }
 
-    fn dispatch(&mut self) {
+    async fn dispatch(&mut self) {
         if self.consumers.is_empty() {
+            return;
+        }
+        if self
+            .read_failed_at
+            .is_some_and(|at| at.elapsed() < READ_RETRY)
+        {
             return;
         }
         let mut room: Vec<usize> = self.consumers.iter().map(|c| self.room_of(c)).collect();
         let mut chunks: Vec<Vec<Delivery>> = vec![Vec::new(); self.consumers.len()];
 
-        let ready: Vec<u64> = self.ready.iter().copied().collect();
-        for offset in ready {
-            let Some(message) = self.log.get(offset) else {
-                self.ready.remove(&offset);
-                continue;
-            };
-            let Some(index) = self.router.choose(message.routing_key(), &room) else {
-                break;
-            };
-            self.ready.remove(&offset);
-            room[index] -= 1;
-            chunks[index].push(self.deliver(index, message));
-        }
-
-        'read: while self.next_read < self.log.end() {
-            if room.iter().all(|r| *r == 0) {
-                break;
-            }
-            for message in self.log.read_from(self.next_read, READ_STEP) {
-                let Some(index) = self.router.choose(message.routing_key(), &room) else {
-                    break 'read;
-                };
-                room[index] -= 1;
-                self.next_read = message.offset + 1;
-                chunks[index].push(self.deliver(index, message));
-            }
+        if let Err(error) = self.dispatch_ready(&mut room, &mut chunks).await {
+            self.read_failed(error);
+        } else if let Err(error) = self.dispatch_new(&mut room, &mut chunks).await {
+            self.read_failed(error);
         }
 
         let mut returned = Vec::new();
@@ -409,7 +488,71 @@ impl Task {
         }
     }
 
-    fn deliver(&mut self, index: usize, message: Arc<crate::message::Message>) -> Delivery {
+    /// Sends offsets that are ready again (nacked, or left by a consumer).
+    async fn dispatch_ready(
+        &mut self,
+        room: &mut [usize],
+        chunks: &mut [Vec<Delivery>],
+    ) -> Result<(), sava_storage::Error> {
+        let ready: Vec<u64> = self.ready.iter().copied().collect();
+        for offset in ready {
+            if room.iter().all(|r| *r == 0) {
+                break;
+            }
+            let Some(message) = self.log.get(offset).await? else {
+                // Gone from the log (retention): nothing left to deliver.
+                self.ready.remove(&offset);
+                continue;
+            };
+            let Some(index) = self.router.choose(message.routing_key(), room) else {
+                break;
+            };
+            self.ready.remove(&offset);
+            room[index] -= 1;
+            chunks[index].push(self.deliver(index, message));
+        }
+        Ok(())
+    }
+
+    /// Sends offsets never delivered yet, skipping acknowledged ones.
+    async fn dispatch_new(
+        &mut self,
+        room: &mut [usize],
+        chunks: &mut [Vec<Delivery>],
+    ) -> Result<(), sava_storage::Error> {
+        self.next_read = self.next_read.max(self.log.start());
+        while self.next_read < self.log.end() {
+            if room.iter().all(|r| *r == 0) {
+                return Ok(());
+            }
+            let batch = self.log.read(self.next_read, READ_STEP).await?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            for message in batch {
+                if self.acked_above.contains(&message.offset) {
+                    self.next_read = message.offset + 1;
+                    continue;
+                }
+                let Some(index) = self.router.choose(message.routing_key(), room) else {
+                    return Ok(());
+                };
+                room[index] -= 1;
+                self.next_read = message.offset + 1;
+                chunks[index].push(self.deliver(index, message));
+            }
+        }
+        Ok(())
+    }
+
+    fn read_failed(&mut self, error: sava_storage::Error) {
+        // Reported once per retry interval, never skipped past.
+        tracing::error!(%error, offset = self.next_read, "reliable dispatch cannot read the log");
+        self.read_failed_at = Some(Instant::now());
+    }
+
+    fn deliver(&mut self, index: usize, message: Arc<Message>) -> Delivery {
+        self.read_failed_at = None;
         let consumer = self.consumers[index].id;
         let count = self.counts.entry(message.offset).or_insert(0);
         *count += 1;
@@ -433,18 +576,51 @@ impl Task {
     }
 }
 
+/// Sorted offsets as inclusive ranges.
+fn ranges(offsets: &BTreeSet<u64>) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for &offset in offsets {
+        match out.last_mut() {
+            Some((_, last)) if *last + 1 == offset => *last = offset,
+            _ => out.push((offset, offset)),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
+    use sava_storage::{CommitConfig, FsyncMode, GroupCommitter, LogConfig};
     use tokio::time::timeout;
 
     use super::*;
     use crate::dispatch::consumer::{ConsumerSpec, DeliveryReceiver};
-    use crate::message::Message;
 
-    fn log_with(count: u64) -> Arc<MemoryLog> {
-        let log = Arc::new(MemoryLog::new(0, usize::MAX));
-        let batch: Vec<_> = (0..count)
+    struct TestLog {
+        log: Arc<TopicLog>,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn log_with(count: u64) -> TestLog {
+        let dir = tempfile::tempdir().unwrap();
+        let committer = GroupCommitter::start(CommitConfig {
+            mode: FsyncMode::Never,
+            ..CommitConfig::default()
+        })
+        .unwrap();
+        let (log, _) =
+            TopicLog::open(dir.path(), LogConfig::default(), committer, 1 << 20).unwrap();
+        let log = Arc::new(log);
+        append(&log, 0, count).await;
+        TestLog { log, _dir: dir }
+    }
+
+    async fn append(log: &TopicLog, from: u64, count: u64) {
+        if count == 0 {
+            return;
+        }
+        let batch: Vec<_> = (from..from + count)
             .map(|offset| {
                 Arc::new(Message {
                     offset,
@@ -459,20 +635,37 @@ mod tests {
                 })
             })
             .collect();
-        log.append(&batch);
-        log
+        log.append(&batch).unwrap().await.unwrap();
     }
 
-    fn start(kind: SubscriptionType, log: &Arc<MemoryLog>, from: StartPosition) -> (ReliableDispatcher, Arc<Notify>) {
+    async fn start_at(
+        kind: SubscriptionType,
+        log: &TestLog,
+        origin: Origin,
+    ) -> (ReliableDispatcher, Arc<Notify>) {
         let wake = Arc::new(Notify::new());
         let limits = Limits {
             max_unacked_per_consumer: 100,
         };
-        let dispatcher = ReliableDispatcher::start(kind, 0, Arc::clone(log), from, limits, Arc::clone(&wake));
+        let log = Arc::clone(&log.log);
+        let dispatcher =
+            ReliableDispatcher::start(kind, 0, log, origin, limits, Arc::clone(&wake)).await;
         (dispatcher, wake)
     }
 
-    fn consumer(id: u64, name: &str, wake: &Arc<Notify>) -> (Arc<ConsumerHandle>, DeliveryReceiver) {
+    async fn start(
+        kind: SubscriptionType,
+        log: &TestLog,
+        from: StartPosition,
+    ) -> (ReliableDispatcher, Arc<Notify>) {
+        start_at(kind, log, Origin::New(from)).await
+    }
+
+    fn consumer(
+        id: u64,
+        name: &str,
+        wake: &Arc<Notify>,
+    ) -> (Arc<ConsumerHandle>, DeliveryReceiver) {
         let spec = ConsumerSpec {
             id,
             name: name.into(),
@@ -507,8 +700,9 @@ mod tests {
 
     #[tokio::test]
     async fn earliest_delivers_the_whole_log_in_order() {
-        let log = log_with(5);
-        let (dispatcher, wake) = start(SubscriptionType::Exclusive, &log, StartPosition::Earliest);
+        let log = log_with(5).await;
+        let (dispatcher, wake) =
+            start(SubscriptionType::Exclusive, &log, StartPosition::Earliest).await;
         let (handle, mut receiver) = consumer(1, "c", &wake);
         dispatcher.add(handle).unwrap();
         let got = receive(&mut receiver, 5).await;
@@ -517,13 +711,19 @@ mod tests {
 
     #[tokio::test]
     async fn start_by_offset_and_by_time_skip_what_came_before() {
-        let log = log_with(10);
-        let (by_offset, wake) = start(SubscriptionType::Exclusive, &log, StartPosition::Offset(7));
+        let log = log_with(10).await;
+        let (by_offset, wake) =
+            start(SubscriptionType::Exclusive, &log, StartPosition::Offset(7)).await;
         let (handle, mut receiver) = consumer(1, "c", &wake);
         by_offset.add(handle).unwrap();
         assert_eq!(receive(&mut receiver, 3).await[0], (7, 1));
 
-        let (by_time, wake) = start(SubscriptionType::Exclusive, &log, StartPosition::TimeMs(1004));
+        let (by_time, wake) = start(
+            SubscriptionType::Exclusive,
+            &log,
+            StartPosition::TimeMs(1004),
+        )
+        .await;
         let (handle, mut receiver) = consumer(2, "d", &wake);
         by_time.add(handle).unwrap();
         assert_eq!(receive(&mut receiver, 6).await[0], (4, 1));
@@ -531,8 +731,9 @@ mod tests {
 
     #[tokio::test]
     async fn acked_messages_advance_the_floor() {
-        let log = log_with(4);
-        let (dispatcher, wake) = start(SubscriptionType::Exclusive, &log, StartPosition::Earliest);
+        let log = log_with(4).await;
+        let (dispatcher, wake) =
+            start(SubscriptionType::Exclusive, &log, StartPosition::Earliest).await;
         let (handle, mut receiver) = consumer(1, "c", &wake);
         dispatcher.add(handle).unwrap();
         receive(&mut receiver, 4).await;
@@ -544,20 +745,25 @@ mod tests {
                 tokio::task::yield_now().await;
             }
         };
-        timeout(Duration::from_secs(5), floor_reached).await.expect("floor 2");
+        timeout(Duration::from_secs(5), floor_reached)
+            .await
+            .expect("floor 2");
         dispatcher.ack(vec![], Some(3));
         let all_acked = async {
             while dispatcher.floor() != 4 {
                 tokio::task::yield_now().await;
             }
         };
-        timeout(Duration::from_secs(5), all_acked).await.expect("floor 4");
+        timeout(Duration::from_secs(5), all_acked)
+            .await
+            .expect("floor 4");
     }
 
     #[tokio::test]
     async fn a_nack_redelivers_with_a_higher_delivery_count() {
-        let log = log_with(2);
-        let (dispatcher, wake) = start(SubscriptionType::Exclusive, &log, StartPosition::Earliest);
+        let log = log_with(2).await;
+        let (dispatcher, wake) =
+            start(SubscriptionType::Exclusive, &log, StartPosition::Earliest).await;
         let (handle, mut receiver) = consumer(1, "c", &wake);
         dispatcher.add(handle).unwrap();
         receive(&mut receiver, 2).await;
@@ -568,8 +774,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_nack_with_a_delay_waits_for_it() {
-        let log = log_with(1);
-        let (dispatcher, wake) = start(SubscriptionType::Exclusive, &log, StartPosition::Earliest);
+        let log = log_with(1).await;
+        let (dispatcher, wake) =
+            start(SubscriptionType::Exclusive, &log, StartPosition::Earliest).await;
         let (handle, mut receiver) = consumer(1, "c", &wake);
         dispatcher.add(handle).unwrap();
         receive(&mut receiver, 1).await;
@@ -582,8 +789,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_consumer_that_leaves_has_its_unacked_messages_sent_to_another() {
-        let log = log_with(6);
-        let (dispatcher, wake) = start(SubscriptionType::Shared, &log, StartPosition::Earliest);
+        let log = log_with(6).await;
+        let (dispatcher, wake) =
+            start(SubscriptionType::Shared, &log, StartPosition::Earliest).await;
         let (a, mut a_rx) = consumer(1, "a", &wake);
         dispatcher.add(a).unwrap();
         receive(&mut a_rx, 6).await;
@@ -601,22 +809,23 @@ mod tests {
 
     #[tokio::test]
     async fn new_messages_are_dispatched_when_the_log_grows() {
-        let log = Arc::new(MemoryLog::new(0, usize::MAX));
-        let (dispatcher, wake) = start(SubscriptionType::Exclusive, &log, StartPosition::Latest);
+        let log = log_with(0).await;
+        let (dispatcher, wake) =
+            start(SubscriptionType::Exclusive, &log, StartPosition::Latest).await;
         let (handle, mut receiver) = consumer(1, "c", &wake);
         dispatcher.add(handle).unwrap();
         nothing_more(&mut receiver).await;
 
-        let grown = log_with(3);
-        log.append(&grown.read_from(0, 3));
+        append(&log.log, 0, 3).await;
         dispatcher.wake();
         assert_eq!(receive(&mut receiver, 3).await.len(), 3);
     }
 
     #[tokio::test]
     async fn a_consumer_holds_at_most_its_unacked_window() {
-        let log = log_with(150);
-        let (dispatcher, wake) = start(SubscriptionType::Exclusive, &log, StartPosition::Earliest);
+        let log = log_with(150).await;
+        let (dispatcher, wake) =
+            start(SubscriptionType::Exclusive, &log, StartPosition::Earliest).await;
         let (handle, mut receiver) = consumer(1, "c", &wake);
         dispatcher.add(handle).unwrap();
         let first = receive(&mut receiver, 100).await;
@@ -624,5 +833,58 @@ mod tests {
 
         dispatcher.ack(first.iter().map(|(o, _)| *o).collect(), None);
         assert_eq!(receive(&mut receiver, 50).await[0], (100, 1));
+    }
+
+    #[tokio::test]
+    async fn a_restored_cursor_redelivers_only_what_was_not_acknowledged() {
+        let log = log_with(8).await;
+        let cursor = Cursor {
+            floor: 2,
+            acked_ranges: vec![(3, 4), (6, 6)],
+        };
+        let (dispatcher, wake) =
+            start_at(SubscriptionType::Shared, &log, Origin::Restored(cursor)).await;
+        let (handle, mut receiver) = consumer(1, "c", &wake);
+        dispatcher.add(handle).unwrap();
+        let offsets: Vec<u64> = receive(&mut receiver, 3)
+            .await
+            .into_iter()
+            .map(|(o, _)| o)
+            .collect();
+        assert_eq!(offsets, vec![2, 5, 7]);
+        nothing_more(&mut receiver).await;
+    }
+
+    #[tokio::test]
+    async fn the_cursor_snapshot_follows_acks_as_ranges() {
+        let log = log_with(6).await;
+        let (dispatcher, wake) =
+            start(SubscriptionType::Shared, &log, StartPosition::Earliest).await;
+        let (handle, mut receiver) = consumer(1, "c", &wake);
+        dispatcher.add(handle).unwrap();
+        receive(&mut receiver, 6).await;
+        dispatcher.ack(vec![0, 2, 3, 5], None);
+        let expected = Cursor {
+            floor: 1,
+            acked_ranges: vec![(2, 3), (5, 5)],
+        };
+        let settled = async {
+            loop {
+                if dispatcher.stats().cursor() == expected {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        };
+        timeout(Duration::from_secs(5), settled)
+            .await
+            .expect("cursor snapshot");
+        assert!(dispatcher.stats().take_changed_cursor().is_some());
+    }
+
+    #[test]
+    fn offsets_fold_into_inclusive_ranges() {
+        let offsets: BTreeSet<u64> = [1, 2, 3, 7, 9, 10].into_iter().collect();
+        assert_eq!(ranges(&offsets), vec![(1, 3), (7, 7), (9, 10)]);
     }
 }

@@ -134,7 +134,10 @@ impl Router {
     /// The first member clockwise from `hash` on the ring that `eligible`
     /// accepts.
     fn walk(&self, hash: u64, eligible: impl Fn(&Member) -> bool) -> Option<usize> {
-        let clockwise = self.ring.range((hash, 0)..).chain(self.ring.range(..(hash, 0)));
+        let clockwise = self
+            .ring
+            .range((hash, 0)..)
+            .chain(self.ring.range(..(hash, 0)));
         for (_, id) in clockwise {
             let index = self.members.iter().position(|m| m.id == *id)?;
             if eligible(&self.members[index]) {
@@ -164,13 +167,15 @@ fn compile_filters(patterns: &[String]) -> Result<Option<GlobSet>, BrokerError> 
     let mut builder = GlobSetBuilder::new();
     for pattern in patterns {
         let glob = Glob::new(pattern).map_err(|error| {
-            BrokerError::InvalidRequest(format!("key filter {pattern:?} is not a valid glob: {error}"))
+            BrokerError::InvalidRequest(format!(
+                "key filter {pattern:?} is not a valid glob: {error}"
+            ))
         })?;
         builder.add(glob);
     }
-    let set = builder
-        .build()
-        .map_err(|error| BrokerError::InvalidRequest(format!("key filters do not compile: {error}")))?;
+    let set = builder.build().map_err(|error| {
+        BrokerError::InvalidRequest(format!("key filters do not compile: {error}"))
+    })?;
     Ok(Some(set))
 }
 
@@ -273,8 +278,15 @@ mod tests {
         let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
         let to_new = after.iter().filter(|a| a.as_deref() == Some("d")).count();
         assert_eq!(moved, to_new, "keys only move to the new consumer");
-        assert!(moved < keys.len() / 2, "{moved} of {} keys moved", keys.len());
-        assert!(moved > keys.len() / 10, "the new consumer got only {moved} keys");
+        assert!(
+            moved < keys.len() / 2,
+            "{moved} of {} keys moved",
+            keys.len()
+        );
+        assert!(
+            moved > keys.len() / 10,
+            "the new consumer got only {moved} keys"
+        );
     }
 
     #[test]
@@ -282,7 +294,9 @@ mod tests {
         let mut r = router(SubscriptionType::KeyShared, &["a", "b", "c"]);
         let mut counts = std::collections::HashMap::new();
         for i in 0..3000 {
-            *counts.entry(chosen_name(&mut r, &format!("k{i}")).unwrap()).or_insert(0) += 1;
+            *counts
+                .entry(chosen_name(&mut r, &format!("k{i}")).unwrap())
+                .or_insert(0) += 1;
         }
         assert_eq!(counts.len(), 3);
         assert!(counts.values().all(|&n| n > 500), "{counts:?}");
@@ -297,7 +311,10 @@ mod tests {
         for i in 0..50 {
             assert_eq!(chosen_name(&mut r, &format!("eu-{i}")), Some("eu".into()));
             assert_eq!(chosen_name(&mut r, &format!("us-{i}")), Some("us".into()));
-            assert_eq!(chosen_name(&mut r, &format!("asia-{i}")), Some("rest".into()));
+            assert_eq!(
+                chosen_name(&mut r, &format!("asia-{i}")),
+                Some("rest".into())
+            );
         }
     }
 
@@ -308,7 +325,11 @@ mod tests {
         r.insert(Member::new(2, "us", &["us-*".into()]).unwrap());
         let owner = chosen_name(&mut r, "asia-1");
         assert!(owner.is_some());
-        assert_eq!(chosen_name(&mut r, "asia-1"), owner, "the fallback is stable");
+        assert_eq!(
+            chosen_name(&mut r, "asia-1"),
+            owner,
+            "the fallback is stable"
+        );
     }
 
     #[test]

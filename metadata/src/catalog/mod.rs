@@ -63,6 +63,12 @@ pub struct NamespacePolicies {
     pub max_message_bytes: Option<u64>,
     /// The dispatch mode of topics created without one.
     pub default_dispatch_mode: DispatchMode,
+    /// How long acknowledged messages of reliable topics are kept for
+    /// replay; `None` deletes them once every subscription acknowledged them.
+    pub retention_age_secs: Option<u64>,
+    /// How many bytes of acknowledged messages a reliable topic keeps for
+    /// replay at most; `None` sets no size bound besides the age.
+    pub retention_bytes: Option<u64>,
 }
 
 impl Default for NamespacePolicies {
@@ -71,6 +77,8 @@ impl Default for NamespacePolicies {
             auto_create_topics: true,
             max_message_bytes: None,
             default_dispatch_mode: DispatchMode::NonReliable,
+            retention_age_secs: None,
+            retention_bytes: None,
         }
     }
 }

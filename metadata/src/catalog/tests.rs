@@ -104,6 +104,8 @@ async fn namespaces_are_listed_by_name_and_their_policies_can_change() {
         auto_create_topics: false,
         max_message_bytes: None,
         default_dispatch_mode: DispatchMode::Reliable,
+        retention_age_secs: Some(3600),
+        retention_bytes: None,
     };
     let updated = catalog
         .set_namespace_policies("mid", policies.clone())
