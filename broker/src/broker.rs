@@ -54,6 +54,15 @@ pub struct TopicSpec {
     pub schema: Option<SchemaSpec>,
 }
 
+/// Who creates a topic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Creation {
+    /// An operator, through the admin API.
+    Explicit,
+    /// A client using a topic that does not exist yet.
+    OnFirstUse,
+}
+
 /// A producer's request to attach.
 #[derive(Clone, Debug)]
 pub struct ProducerSpec {
@@ -214,7 +223,7 @@ impl Broker {
         let record = match self.catalog.topic(name.as_str()).await? {
             Some(record) => record,
             None => match create {
-                Some(spec) => self.create_topic(&name, spec).await?,
+                Some(spec) => self.create_topic(&name, spec, Creation::OnFirstUse).await?,
                 None => return Err(BrokerError::TopicNotFound(name.to_string())),
             },
         };
@@ -224,11 +233,14 @@ impl Broker {
         })
     }
 
-    /// Creates a topic (and its partitions) in the catalog.
+    /// Creates a topic (and its partitions) in the catalog: explicitly (the
+    /// admin API), or on first use by a client, which the namespace's
+    /// `auto_create_topics` policy may forbid.
     pub async fn create_topic(
         &self,
         name: &TopicName,
         spec: &TopicSpec,
+        creation: Creation,
     ) -> Result<TopicRecord, BrokerError> {
         self.check_running()?;
         let namespace = self
@@ -236,7 +248,7 @@ impl Broker {
             .namespace(name.namespace())
             .await?
             .ok_or_else(|| BrokerError::NamespaceNotFound(name.namespace().to_string()))?;
-        if !namespace.policies.auto_create_topics {
+        if creation == Creation::OnFirstUse && !namespace.policies.auto_create_topics {
             return Err(BrokerError::AutoCreateDisabled(namespace.name));
         }
 
@@ -286,7 +298,7 @@ impl Broker {
                         partitions: 0,
                         ..spec.clone()
                     };
-                    self.create_topic(name, &spec).await?
+                    self.create_topic(name, &spec, Creation::OnFirstUse).await?
                 }
                 None => return Err(BrokerError::TopicNotFound(name.to_string())),
             },

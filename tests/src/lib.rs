@@ -135,6 +135,29 @@ impl Broker {
         }
     }
 
+    /// The process id, while the broker runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Waits up to `limit` for the broker to exit on its own (after a
+    /// signal the test sent) and returns its exit status; `None` when it is
+    /// still running then.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let child = self.child.as_mut()?;
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(READY_POLL).await;
+        }
+    }
+
     /// Kills the broker with `SIGKILL`, as a crash would, and reaps it.
     /// Killing a broker that is not running does nothing.
     ///

@@ -383,7 +383,10 @@ impl pb::admin_server::Admin for AdminApi {
                 self.topic_info(existing, "topic already exists").await?,
             ));
         }
-        let record = self.broker.create_topic(&name, &spec).await?;
+        let record = self
+            .broker
+            .create_topic(&name, &spec, crate::broker::Creation::Explicit)
+            .await?;
         Ok(Response::new(self.topic_info(record, "").await?))
     }
 
