@@ -96,6 +96,9 @@ pub struct ConsumerEntry {
     pub handle: Arc<ConsumerHandle>,
 }
 
+/// A producer and the topic it is attached to.
+pub type AttachedProducer = (Arc<Topic>, Arc<ProducerInfo>);
+
 /// A looked-up topic: its record and the names producers and consumers use.
 #[derive(Clone, Debug)]
 pub struct Lookup {
@@ -112,7 +115,7 @@ pub struct Broker {
     catalog: Catalog,
     topics: RwLock<HashMap<String, Arc<Topic>>>,
     loading: tokio::sync::Mutex<()>,
-    producers: RwLock<HashMap<u64, (Arc<Topic>, Arc<ProducerInfo>)>>,
+    producers: RwLock<HashMap<u64, AttachedProducer>>,
     consumers: RwLock<HashMap<u64, ConsumerEntry>>,
     next_id: AtomicU64,
     stopping: AtomicBool,
@@ -318,10 +321,10 @@ impl Broker {
             None => None,
         };
         let mut limits = self.limits();
-        if let Some(namespace) = self.catalog.namespace(name.namespace()).await? {
-            if let Some(max) = namespace.policies.max_message_bytes {
-                limits.max_message_bytes = limits.max_message_bytes.min(max as usize);
-            }
+        if let Some(namespace) = self.catalog.namespace(name.namespace()).await?
+            && let Some(max) = namespace.policies.max_message_bytes
+        {
+            limits.max_message_bytes = limits.max_message_bytes.min(max as usize);
         }
         let log = match record.dispatch_mode {
             DispatchMode::Reliable => Some(self.open_log(name).await?),
@@ -525,7 +528,7 @@ impl Broker {
     pub async fn create_producer(
         &self,
         spec: ProducerSpec,
-    ) -> Result<(Arc<Topic>, Arc<ProducerInfo>), BrokerError> {
+    ) -> Result<AttachedProducer, BrokerError> {
         self.check_running()?;
         check_label("producer", &spec.name)?;
         let name = TopicName::parse(&spec.topic)?;
@@ -561,7 +564,7 @@ impl Broker {
         Ok((topic, producer))
     }
 
-    pub fn producer(&self, id: u64) -> Result<(Arc<Topic>, Arc<ProducerInfo>), BrokerError> {
+    pub fn producer(&self, id: u64) -> Result<AttachedProducer, BrokerError> {
         self.producers
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -717,10 +720,10 @@ impl Broker {
         self.catalog.delete_topic(name.as_str()).await?;
         for part in &names {
             let dir = self.log_dir(&TopicName::parse(part)?);
-            if let Err(error) = std::fs::remove_dir_all(&dir) {
-                if error.kind() != std::io::ErrorKind::NotFound {
-                    tracing::warn!(dir = %dir.display(), %error, "cannot remove a deleted topic's segments");
-                }
+            if let Err(error) = std::fs::remove_dir_all(&dir)
+                && error.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(dir = %dir.display(), %error, "cannot remove a deleted topic's segments");
             }
         }
         let mut deleted = names;

@@ -118,14 +118,14 @@ impl Subscription {
         if let Some(existing) = consumers.values().find(|c| c.name == request.name) {
             return Ok(Arc::clone(existing));
         }
-        if self.kind == SubscriptionType::Exclusive {
-            if let Some(holder) = consumers.values().next() {
-                return Err(BrokerError::ExclusiveSubscriptionHeld {
-                    topic: self.topic.clone(),
-                    subscription: self.name.clone(),
-                    holder: holder.name.clone(),
-                });
-            }
+        if self.kind == SubscriptionType::Exclusive
+            && let Some(holder) = consumers.values().next()
+        {
+            return Err(BrokerError::ExclusiveSubscriptionHeld {
+                topic: self.topic.clone(),
+                subscription: self.name.clone(),
+                holder: holder.name.clone(),
+            });
         }
 
         let spec = ConsumerSpec {

@@ -247,15 +247,15 @@ impl Topic {
                 });
             }
             bytes += size;
-            if let Some(schema) = schema {
-                if let Some(reason) = schema.check.violation(&message.payload) {
-                    return Err(BrokerError::SchemaViolation {
-                        topic: self.name.to_string(),
-                        schema: format!("{} v{}", schema.subject, schema.version),
-                        index,
-                        reason,
-                    });
-                }
+            if let Some(schema) = schema
+                && let Some(reason) = schema.check.violation(&message.payload)
+            {
+                return Err(BrokerError::SchemaViolation {
+                    topic: self.name.to_string(),
+                    schema: format!("{} v{}", schema.subject, schema.version),
+                    index,
+                    reason,
+                });
             }
         }
         producer.touch();

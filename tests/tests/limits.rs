@@ -54,7 +54,7 @@ async fn a_producer_asking_for_the_other_dispatch_mode_is_refused() {
         .reliable(false)
         .create()
         .await;
-    let error = refused.err().expect("refused").to_string();
+    let error = refused.expect_err("refused").to_string();
     assert!(
         error.contains("is reliable") && error.contains("non-reliable"),
         "{error}"
@@ -91,7 +91,7 @@ async fn a_namespace_without_auto_creation_refuses_unknown_topics() {
 
     let client = client(&broker).await;
     let refused = client.producer("/strict/unknown").create().await;
-    let error = refused.err().expect("refused").to_string();
+    let error = refused.expect_err("refused").to_string();
     assert!(
         error.contains("strict") && error.contains("creating topics"),
         "{error}"

@@ -123,8 +123,7 @@ async fn a_second_exclusive_consumer_is_refused_and_shared_consumers_split_the_w
         .unwrap();
     let refused = client.consumer(topic, "ex").name("other").subscribe().await;
     let error = refused
-        .err()
-        .expect("a second exclusive consumer is refused")
+        .expect_err("a second exclusive consumer is refused")
         .to_string();
     assert!(error.contains("owner"), "{error}");
 
@@ -283,7 +282,7 @@ async fn an_exclusive_producer_keeps_others_out_until_it_leaves() {
         .await
         .unwrap();
     let intruder = client.producer(topic).name("intruder").create().await;
-    let error = intruder.err().expect("refused").to_string();
+    let error = intruder.expect_err("refused").to_string();
     assert!(error.contains("holder"), "{error}");
 
     holder.close().await.unwrap();

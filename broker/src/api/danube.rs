@@ -88,14 +88,14 @@ impl pb::producer_service_server::ProducerService for DanubeApi {
         let message = request.into_inner();
         let producer_id = message.msg_id.as_ref().map_or(0, |id| id.producer_id);
         let (topic, producer) = self.broker.producer(producer_id)?;
-        if let (Some(sent), Some(schema)) = (message.schema_id, producer.schema.as_ref()) {
-            if sent != schema.schema_id {
-                return Err(BrokerError::InvalidRequest(format!(
-                    "message carries schema id {sent}, but producer {} was created with {}",
-                    producer.name, schema.schema_id
-                ))
-                .into());
-            }
+        if let (Some(sent), Some(schema)) = (message.schema_id, producer.schema.as_ref())
+            && sent != schema.schema_id
+        {
+            return Err(BrokerError::InvalidRequest(format!(
+                "message carries schema id {sent}, but producer {} was created with {}",
+                producer.name, schema.schema_id
+            ))
+            .into());
         }
 
         let incoming = IncomingMessage {

@@ -82,10 +82,10 @@ impl PushDispatcher {
 
         for ((consumer, chunk), missed) in consumers.iter().zip(chunks).zip(missed) {
             let mut lost = missed;
-            if !chunk.is_empty() {
-                if let Err(chunk) = consumer.push(chunk) {
-                    lost += chunk.len() as u64;
-                }
+            if !chunk.is_empty()
+                && let Err(chunk) = consumer.push(chunk)
+            {
+                lost += chunk.len() as u64;
             }
             if lost > 0 {
                 consumer.count_dropped(lost);
