@@ -45,6 +45,7 @@ mod error;
 mod message;
 mod producer;
 mod reconnect;
+pub mod time;
 
 pub use sava_proto::ErrorKind;
 

@@ -19,8 +19,8 @@ use sava_client::{Client, ReceivedMessage, StartPosition};
 use serde::Serialize;
 
 use super::parse::parse_start;
-use super::time::format_rfc3339;
 use super::{OutputArg, TypeArg};
+use sava_client::time::format_rfc3339;
 
 #[derive(Debug, Args)]
 pub(crate) struct ConsumeArgs {

@@ -7,7 +7,6 @@ mod bench;
 mod consume;
 mod parse;
 mod produce;
-mod time;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};

@@ -3,7 +3,7 @@
 
 use sava_client::StartPosition;
 
-use super::time::parse_rfc3339;
+use sava_client::time::parse_rfc3339;
 
 /// Reads `name=value`. The value may itself contain `=`; the name may not
 /// be empty.

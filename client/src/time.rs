@@ -1,5 +1,6 @@
-//! RFC 3339 timestamps, both ways, without a date-time dependency: the CLI
-//! parses `--from time:...` and prints `publish_time` in JSON output.
+//! RFC 3339 timestamps, both ways, without a date-time dependency: the
+//! `sava` and `sava-admin` tools parse `time:...` positions with it and
+//! print publish times.
 //!
 //! The calendar arithmetic is the proleptic Gregorian one, counted in days
 //! from 1970-01-01, with eras of 400 years (146097 days) so that leap years
@@ -18,7 +19,15 @@ const SECONDS_PER_DAY: i64 = 86_400;
 
 /// Formats `time` in UTC with millisecond precision, as
 /// `2024-01-02T03:04:05.123Z`. Times before 1970 print as the epoch.
-pub(crate) fn format_rfc3339(time: SystemTime) -> String {
+///
+/// # Examples
+///
+/// ```
+/// use std::time::{Duration, UNIX_EPOCH};
+/// let time = UNIX_EPOCH + Duration::from_millis(1_704_164_645_123);
+/// assert_eq!(sava_client::time::format_rfc3339(time), "2024-01-02T03:04:05.123Z");
+/// ```
+pub fn format_rfc3339(time: SystemTime) -> String {
     let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let seconds = since_epoch.as_secs() as i64;
     let millis = since_epoch.subsec_millis();
@@ -35,7 +44,11 @@ pub(crate) fn format_rfc3339(time: SystemTime) -> String {
 
 /// Parses an RFC 3339 timestamp such as `2024-01-02T03:04:05Z` or
 /// `2024-01-02T05:04:05.5+02:00`.
-pub(crate) fn parse_rfc3339(text: &str) -> Result<SystemTime, String> {
+///
+/// # Errors
+///
+/// A one-line message naming the text and what is wrong with it.
+pub fn parse_rfc3339(text: &str) -> Result<SystemTime, String> {
     let invalid = |why: &str| format!("invalid RFC 3339 time `{text}`: {why}");
     let bytes = text.as_bytes();
     if !text.is_ascii() || bytes.len() < 20 {
