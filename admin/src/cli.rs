@@ -245,6 +245,21 @@ pub(crate) enum SubscriptionsCommand {
         #[arg(long, value_name = "POSITION", value_parser = parse_position)]
         to: Position,
     },
+    /// Set a reliable subscription's redelivery rule: ack_timeout_ms
+    /// (redeliver what is not acknowledged in time; 0 turns it off),
+    /// max_deliveries (0: no limit) or on_max_deliveries (dead-letter:
+    /// publish to <topic>-<subscription>-dlq; drop; block).
+    SetPolicy {
+        /// The topic, as /namespace/topic (a partition for partitioned
+        /// topics).
+        topic: String,
+        /// The subscription's name.
+        subscription: String,
+        /// ack_timeout_ms, max_deliveries or on_max_deliveries.
+        key: String,
+        /// The new value: milliseconds, a count, or dead-letter|drop|block.
+        value: String,
+    },
     /// Show a subscription: cursor, backlog, delivery counts, consumers.
     Describe {
         /// The topic, as /namespace/topic.

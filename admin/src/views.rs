@@ -182,6 +182,16 @@ pub(crate) struct SubscriptionView {
     pub(crate) delivered: u64,
     pub(crate) redelivered: u64,
     pub(crate) dropped: u64,
+    /// Messages that ran out of deliveries (dead-lettered or dropped).
+    pub(crate) dead_lettered: u64,
+    /// 0 when off.
+    pub(crate) ack_timeout_ms: u64,
+    /// 0 for no limit.
+    pub(crate) max_deliveries: u32,
+    /// `dead-letter`, `drop` or `block`; null on non-reliable subscriptions.
+    pub(crate) on_max_deliveries: Option<String>,
+    /// Null on non-reliable subscriptions.
+    pub(crate) dead_letter_topic: Option<String>,
     pub(crate) consumers: Vec<ClientView>,
 }
 
@@ -199,6 +209,11 @@ impl From<pb::SubscriptionInfo> for SubscriptionView {
             delivered: info.delivered,
             redelivered: info.redelivered,
             dropped: info.dropped,
+            dead_lettered: info.dead_lettered,
+            ack_timeout_ms: info.ack_timeout_ms,
+            max_deliveries: info.max_deliveries,
+            on_max_deliveries: non_empty(info.on_max_deliveries),
+            dead_letter_topic: non_empty(info.dead_letter_topic),
             consumers: info.consumers.into_iter().map(ClientView::from).collect(),
         }
     }

@@ -15,7 +15,9 @@ use sava_storage::{CommitConfig, FsyncMode, GroupCommitter, LogConfig};
 use crate::config::{Config, FsyncSetting};
 use crate::dispatch::SubscriptionType;
 use crate::dispatch::consumer::ConsumerHandle;
-use crate::dispatch::reliable::{Cursor, Origin, StartPosition};
+use crate::dispatch::reliable::{
+    Cursor, DeadLetterSink, DeliveryPolicy, FailurePolicy, Origin, StartPosition,
+};
 use crate::error::BrokerError;
 use crate::log::TopicLog;
 use crate::names::{TopicName, check_label};
@@ -121,6 +123,8 @@ pub struct Broker {
     stopping: AtomicBool,
     /// The one fsync thread of every reliable topic's log.
     committer: Arc<GroupCommitter>,
+    /// This broker, for the dead-letter sinks its subscriptions hold.
+    me: std::sync::Weak<Broker>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -147,7 +151,8 @@ impl Broker {
         })
         .map_err(BrokerError::Storage)?;
         let advertised_url = config.advertised_url();
-        Ok(Arc::new(Broker {
+        Ok(Arc::new_cyclic(|me| Broker {
+            me: std::sync::Weak::clone(me),
             broker_id: advertised_url
                 .trim_start_matches("http://")
                 .trim_start_matches("https://")
@@ -386,12 +391,23 @@ impl Broker {
                 tracing::warn!(topic = %topic.name, subscription = %record.name, kind = %record.subscription_type, "skipping a subscription of unknown type");
                 continue;
             };
+            let policy = DeliveryPolicy {
+                ack_timeout: record.ack_timeout_ms.map(Duration::from_millis),
+                max_deliveries: record.max_deliveries,
+                on_max_deliveries: record
+                    .on_max_deliveries
+                    .as_deref()
+                    .and_then(FailurePolicy::named)
+                    .unwrap_or_default(),
+            };
             let cursor = Cursor {
                 floor: record.floor,
                 acked_ranges: record.acked_ranges,
             };
+            let sink = self.dead_letter_sink(&topic.name, &record.name);
+            let origin = Origin::Restored(cursor);
             topic
-                .subscription(&record.name, kind, Origin::Restored(cursor))
+                .subscription(&record.name, kind, origin, policy, Some(sink))
                 .await;
         }
         Ok(())
@@ -407,16 +423,96 @@ impl Broker {
         let Some(stats) = subscription.reliable_stats() else {
             return Ok(());
         };
-        let cursor = stats.cursor();
-        let record = SubscriptionRecord {
-            topic: topic.name.to_string(),
-            name: subscription.name.clone(),
-            subscription_type: subscription.kind.name().to_string(),
-            floor: cursor.floor,
-            acked_ranges: cursor.acked_ranges,
-            created_at_ms: now_ms(),
-        };
+        let record = subscription_record(topic, subscription, stats.cursor());
         self.catalog.save_subscriptions(&[record]).await?;
+        Ok(())
+    }
+
+    /// Changes a reliable subscription's redelivery rules and saves them.
+    pub async fn set_subscription_policy(
+        &self,
+        topic: &Topic,
+        subscription: &Subscription,
+        policy: DeliveryPolicy,
+    ) -> Result<(), BrokerError> {
+        subscription.set_policy(policy)?;
+        self.save_subscription(topic, subscription).await
+    }
+
+    /// Where the messages a subscription gives up on go: its dead-letter
+    /// topic, created (reliable) on first use.
+    fn dead_letter_sink(&self, topic: &TopicName, subscription: &str) -> DeadLetterSink {
+        let broker = std::sync::Weak::clone(&self.me);
+        let source = topic.to_string();
+        let subscription = subscription.to_string();
+        let target = dead_letter_topic(topic, &subscription);
+        Arc::new(move |message, deliveries| {
+            let broker = std::sync::Weak::clone(&broker);
+            let (source, subscription, target) =
+                (source.clone(), subscription.clone(), target.clone());
+            Box::pin(async move {
+                let broker = broker.upgrade().ok_or(BrokerError::ShuttingDown)?;
+                let letter = DeadLetter {
+                    source: &source,
+                    subscription: &subscription,
+                    deliveries,
+                };
+                broker.publish_dead_letter(&target, &message, letter).await
+            })
+        })
+    }
+
+    async fn publish_dead_letter(
+        &self,
+        target: &str,
+        message: &crate::message::Message,
+        letter: DeadLetter<'_>,
+    ) -> Result<(), BrokerError> {
+        let name = TopicName::parse(target)?;
+        if self.catalog.topic(name.as_str()).await?.is_none() {
+            let spec = TopicSpec {
+                dispatch_mode: DispatchMode::Reliable,
+                partitions: 0,
+                schema: None,
+            };
+            match self.create_topic(&name, &spec, Creation::Explicit).await {
+                Ok(_)
+                | Err(BrokerError::Metadata(sava_metadata::MetadataError::AlreadyExists {
+                    ..
+                })) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        let topic = self.topic(&name, None).await?;
+        let producer =
+            topic.add_producer(self.next_id(), DEAD_LETTER_PRODUCER, false, true, None)?;
+
+        let mut attributes = message.attributes.clone();
+        attributes.extend([
+            ("sava.dlq.topic".to_string(), letter.source.to_string()),
+            (
+                "sava.dlq.subscription".to_string(),
+                letter.subscription.to_string(),
+            ),
+            ("sava.dlq.offset".to_string(), message.offset.to_string()),
+            (
+                "sava.dlq.delivery_count".to_string(),
+                letter.deliveries.to_string(),
+            ),
+            (
+                "sava.dlq.producer".to_string(),
+                message.producer_name.to_string(),
+            ),
+        ]);
+        let incoming = crate::message::IncomingMessage {
+            payload: message.payload.clone(),
+            key: message.key.clone(),
+            attributes,
+        };
+        topic
+            .publish(&producer, vec![incoming])?
+            .durable(&topic)
+            .await?;
         Ok(())
     }
 
@@ -429,7 +525,12 @@ impl Broker {
         kind: SubscriptionType,
         start: StartPosition,
     ) -> Result<(Arc<Subscription>, bool), BrokerError> {
-        let (subscription, created) = topic.subscription(name, kind, Origin::New(start)).await;
+        let sink = self.dead_letter_sink(&topic.name, name);
+        let policy = DeliveryPolicy::default();
+        let origin = Origin::New(start);
+        let (subscription, created) = topic
+            .subscription(name, kind, origin, policy, Some(sink))
+            .await;
         if created {
             self.save_subscription(topic, &subscription).await?;
         }
@@ -449,14 +550,7 @@ impl Broker {
                 let Some(cursor) = stats.take_changed_cursor() else {
                     continue;
                 };
-                records.push(SubscriptionRecord {
-                    topic: topic.name.to_string(),
-                    name: subscription.name.clone(),
-                    subscription_type: subscription.kind.name().to_string(),
-                    floor: cursor.floor,
-                    acked_ranges: cursor.acked_ranges,
-                    created_at_ms: now_ms(),
-                });
+                records.push(subscription_record(&topic, &subscription, cursor));
                 changed.push(subscription);
             }
         }
@@ -910,6 +1004,53 @@ impl Broker {
                 }
             }
         }
+    }
+}
+
+/// The producer name dead letters are published under.
+const DEAD_LETTER_PRODUCER: &str = "sava-dead-letter";
+
+/// Where a dead letter came from.
+struct DeadLetter<'a> {
+    source: &'a str,
+    subscription: &'a str,
+    deliveries: u32,
+}
+
+/// The dead-letter topic of `subscription` on `topic`:
+/// `/<ns>/<topic>-<subscription>-dlq`, shared by the partitions of a
+/// partitioned topic, with characters a topic name cannot hold replaced by
+/// `_`.
+pub fn dead_letter_topic(topic: &TopicName, subscription: &str) -> String {
+    let subscription: String = subscription
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{}-{subscription}-dlq", base_topic(topic))
+}
+
+fn subscription_record(
+    topic: &Topic,
+    subscription: &Subscription,
+    cursor: Cursor,
+) -> SubscriptionRecord {
+    let policy = subscription.policy();
+    SubscriptionRecord {
+        topic: topic.name.to_string(),
+        name: subscription.name.clone(),
+        subscription_type: subscription.kind.name().to_string(),
+        floor: cursor.floor,
+        acked_ranges: cursor.acked_ranges,
+        created_at_ms: now_ms(),
+        ack_timeout_ms: policy.ack_timeout.map(|t| t.as_millis() as u64),
+        max_deliveries: policy.max_deliveries,
+        on_max_deliveries: Some(policy.on_max_deliveries.name().to_string()),
     }
 }
 

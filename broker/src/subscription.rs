@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use crate::dispatch::SubscriptionType;
 use crate::dispatch::consumer::{ConsumerHandle, ConsumerSpec};
 use crate::dispatch::push::PushDispatcher;
-use crate::dispatch::reliable::{ReliableDispatcher, StartPosition};
+use crate::dispatch::reliable::{DeliveryPolicy, ReliableDispatcher, StartPosition};
 use crate::error::BrokerError;
 use crate::message::Message;
 
@@ -39,6 +39,9 @@ pub struct SubscriptionSnapshot {
     pub delivered: u64,
     pub redelivered: u64,
     pub dropped: u64,
+    pub dead_lettered: u64,
+    /// The redelivery rules, on reliable topics.
+    pub policy: Option<DeliveryPolicy>,
     /// Id, name, and whether a stream is open.
     pub consumers: Vec<(u64, String, bool)>,
 }
@@ -55,6 +58,8 @@ impl Default for SubscriptionSnapshot {
             delivered: 0,
             redelivered: 0,
             dropped: 0,
+            dead_lettered: 0,
+            policy: None,
             consumers: Vec::new(),
         }
     }
@@ -78,6 +83,7 @@ pub struct Subscription {
     wake: Arc<Notify>,
     consumers: Mutex<HashMap<u64, Arc<ConsumerHandle>>>,
     delivered: Arc<AtomicU64>,
+    policy: Mutex<DeliveryPolicy>,
 }
 
 impl Subscription {
@@ -87,6 +93,7 @@ impl Subscription {
         kind: SubscriptionType,
         dispatcher: Dispatcher,
         wake: Arc<Notify>,
+        policy: DeliveryPolicy,
     ) -> Subscription {
         Subscription {
             name: name.to_string(),
@@ -96,6 +103,7 @@ impl Subscription {
             wake,
             consumers: Mutex::new(HashMap::new()),
             delivered: Arc::new(AtomicU64::new(0)),
+            policy: Mutex::new(policy),
         }
     }
 
@@ -242,6 +250,24 @@ impl Subscription {
         }
     }
 
+    /// The redelivery rules (reliable topics).
+    pub fn policy(&self) -> DeliveryPolicy {
+        *self.policy.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replaces the redelivery rules of a reliable subscription.
+    pub fn set_policy(&self, policy: DeliveryPolicy) -> Result<(), BrokerError> {
+        let Dispatcher::Reliable(reliable) = &self.dispatcher else {
+            return Err(BrokerError::InvalidRequest(format!(
+                "subscription {} on {} is non-reliable: it has no acks to time out or redeliver",
+                self.name, self.topic
+            )));
+        };
+        *self.policy.lock().unwrap_or_else(|p| p.into_inner()) = policy;
+        reliable.set_policy(policy);
+        Ok(())
+    }
+
     /// What the admin API shows of this subscription now.
     pub fn snapshot(&self) -> SubscriptionSnapshot {
         let consumers = self.consumers();
@@ -267,6 +293,8 @@ impl Subscription {
             snapshot.oldest_unacked_ms = oldest;
             snapshot.pending = stats.pending.load(Ordering::Acquire);
             snapshot.redelivered = stats.redelivered.load(Ordering::Relaxed);
+            snapshot.dead_lettered = stats.dead_lettered.load(Ordering::Relaxed);
+            snapshot.policy = Some(self.policy());
         }
         snapshot
     }

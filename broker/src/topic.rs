@@ -16,7 +16,9 @@ use tokio::sync::Notify;
 
 use crate::dispatch::SubscriptionType;
 use crate::dispatch::push::PushDispatcher;
-use crate::dispatch::reliable::{Limits, Origin, ReliableDispatcher};
+use crate::dispatch::reliable::{
+    DeadLetterSink, DeliveryPolicy, Limits, Origin, Redelivery, ReliableDispatcher,
+};
 use crate::error::BrokerError;
 use crate::log::TopicLog;
 use crate::message::{IncomingMessage, Message};
@@ -316,6 +318,8 @@ impl Topic {
         name: &str,
         kind: SubscriptionType,
         origin: Origin,
+        policy: DeliveryPolicy,
+        dead_letters: Option<DeadLetterSink>,
     ) -> (Arc<Subscription>, bool) {
         if let Some(existing) = read(&self.subscriptions).get(name) {
             return (Arc::clone(existing), false);
@@ -330,8 +334,18 @@ impl Topic {
                 };
                 let log = Arc::clone(log);
                 let wake = Arc::clone(&wake);
-                let started =
-                    ReliableDispatcher::start(kind, self.partition, log, origin, limits, wake);
+                let started = ReliableDispatcher::start(
+                    kind,
+                    self.partition,
+                    log,
+                    origin,
+                    limits,
+                    wake,
+                    Redelivery {
+                        policy,
+                        dead_letters,
+                    },
+                );
                 Dispatcher::Reliable(started.await)
             }
         };
@@ -341,6 +355,7 @@ impl Topic {
             kind,
             dispatcher,
             wake,
+            policy,
         ));
 
         // Another caller may have created it meanwhile; theirs wins and ours

@@ -73,11 +73,29 @@ pub(super) async fn run(
                 position: Some(start_position(to)),
             };
             let info = admin.reset_subscription(request).await.reply(api)?;
-            // The broker moves the cursor after it answers, so the reply's
-            // numbers may predate the move: the table names the target only.
             show(output, &SubscriptionView::from(info), |subscription| {
                 println!(
                     "reset subscription {} on {} to {to}",
+                    subscription.name, subscription.topic
+                );
+            })
+        }
+        SubscriptionsCommand::SetPolicy {
+            topic,
+            subscription,
+            key,
+            value,
+        } => {
+            let request = pb::SetSubscriptionPolicyRequest {
+                topic,
+                subscription,
+                key: key.clone(),
+                value: value.clone(),
+            };
+            let info = admin.set_subscription_policy(request).await.reply(api)?;
+            show(output, &SubscriptionView::from(info), |subscription| {
+                println!(
+                    "set {key} = {value} on subscription {} of {}",
                     subscription.name, subscription.topic
                 );
             })
@@ -183,12 +201,43 @@ fn print_one(subscription: &SubscriptionView) {
         .add("delivered", subscription.delivered.to_string())
         .add("redelivered", subscription.redelivered.to_string())
         .add("dropped", subscription.dropped.to_string())
+        .add("dead-lettered", subscription.dead_lettered.to_string())
+        .add(
+            "ack timeout",
+            off_or(subscription.ack_timeout_ms, |ms| format!("{ms} ms")),
+        )
+        .add(
+            "max deliveries",
+            off_or(subscription.max_deliveries.into(), |n| n.to_string()),
+        )
+        .add(
+            "on max deliveries",
+            subscription
+                .on_max_deliveries
+                .clone()
+                .unwrap_or_else(|| "-".into()),
+        )
+        .add(
+            "dead letters to",
+            subscription
+                .dead_letter_topic
+                .clone()
+                .unwrap_or_else(|| "-".into()),
+        )
         .add("consumers", subscription.consumers.len().to_string())
         .print();
 
     if !subscription.consumers.is_empty() {
         println!("\nCONSUMERS");
         topics::print_clients(&subscription.consumers);
+    }
+}
+
+/// `off` for 0, else the value as `show` writes it.
+fn off_or(value: u64, show: impl Fn(u64) -> String) -> String {
+    match value {
+        0 => "off".to_string(),
+        value => show(value),
     }
 }
 

@@ -15,6 +15,7 @@ use super::native::{
     mode_to_wire, start_position, subscription_type, subscription_type_to_wire, topic_spec,
 };
 use crate::broker::Broker;
+use crate::dispatch::reliable::{DeliveryPolicy, FailurePolicy};
 use crate::error::BrokerError;
 use crate::names::{TopicName, check_namespace};
 use crate::subscription::{Subscription, SubscriptionSnapshot};
@@ -600,6 +601,31 @@ impl pb::admin_server::Admin for AdminApi {
         Ok(Response::new(info))
     }
 
+    async fn set_subscription_policy(
+        &self,
+        request: Request<pb::SetSubscriptionPolicyRequest>,
+    ) -> Result<Response<pb::SubscriptionInfo>, Status> {
+        let request = request.into_inner();
+        let topic = self
+            .broker
+            .topic(&TopicName::parse(&request.topic)?, None)
+            .await?;
+        let subscription = self
+            .subscription(&request.topic, &request.subscription)
+            .await?;
+        let policy = apply_delivery_policy(subscription.policy(), &request.key, &request.value)?;
+        self.broker
+            .set_subscription_policy(&topic, &subscription, policy)
+            .await?;
+        let info = subscription_info(
+            &request.topic,
+            &subscription.name,
+            subscription.snapshot(),
+            "",
+        );
+        Ok(Response::new(info))
+    }
+
     async fn describe_subscription(
         &self,
         request: Request<pb::DescribeSubscriptionRequest>,
@@ -625,7 +651,21 @@ fn subscription_info(
     note: &str,
 ) -> pb::SubscriptionInfo {
     let kind = snapshot.kind;
+    let policy = snapshot.policy;
+    let dead_letter_topic = match (&policy, TopicName::parse(topic)) {
+        (Some(_), Ok(parsed)) => crate::broker::dead_letter_topic(&parsed, name),
+        _ => String::new(),
+    };
     pb::SubscriptionInfo {
+        ack_timeout_ms: policy
+            .and_then(|p| p.ack_timeout)
+            .map_or(0, |t| t.as_millis() as u64),
+        max_deliveries: policy.and_then(|p| p.max_deliveries).unwrap_or(0),
+        on_max_deliveries: policy
+            .map(|p| p.on_max_deliveries.name().to_string())
+            .unwrap_or_default(),
+        dead_lettered: snapshot.dead_lettered,
+        dead_letter_topic,
         topic: topic.into(),
         name: name.into(),
         subscription_type: subscription_type_to_wire(kind) as i32,
@@ -651,6 +691,36 @@ fn subscription_info(
             .collect(),
         note: note.into(),
     }
+}
+
+fn apply_delivery_policy(
+    mut policy: DeliveryPolicy,
+    key: &str,
+    value: &str,
+) -> Result<DeliveryPolicy, BrokerError> {
+    let bad = |expected: &str| {
+        BrokerError::InvalidRequest(format!("policy {key} takes {expected}, not {value:?}"))
+    };
+    match key {
+        "ack_timeout_ms" => {
+            let ms: u64 = value.parse().map_err(|_| bad("milliseconds, 0 for off"))?;
+            policy.ack_timeout = (ms > 0).then(|| std::time::Duration::from_millis(ms));
+        }
+        "max_deliveries" => {
+            let count: u32 = value.parse().map_err(|_| bad("a count, 0 for no limit"))?;
+            policy.max_deliveries = (count > 0).then_some(count);
+        }
+        "on_max_deliveries" => {
+            policy.on_max_deliveries =
+                FailurePolicy::named(value).ok_or_else(|| bad("dead-letter, drop or block"))?;
+        }
+        _ => {
+            return Err(BrokerError::InvalidRequest(format!(
+                "unknown subscription policy {key}; the policies are ack_timeout_ms, max_deliveries and on_max_deliveries"
+            )));
+        }
+    }
+    Ok(policy)
 }
 
 fn policies_to_wire(policies: &NamespacePolicies) -> pb::NamespacePolicies {

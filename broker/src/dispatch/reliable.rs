@@ -60,6 +60,68 @@ pub struct Limits {
     pub max_unacked_per_consumer: usize,
 }
 
+/// What happens to a message delivered `max_deliveries` times without
+/// being acknowledged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// Publish it to the subscription's dead-letter topic, then count it as
+    /// acknowledged.
+    #[default]
+    DeadLetter,
+    /// Count it as acknowledged without delivering it again.
+    Drop,
+    /// Keep it and deliver nothing after it (ordered types) until an
+    /// operator resets the subscription or changes the policy.
+    Block,
+}
+
+impl FailurePolicy {
+    pub fn name(self) -> &'static str {
+        match self {
+            FailurePolicy::DeadLetter => "dead-letter",
+            FailurePolicy::Drop => "drop",
+            FailurePolicy::Block => "block",
+        }
+    }
+
+    pub fn named(name: &str) -> Option<FailurePolicy> {
+        [
+            FailurePolicy::DeadLetter,
+            FailurePolicy::Drop,
+            FailurePolicy::Block,
+        ]
+        .into_iter()
+        .find(|policy| policy.name() == name)
+    }
+}
+
+/// A subscription's redelivery rules. Everything is off by default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeliveryPolicy {
+    /// A delivered message not acknowledged within this time is delivered
+    /// again.
+    pub ack_timeout: Option<Duration>,
+    /// After this many deliveries without an ack, `on_max_deliveries`
+    /// applies.
+    pub max_deliveries: Option<u32>,
+    pub on_max_deliveries: FailurePolicy,
+}
+
+/// A subscription's redelivery rules and where its dead letters go.
+#[derive(Clone, Default)]
+pub struct Redelivery {
+    pub policy: DeliveryPolicy,
+    pub dead_letters: Option<DeadLetterSink>,
+}
+
+/// Publishes a message that ran out of deliveries to the dead-letter topic,
+/// with the number of times it was delivered.
+pub type DeadLetterSink = Arc<
+    dyn Fn(Arc<Message>, u32) -> futures::future::BoxFuture<'static, Result<(), BrokerError>>
+        + Send
+        + Sync,
+>;
+
 /// Counters of one reliable subscription, written by its task.
 #[derive(Debug, Default)]
 pub struct ReliableStats {
@@ -73,6 +135,10 @@ pub struct ReliableStats {
     pub pending: AtomicU64,
     pub delivered: AtomicU64,
     pub redelivered: AtomicU64,
+    /// Deliveries that reached their ack timeout.
+    pub timed_out: AtomicU64,
+    /// Messages that ran out of deliveries (dead-lettered or dropped).
+    pub dead_lettered: AtomicU64,
     cursor: Mutex<Cursor>,
     cursor_dirty: AtomicBool,
 }
@@ -106,6 +172,7 @@ impl ReliableStats {
 
 enum Command {
     Seek(StartPosition, tokio::sync::oneshot::Sender<()>),
+    SetPolicy(DeliveryPolicy),
     Add(Arc<ConsumerHandle>, Member),
     Remove(u64),
     Ack {
@@ -144,7 +211,12 @@ impl ReliableDispatcher {
         origin: Origin,
         limits: Limits,
         wake: Arc<Notify>,
+        redelivery: Redelivery,
     ) -> ReliableDispatcher {
+        let Redelivery {
+            policy,
+            dead_letters,
+        } = redelivery;
         let cursor = match origin {
             Origin::New(position) => Cursor {
                 floor: resolve(&log, position).await,
@@ -170,6 +242,9 @@ impl ReliableDispatcher {
             stats: Arc::clone(&stats),
             cursor_changed: true,
             read_failed_at: None,
+            policy,
+            dead_letters,
+            timeouts: BTreeMap::new(),
         };
         for (first, last) in &cursor.acked_ranges {
             task.acked_above
@@ -196,6 +271,11 @@ impl ReliableDispatcher {
 
     pub fn stats(&self) -> &ReliableStats {
         &self.stats
+    }
+
+    /// Replaces the subscription's redelivery rules.
+    pub fn set_policy(&self, policy: DeliveryPolicy) {
+        self.send(Command::SetPolicy(policy));
     }
 
     pub fn log(&self) -> &TopicLog {
@@ -263,6 +343,10 @@ struct Task {
     stats: Arc<ReliableStats>,
     cursor_changed: bool,
     read_failed_at: Option<Instant>,
+    policy: DeliveryPolicy,
+    dead_letters: Option<DeadLetterSink>,
+    /// Ack deadlines of deliveries: (offset, the delivery count it had).
+    timeouts: BTreeMap<Instant, Vec<(u64, u32)>>,
 }
 
 async fn resolve(log: &TopicLog, position: StartPosition) -> u64 {
@@ -288,6 +372,7 @@ impl Task {
             self.publish_stats();
 
             let retry_at = self.read_failed_at.map(|at| at + READ_RETRY);
+            let next_timeout = self.timeouts.keys().next().copied();
             let next_due = self
                 .delayed
                 .keys()
@@ -295,6 +380,7 @@ impl Task {
                 .copied()
                 .into_iter()
                 .chain(retry_at)
+                .chain(next_timeout)
                 .min();
             let due = async {
                 match next_due {
@@ -334,6 +420,12 @@ impl Task {
 
     async fn handle(&mut self, command: Command) {
         match command {
+            Command::SetPolicy(policy) => {
+                self.policy = policy;
+                if policy.ack_timeout.is_none() {
+                    self.timeouts.clear();
+                }
+            }
             Command::Seek(position, done) => {
                 let offset = resolve(&self.log, position).await;
                 self.next_read = offset;
@@ -344,6 +436,7 @@ impl Task {
                 self.delayed.clear();
                 self.counts.clear();
                 self.unacked.clear();
+                self.timeouts.clear();
                 self.cursor_changed = true;
                 self.publish_stats();
                 let _ = done.send(());
@@ -452,6 +545,49 @@ impl Task {
                 self.ready.insert(offset);
             }
         }
+        while let Some(entry) = self.timeouts.first_entry() {
+            if *entry.key() > now {
+                break;
+            }
+            for (offset, count) in entry.remove() {
+                // Only the delivery the deadline was set for, if still out.
+                let same_delivery = self.counts.get(&offset) == Some(&count);
+                if same_delivery && self.take_pending(offset) {
+                    self.ready.insert(offset);
+                    self.stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Applies the failure policy to `message` when it has used up its
+    /// deliveries; returns whether it may be delivered.
+    async fn may_deliver(&mut self, message: &Arc<Message>) -> bool {
+        let Some(max) = self.policy.max_deliveries else {
+            return true;
+        };
+        let delivered = self.counts.get(&message.offset).copied().unwrap_or(0);
+        if delivered < max {
+            return true;
+        }
+        match self.policy.on_max_deliveries {
+            FailurePolicy::Block => return false,
+            FailurePolicy::Drop => {}
+            FailurePolicy::DeadLetter => {
+                let Some(sink) = self.dead_letters.clone() else {
+                    return false;
+                };
+                if let Err(error) = sink(Arc::clone(message), delivered).await {
+                    tracing::warn!(%error, offset = message.offset, "cannot dead-letter a message; keeping it");
+                    self.read_failed_at = Some(Instant::now());
+                    return false;
+                }
+            }
+        }
+        self.ready.remove(&message.offset);
+        self.acknowledge(message.offset);
+        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        false
     }
 
     async fn dispatch(&mut self) {
@@ -504,6 +640,12 @@ impl Task {
                 self.ready.remove(&offset);
                 continue;
             };
+            if !self.may_deliver(&message).await {
+                if self.policy.on_max_deliveries == FailurePolicy::Block && self.keeps_order() {
+                    break;
+                }
+                continue;
+            }
             let Some(index) = self.router.choose(message.routing_key(), room) else {
                 break;
             };
@@ -545,6 +687,15 @@ impl Task {
         Ok(())
     }
 
+    /// Whether this subscription type promises order, so a held message
+    /// must hold the ones after it too.
+    fn keeps_order(&self) -> bool {
+        matches!(
+            self.router.kind(),
+            SubscriptionType::Exclusive | SubscriptionType::Failover
+        )
+    }
+
     fn read_failed(&mut self, error: sava_storage::Error) {
         // Reported once per retry interval, never skipped past.
         tracing::error!(%error, offset = self.next_read, "reliable dispatch cannot read the log");
@@ -563,6 +714,13 @@ impl Task {
         }
         self.pending.insert(message.offset, Pending { consumer });
         *self.unacked.entry(consumer).or_insert(0) += 1;
+        if let Some(timeout) = self.policy.ack_timeout {
+            let deadline = Instant::now() + timeout;
+            self.timeouts
+                .entry(deadline)
+                .or_default()
+                .push((message.offset, delivery_count));
+        }
         Delivery {
             message,
             delivery_count,
@@ -648,8 +806,51 @@ mod tests {
             max_unacked_per_consumer: 100,
         };
         let log = Arc::clone(&log.log);
-        let dispatcher =
-            ReliableDispatcher::start(kind, 0, log, origin, limits, Arc::clone(&wake)).await;
+        let policy = DeliveryPolicy::default();
+        let wake_task = Arc::clone(&wake);
+        let dispatcher = ReliableDispatcher::start(
+            kind,
+            0,
+            log,
+            origin,
+            limits,
+            wake_task,
+            redelivery(policy, None),
+        )
+        .await;
+        (dispatcher, wake)
+    }
+
+    fn redelivery(policy: DeliveryPolicy, dead_letters: Option<DeadLetterSink>) -> Redelivery {
+        Redelivery {
+            policy,
+            dead_letters,
+        }
+    }
+
+    async fn start_with_policy(
+        log: &TestLog,
+        policy: DeliveryPolicy,
+        dead_letters: Option<DeadLetterSink>,
+    ) -> (ReliableDispatcher, Arc<Notify>) {
+        let wake = Arc::new(Notify::new());
+        let limits = Limits {
+            max_unacked_per_consumer: 100,
+        };
+        let log = Arc::clone(&log.log);
+        let origin = Origin::New(StartPosition::Earliest);
+        let kind = SubscriptionType::Exclusive;
+        let wake_task = Arc::clone(&wake);
+        let dispatcher = ReliableDispatcher::start(
+            kind,
+            0,
+            log,
+            origin,
+            limits,
+            wake_task,
+            redelivery(policy, dead_letters),
+        )
+        .await;
         (dispatcher, wake)
     }
 
@@ -886,5 +1087,90 @@ mod tests {
     fn offsets_fold_into_inclusive_ranges() {
         let offsets: BTreeSet<u64> = [1, 2, 3, 7, 9, 10].into_iter().collect();
         assert_eq!(ranges(&offsets), vec![(1, 3), (7, 7), (9, 10)]);
+    }
+
+    #[tokio::test]
+    async fn a_delivery_not_acknowledged_in_time_is_delivered_again() {
+        let log = log_with(1).await;
+        let policy = DeliveryPolicy {
+            ack_timeout: Some(Duration::from_millis(200)),
+            ..DeliveryPolicy::default()
+        };
+        let (dispatcher, wake) = start_with_policy(&log, policy, None).await;
+        let (handle, mut receiver) = consumer(1, "c", &wake);
+        dispatcher.add(handle).unwrap();
+        assert_eq!(receive(&mut receiver, 1).await, vec![(0, 1)]);
+        assert_eq!(receive(&mut receiver, 1).await, vec![(0, 2)]);
+        dispatcher.ack(vec![0], None);
+        nothing_more(&mut receiver).await;
+        assert!(dispatcher.stats().timed_out.load(Ordering::Relaxed) >= 1);
+    }
+
+    #[tokio::test]
+    async fn a_message_out_of_deliveries_goes_to_the_dead_letter_sink_and_counts_as_acknowledged() {
+        let log = log_with(2).await;
+        let (sent, mut dead) = mpsc::unbounded_channel();
+        let sink: DeadLetterSink = Arc::new(move |message: Arc<Message>, count| {
+            let _ = sent.send((message.offset, count));
+            Box::pin(async { Ok(()) })
+        });
+        let policy = DeliveryPolicy {
+            max_deliveries: Some(2),
+            ..DeliveryPolicy::default()
+        };
+        let (dispatcher, wake) = start_with_policy(&log, policy, Some(sink)).await;
+        let (handle, mut receiver) = consumer(1, "c", &wake);
+        dispatcher.add(handle).unwrap();
+
+        assert_eq!(receive(&mut receiver, 2).await, vec![(0, 1), (1, 1)]);
+        dispatcher.ack(vec![1], None);
+        dispatcher.nack(vec![0], None);
+        assert_eq!(receive(&mut receiver, 1).await, vec![(0, 2)]);
+        dispatcher.nack(vec![0], None);
+
+        let letter = timeout(Duration::from_secs(5), dead.recv()).await.unwrap();
+        assert_eq!(letter, Some((0, 2)));
+        nothing_more(&mut receiver).await;
+        let acknowledged = async {
+            while dispatcher.floor() != 2 {
+                tokio::task::yield_now().await;
+            }
+        };
+        timeout(Duration::from_secs(5), acknowledged)
+            .await
+            .expect("floor 2");
+    }
+
+    #[tokio::test]
+    async fn the_drop_policy_forgets_and_the_block_policy_holds_a_failing_message() {
+        let log = log_with(2).await;
+        let drop = DeliveryPolicy {
+            max_deliveries: Some(1),
+            on_max_deliveries: FailurePolicy::Drop,
+            ..DeliveryPolicy::default()
+        };
+        let (dispatcher, wake) = start_with_policy(&log, drop, None).await;
+        let (handle, mut receiver) = consumer(1, "c", &wake);
+        dispatcher.add(handle).unwrap();
+        receive(&mut receiver, 2).await;
+        dispatcher.nack(vec![0, 1], None);
+        nothing_more(&mut receiver).await;
+        assert_eq!(dispatcher.stats().dead_lettered.load(Ordering::Relaxed), 2);
+
+        let block = DeliveryPolicy {
+            on_max_deliveries: FailurePolicy::Block,
+            ..drop
+        };
+        let (dispatcher, wake) = start_with_policy(&log, block, None).await;
+        let (handle, mut receiver) = consumer(2, "d", &wake);
+        dispatcher.add(handle).unwrap();
+        receive(&mut receiver, 2).await;
+        dispatcher.nack(vec![0], None);
+        nothing_more(&mut receiver).await;
+        assert_eq!(
+            dispatcher.floor(),
+            0,
+            "the blocked message stays unacknowledged"
+        );
     }
 }

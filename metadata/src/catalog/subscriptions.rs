@@ -29,6 +29,15 @@ pub struct SubscriptionRecord {
     #[serde(default)]
     pub acked_ranges: Vec<(u64, u64)>,
     pub created_at_ms: u64,
+    /// Redeliver what is not acknowledged within this time; `None`: never.
+    #[serde(default)]
+    pub ack_timeout_ms: Option<u64>,
+    /// Deliveries after which `on_max_deliveries` applies; `None`: no limit.
+    #[serde(default)]
+    pub max_deliveries: Option<u32>,
+    /// `dead-letter`, `drop` or `block`; `None` is `dead-letter`.
+    #[serde(default)]
+    pub on_max_deliveries: Option<String>,
 }
 
 impl Catalog {
@@ -105,6 +114,9 @@ mod tests {
             floor,
             acked_ranges: vec![(floor + 2, floor + 4)],
             created_at_ms: 1,
+            ack_timeout_ms: Some(30_000),
+            max_deliveries: None,
+            on_max_deliveries: None,
         }
     }
 
