@@ -122,15 +122,22 @@ pub(crate) enum NamespacesCommand {
     /// Set one policy of a namespace.
     #[command(
         after_help = "Keys: auto_create_topics (true|false: create topics on first use), \
-        max_message_bytes (a number of bytes; 0 for the broker's limit)."
+        max_message_bytes (a number of bytes; 0 for the broker's limit), \
+        retention_age_secs and retention_bytes (keep acknowledged messages of reliable \
+        topics this long / up to this size; 0 for none), backlog_quota_bytes (the most \
+        unacknowledged bytes a reliable topic may hold; 0 for none) and backlog_policy \
+        (refuse: producers get an error over the quota; drop_oldest: the slowest \
+        subscriptions skip the oldest messages)."
     )]
     SetPolicy {
         /// The namespace to change.
         namespace: String,
-        /// The policy: auto_create_topics or max_message_bytes.
+        /// The policy: auto_create_topics, max_message_bytes,
+        /// retention_age_secs, retention_bytes, backlog_quota_bytes or
+        /// backlog_policy.
         key: String,
-        /// The new value: true|false for auto_create_topics, a number of
-        /// bytes for max_message_bytes (0 for the broker's limit).
+        /// The new value: true|false, a number (0 for none or the broker's
+        /// limit), or refuse|drop_oldest for backlog_policy.
         value: String,
     },
 }

@@ -60,6 +60,14 @@ pub(crate) struct PoliciesView {
     /// 0 means the broker's own limit applies.
     pub(crate) max_message_bytes: u64,
     pub(crate) default_dispatch_mode: String,
+    /// 0: acknowledged messages are deleted once every subscription has them.
+    pub(crate) retention_age_secs: u64,
+    /// 0: no size bound on retained messages.
+    pub(crate) retention_bytes: u64,
+    /// 0: no backlog quota.
+    pub(crate) backlog_quota_bytes: u64,
+    /// `refuse` or `drop_oldest`.
+    pub(crate) backlog_policy: String,
 }
 
 impl From<Option<pb::NamespacePolicies>> for PoliciesView {
@@ -69,6 +77,10 @@ impl From<Option<pb::NamespacePolicies>> for PoliciesView {
             auto_create_topics: policies.auto_create_topics,
             max_message_bytes: policies.max_message_bytes,
             default_dispatch_mode: dispatch_mode_name(policies.default_dispatch_mode),
+            retention_age_secs: policies.retention_age_secs,
+            retention_bytes: policies.retention_bytes,
+            backlog_quota_bytes: policies.backlog_quota_bytes,
+            backlog_policy: policies.backlog_policy,
         }
     }
 }

@@ -583,6 +583,8 @@ impl Broker {
                 .await?
                 .map(|n| n.policies)
                 .unwrap_or_default();
+            self.enforce_backlog_quota(&topic, log, floor, &policies)
+                .await;
             let log = Arc::clone(log);
             tokio::task::spawn_blocking(move || retain(&log, floor, &policies))
                 .await
@@ -590,6 +592,58 @@ impl Broker {
                 .map_err(BrokerError::Storage)?;
         }
         Ok(())
+    }
+
+    /// Checks a reliable topic's backlog (bytes from its slowest cursor on)
+    /// against the namespace's quota: over it, producers are refused, or,
+    /// with `drop_oldest`, the cursors still in the oldest segments move
+    /// past them.
+    async fn enforce_backlog_quota(
+        &self,
+        topic: &Topic,
+        log: &TopicLog,
+        floor: u64,
+        policies: &sava_metadata::NamespacePolicies,
+    ) {
+        let Some(quota) = policies.backlog_quota_bytes else {
+            topic.set_backlog_over_quota(None);
+            return;
+        };
+        let (backlog, _) = log.backlog_from(floor);
+        if backlog <= quota {
+            topic.set_backlog_over_quota(None);
+            return;
+        }
+        if policies.backlog_policy.as_deref() != Some("drop_oldest") {
+            topic.set_backlog_over_quota(Some((backlog, quota)));
+            return;
+        }
+        topic.set_backlog_over_quota(None);
+
+        // Whole segments go, oldest first, until what remains fits.
+        let mut remaining = backlog;
+        let mut cut = floor;
+        for segment in log
+            .disk()
+            .segments()
+            .iter()
+            .filter(|s| s.sealed && s.next_offset > floor)
+        {
+            if remaining <= quota {
+                break;
+            }
+            remaining = remaining.saturating_sub(segment.bytes);
+            cut = segment.next_offset;
+        }
+        if cut == floor {
+            return;
+        }
+        for subscription in topic.subscriptions() {
+            if subscription.floor().is_some_and(|f| f < cut) {
+                tracing::warn!(topic = %topic.name, subscription = %subscription.name, skipped_to = cut, "backlog over quota; dropping the oldest messages");
+                let _ = subscription.seek(StartPosition::Offset(cut)).await;
+            }
+        }
     }
 
     fn loaded(&self, name: &str) -> Option<Arc<Topic>> {

@@ -77,6 +77,15 @@ pub enum BrokerError {
     #[error("{0}")]
     InvalidRequest(String),
 
+    #[error(
+        "topic {topic} holds {backlog} bytes of unacknowledged messages, over its namespace's backlog quota of {quota} bytes; consumers must catch up"
+    )]
+    BacklogQuotaExceeded {
+        topic: String,
+        backlog: u64,
+        quota: u64,
+    },
+
     #[error("{0}")]
     InUse(String),
 
@@ -127,6 +136,7 @@ impl BrokerError {
             BrokerError::ShuttingDown
             | BrokerError::ProducerNotFound(_)
             | BrokerError::ConsumerNotFound(_) => ErrorKind::Unavailable,
+            BrokerError::BacklogQuotaExceeded { .. } => ErrorKind::ResourceExhausted,
             BrokerError::Metadata(error) => metadata_kind(error),
             BrokerError::Storage(error) if error.is_disk_full() => ErrorKind::ResourceExhausted,
             BrokerError::Storage(_) => ErrorKind::Internal,

@@ -135,6 +135,8 @@ pub struct Topic {
     partition: u32,
     log: Option<Arc<TopicLog>>,
     publish: Mutex<PublishState>,
+    /// Set while the backlog is over the namespace's quota: (backlog, quota).
+    over_quota: Mutex<Option<(u64, u64)>>,
     producers: Mutex<Producers>,
     subscriptions: RwLock<HashMap<String, Arc<Subscription>>>,
 }
@@ -166,6 +168,7 @@ impl Topic {
             stats: TopicStats::default(),
             log,
             publish: Mutex::new(publish),
+            over_quota: Mutex::new(None),
             producers: Mutex::new(Producers::default()),
             subscriptions: RwLock::new(HashMap::new()),
         }
@@ -259,6 +262,13 @@ impl Topic {
                     reason,
                 });
             }
+        }
+        if let Some((backlog, quota)) = *lock(&self.over_quota) {
+            return Err(BrokerError::BacklogQuotaExceeded {
+                topic: self.name.to_string(),
+                backlog,
+                quota,
+            });
         }
         producer.touch();
         let count = messages.len() as u32;
@@ -429,6 +439,12 @@ impl Topic {
     /// The offset the next message will get.
     pub fn next_offset(&self) -> u64 {
         lock(&self.publish).next_offset
+    }
+
+    /// Records whether the backlog is over its quota, checked by the
+    /// broker's janitor; while it is, publishing is refused.
+    pub fn set_backlog_over_quota(&self, over: Option<(u64, u64)>) {
+        *lock(&self.over_quota) = over;
     }
 
     /// The lowest acknowledged floor over the subscriptions (reliable

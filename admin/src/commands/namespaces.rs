@@ -106,6 +106,16 @@ fn print_policies(view: &NamespacePoliciesView) {
         )
         .add("max_message_bytes", max_message_bytes)
         .add("default_dispatch_mode", &policies.default_dispatch_mode)
+        .add(
+            "retention_age_secs",
+            policies.retention_age_secs.to_string(),
+        )
+        .add("retention_bytes", policies.retention_bytes.to_string())
+        .add(
+            "backlog_quota_bytes",
+            policies.backlog_quota_bytes.to_string(),
+        )
+        .add("backlog_policy", &policies.backlog_policy)
         .print();
 }
 

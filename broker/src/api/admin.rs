@@ -729,6 +729,11 @@ fn policies_to_wire(policies: &NamespacePolicies) -> pb::NamespacePolicies {
         max_message_bytes: policies.max_message_bytes.unwrap_or(0),
         retention_age_secs: policies.retention_age_secs.unwrap_or(0),
         retention_bytes: policies.retention_bytes.unwrap_or(0),
+        backlog_quota_bytes: policies.backlog_quota_bytes.unwrap_or(0),
+        backlog_policy: policies
+            .backlog_policy
+            .clone()
+            .unwrap_or_else(|| "refuse".into()),
         default_dispatch_mode: mode_to_wire(policies.default_dispatch_mode) as i32,
     }
 }
@@ -749,6 +754,16 @@ fn apply_policy(
             let bytes: u64 = value.parse().map_err(|_| bad("a number of bytes"))?;
             policies.max_message_bytes = (bytes > 0).then_some(bytes);
         }
+        "backlog_quota_bytes" => {
+            let bytes: u64 = value
+                .parse()
+                .map_err(|_| bad("a number of bytes, 0 for none"))?;
+            policies.backlog_quota_bytes = (bytes > 0).then_some(bytes);
+        }
+        "backlog_policy" => match value {
+            "refuse" | "drop_oldest" => policies.backlog_policy = Some(value.to_string()),
+            _ => return Err(bad("refuse or drop_oldest")),
+        },
         "retention_age_secs" | "retention_bytes" => {
             let number: u64 = value
                 .parse()
@@ -761,7 +776,7 @@ fn apply_policy(
         }
         _ => {
             return Err(BrokerError::InvalidRequest(format!(
-                "unknown policy {key}; the policies are auto_create_topics, max_message_bytes, retention_age_secs and retention_bytes"
+                "unknown policy {key}; the policies are auto_create_topics, max_message_bytes, retention_age_secs, retention_bytes, backlog_quota_bytes and backlog_policy"
             )));
         }
     }

@@ -69,6 +69,13 @@ pub struct NamespacePolicies {
     /// How many bytes of acknowledged messages a reliable topic keeps for
     /// replay at most; `None` sets no size bound besides the age.
     pub retention_bytes: Option<u64>,
+    /// The most bytes of unacknowledged messages a reliable topic may hold
+    /// (from its slowest subscription's cursor on); `None`: no quota.
+    pub backlog_quota_bytes: Option<u64>,
+    /// What a topic over its quota does: `refuse` producers (the default)
+    /// or `drop_oldest`, moving the slowest cursors past the oldest
+    /// segments.
+    pub backlog_policy: Option<String>,
 }
 
 impl Default for NamespacePolicies {
@@ -79,6 +86,8 @@ impl Default for NamespacePolicies {
             default_dispatch_mode: DispatchMode::NonReliable,
             retention_age_secs: None,
             retention_bytes: None,
+            backlog_quota_bytes: None,
+            backlog_policy: None,
         }
     }
 }

@@ -106,6 +106,8 @@ async fn namespaces_are_listed_by_name_and_their_policies_can_change() {
         default_dispatch_mode: DispatchMode::Reliable,
         retention_age_secs: Some(3600),
         retention_bytes: None,
+        backlog_quota_bytes: Some(1 << 30),
+        backlog_policy: Some("refuse".into()),
     };
     let updated = catalog
         .set_namespace_policies("mid", policies.clone())
