@@ -198,6 +198,18 @@ impl Broker {
         Ok(command)
     }
 
+    /// A command running the `sava-admin` CLI against this broker's admin
+    /// API.
+    ///
+    /// # Errors
+    ///
+    /// When the `sava-admin` binary cannot be found.
+    pub fn sava_admin_command(&self) -> Result<Command> {
+        let mut command = Command::new(find_binary("sava-admin", "SAVA_ADMIN_BIN")?);
+        command.arg("--admin-url").arg(self.admin_url());
+        Ok(command)
+    }
+
     /// Starts the process and waits for readiness. Right after a kill the
     /// ports may still be held for a moment; a start that fails because an
     /// address is in use is tried again until the deadline.

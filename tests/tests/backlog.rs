@@ -9,12 +9,9 @@ use sava_tests::Broker;
 use tokio::time::{Instant, sleep, timeout};
 
 fn admin(broker: &Broker, args: &[&str]) -> Output {
-    let binary = sava_tests::broker_binary()
+    broker
+        .sava_admin_command()
         .unwrap()
-        .with_file_name("sava-admin");
-    std::process::Command::new(binary)
-        .arg("--admin-url")
-        .arg(broker.admin_url())
         .args(args)
         .output()
         .unwrap()

@@ -65,12 +65,9 @@ async fn a_producer_asking_for_the_other_dispatch_mode_is_refused() {
 async fn a_namespace_without_auto_creation_refuses_unknown_topics() {
     let broker = Broker::start().await.unwrap();
     let admin = |args: &[&str]| {
-        let admin = sava_tests::broker_binary()
+        broker
+            .sava_admin_command()
             .unwrap()
-            .with_file_name("sava-admin");
-        std::process::Command::new(admin)
-            .arg("--admin-url")
-            .arg(broker.admin_url())
             .args(args)
             .output()
             .unwrap()
