@@ -16,7 +16,8 @@ async fn client(broker: &Broker) -> Client {
 
 #[tokio::test]
 async fn an_oversized_message_is_refused_and_the_next_one_goes_through() {
-    let broker = Broker::start_with(["--config", &limits_config(64 * 1024)])
+    let (_config_dir, config) = limits_config(64 * 1024);
+    let broker = Broker::start_with(["--config", config.as_str()])
         .await
         .unwrap();
     let client = client(&broker).await;
@@ -122,18 +123,13 @@ async fn sigterm_stops_the_broker_cleanly() {
     );
 }
 
-/// A config file setting the largest message, kept for the test's life.
-fn limits_config(max_message_bytes: usize) -> String {
-    let dir = std::env::temp_dir().join(format!(
-        "sava-limits-{}-{max_message_bytes}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("sava.toml");
-    std::fs::write(
-        &path,
-        format!("[limits]\nmax_message_bytes = {max_message_bytes}\n"),
-    )
-    .unwrap();
-    path.display().to_string()
+/// A config file setting the largest message, in a directory that lives as
+/// long as the returned guard.
+fn limits_config(max_message_bytes: usize) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sava.toml");
+    let text = format!("[limits]\nmax_message_bytes = {max_message_bytes}\n");
+    std::fs::write(&path, text).unwrap();
+    let path = path.display().to_string();
+    (dir, path)
 }
