@@ -801,31 +801,8 @@ mod tests {
         log: &TestLog,
         origin: Origin,
     ) -> (ReliableDispatcher, Arc<Notify>) {
-        let wake = Arc::new(Notify::new());
-        let limits = Limits {
-            max_unacked_per_consumer: 100,
-        };
-        let log = Arc::clone(&log.log);
-        let policy = DeliveryPolicy::default();
-        let wake_task = Arc::clone(&wake);
-        let dispatcher = ReliableDispatcher::start(
-            kind,
-            0,
-            log,
-            origin,
-            limits,
-            wake_task,
-            redelivery(policy, None),
-        )
-        .await;
-        (dispatcher, wake)
-    }
-
-    fn redelivery(policy: DeliveryPolicy, dead_letters: Option<DeadLetterSink>) -> Redelivery {
-        Redelivery {
-            policy,
-            dead_letters,
-        }
+        let redelivery = Redelivery::default();
+        start_with(kind, log, origin, redelivery).await
     }
 
     async fn start_with_policy(
@@ -833,24 +810,28 @@ mod tests {
         policy: DeliveryPolicy,
         dead_letters: Option<DeadLetterSink>,
     ) -> (ReliableDispatcher, Arc<Notify>) {
+        let origin = Origin::New(StartPosition::Earliest);
+        let redelivery = Redelivery {
+            policy,
+            dead_letters,
+        };
+        start_with(SubscriptionType::Exclusive, log, origin, redelivery).await
+    }
+
+    async fn start_with(
+        kind: SubscriptionType,
+        log: &TestLog,
+        origin: Origin,
+        redelivery: Redelivery,
+    ) -> (ReliableDispatcher, Arc<Notify>) {
         let wake = Arc::new(Notify::new());
         let limits = Limits {
             max_unacked_per_consumer: 100,
         };
         let log = Arc::clone(&log.log);
-        let origin = Origin::New(StartPosition::Earliest);
-        let kind = SubscriptionType::Exclusive;
         let wake_task = Arc::clone(&wake);
-        let dispatcher = ReliableDispatcher::start(
-            kind,
-            0,
-            log,
-            origin,
-            limits,
-            wake_task,
-            redelivery(policy, dead_letters),
-        )
-        .await;
+        let dispatcher =
+            ReliableDispatcher::start(kind, 0, log, origin, limits, wake_task, redelivery).await;
         (dispatcher, wake)
     }
 
