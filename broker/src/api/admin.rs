@@ -149,15 +149,17 @@ impl AdminApi {
         &self,
         topic: &str,
         name: &str,
-    ) -> Result<Arc<Subscription>, BrokerError> {
+    ) -> Result<(Arc<crate::topic::Topic>, Arc<Subscription>), BrokerError> {
         let topic_name = TopicName::parse(topic)?;
         let topic = self.broker.topic(&topic_name, None).await?;
-        topic
-            .existing_subscription(name)
-            .ok_or_else(|| BrokerError::SubscriptionNotFound {
-                topic: topic_name.to_string(),
-                subscription: name.to_string(),
-            })
+        let subscription =
+            topic
+                .existing_subscription(name)
+                .ok_or_else(|| BrokerError::SubscriptionNotFound {
+                    topic: topic_name.to_string(),
+                    subscription: name.to_string(),
+                })?;
+        Ok((topic, subscription))
     }
 }
 
@@ -549,7 +551,7 @@ impl pb::admin_server::Admin for AdminApi {
         request: Request<pb::DeleteSubscriptionRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         let request = request.into_inner();
-        let subscription = self
+        let (topic, subscription) = self
             .subscription(&request.topic, &request.subscription)
             .await?;
         let connected = subscription
@@ -564,10 +566,6 @@ impl pb::admin_server::Admin for AdminApi {
             ))
             .into());
         }
-        let topic = self
-            .broker
-            .topic(&TopicName::parse(&request.topic)?, None)
-            .await?;
         for consumer in subscription.consumers() {
             self.broker.close_consumer(consumer.id);
         }
@@ -588,7 +586,7 @@ impl pb::admin_server::Admin for AdminApi {
         request: Request<pb::ResetSubscriptionRequest>,
     ) -> Result<Response<pb::SubscriptionInfo>, Status> {
         let request = request.into_inner();
-        let subscription = self
+        let (_, subscription) = self
             .subscription(&request.topic, &request.subscription)
             .await?;
         subscription.seek(start_position(request.position)).await?;
@@ -606,11 +604,7 @@ impl pb::admin_server::Admin for AdminApi {
         request: Request<pb::SetSubscriptionPolicyRequest>,
     ) -> Result<Response<pb::SubscriptionInfo>, Status> {
         let request = request.into_inner();
-        let topic = self
-            .broker
-            .topic(&TopicName::parse(&request.topic)?, None)
-            .await?;
-        let subscription = self
+        let (topic, subscription) = self
             .subscription(&request.topic, &request.subscription)
             .await?;
         let policy = apply_delivery_policy(subscription.policy(), &request.key, &request.value)?;
@@ -631,7 +625,7 @@ impl pb::admin_server::Admin for AdminApi {
         request: Request<pb::DescribeSubscriptionRequest>,
     ) -> Result<Response<pb::SubscriptionInfo>, Status> {
         let request = request.into_inner();
-        let subscription = self
+        let (_, subscription) = self
             .subscription(&request.topic, &request.subscription)
             .await?;
         let info = subscription_info(
