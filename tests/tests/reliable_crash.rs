@@ -187,7 +187,27 @@ async fn a_subscription_resumes_after_its_acknowledged_messages_when_the_broker_
         consumer.ack(&message).unwrap();
     }
     consumer.close().await;
-    // Graceful stop writes the cursors; a kill relies on the periodic flush.
+    // The broker has the acks once its cursor shows them ...
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let output = broker
+            .sava_admin_command()
+            .unwrap()
+            .args(["--output", "json", "subscriptions", "describe", topic, "s"])
+            .output()
+            .unwrap();
+        let described: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        if described["cursor"] == 10 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the acks never arrived: {described}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ... and saves it within storage.cursor_flush_ms (100 ms), which is the
+    // bound a kill may lose; waiting it out several times over is the point.
     tokio::time::sleep(Duration::from_millis(500)).await;
     broker.kill().unwrap();
     broker.restart().await.unwrap();
