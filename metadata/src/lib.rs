@@ -53,7 +53,8 @@ pub mod store;
 
 pub use catalog::{
     Catalog, DEFAULT_CLUSTER, DispatchMode, MAX_PARTITIONS, NamespacePolicies, NamespaceRecord,
-    SchemaRecord, SubjectRecord, SubscriptionRecord, TopicRecord, TopicSchema,
+    RowGroupDescriptor, SchemaRecord, SegmentDescriptor, SubjectRecord, SubscriptionRecord,
+    TopicRecord, TopicSchema,
 };
 pub use embedded::{EMBEDDED_MAX_VALUE_BYTES, EmbeddedStore};
 pub use error::{BoxError, MetadataError, Result};

@@ -82,6 +82,31 @@ pub enum Error {
     #[error("group committer is closed")]
     Closed,
 
+    /// A Parquet object that cannot be written or read back.
+    #[error("parquet object `{object}`: {source}")]
+    Parquet {
+        object: String,
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+
+    /// An object store request failed (after its retries).
+    #[error("object store {operation} of `{key}` failed: {source}")]
+    ObjectStore {
+        operation: &'static str,
+        key: String,
+        #[source]
+        source: object_store::Error,
+    },
+
+    /// The segment catalog could not be read or written.
+    #[error(transparent)]
+    Metadata(#[from] sava_metadata::MetadataError),
+
+    /// An object store location that cannot be used.
+    #[error("invalid object store location `{url}`: {reason}")]
+    InvalidLocation { url: String, reason: String },
+
     /// A configuration value outside its allowed range.
     #[error("invalid config `{key}` = {value}: {allowed}")]
     InvalidConfig {

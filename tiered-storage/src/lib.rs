@@ -1,5 +1,6 @@
-//! Sava's tiered storage, starting with its bottom tier: the write-ahead log
-//! of reliable topic partitions.
+//! Sava's tiered storage: the write-ahead log of reliable topic partitions
+//! on local disk, and the object storage tier their sealed segments move to
+//! as Parquet.
 //!
 //! One [`PartitionLog`] per partition owns a directory of segment files
 //! ([`record`] documents the batch format byte by byte); one
@@ -8,26 +9,36 @@
 //! recovers it: a torn tail from a killed process is cut at the last whole
 //! batch, and offsets continue, dense, from there.
 //!
+//! The [`tier`] offloads sealed segments ([`columnar`] documents the
+//! Parquet schema, [`objects`] the key layout), records them in the segment
+//! catalog of `sava-metadata`, reads them back for catch-up and replay,
+//! compacts small objects and applies retention.
+//!
 //! Every type here is `Send + Sync`. Appends are cheap and non-blocking
 //! (one buffered write); reads and opens block on disk, so the broker runs
 //! them on `spawn_blocking`.
 
+pub mod columnar;
 pub mod error;
 pub mod group_commit;
 mod index;
 pub mod log;
+pub mod objects;
 pub mod record;
 pub mod recovery;
 pub mod segment;
+pub mod tier;
 
 pub use error::{Error, Result};
 pub use group_commit::{
     AppendAck, CommitConfig, CommitStats, FlushObserver, FlushReport, FsyncMode, GroupCommitter,
 };
 pub use log::{LogConfig, PartitionLog};
+pub use objects::{ObjectStoreConfig, ObjectTier};
 pub use record::{BatchHeader, FormatError, Record};
 pub use recovery::RecoveryReport;
 pub use segment::{SegmentDamage, SegmentInfo};
+pub use tier::{Tier, TierConfig, TierStats};
 
 #[cfg(test)]
 mod tests {

@@ -11,6 +11,7 @@
 //! | `/sava/schemas/subjects/<subject>` | [`SubjectRecord`] |
 //! | `/sava/schemas/versions/<subject>/<version>` | [`SchemaRecord`] (`version` a `u64` element) |
 //! | `/sava/schemas/ids/<id>` | the subject of schema id `id`, a JSON string |
+//! | `/sava/segments/</ns/topic>/<base_offset>` | [`SegmentDescriptor`] of one offloaded Parquet object (`base_offset` a `u64` element) |
 //! | `/sava/counters/schema_id` | the last schema id handed out, a little-endian `i64` |
 //! | `/sava/counters/schema_version/<subject>` | the last version handed out in a subject, a little-endian `i64`, so a deleted version number is never reused |
 //!
@@ -19,6 +20,7 @@
 //! returns what the first attempt would have returned.
 
 mod schemas;
+mod segments;
 mod subscriptions;
 #[cfg(test)]
 mod tests;
@@ -31,6 +33,7 @@ use futures::FutureExt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+pub use segments::{RowGroupDescriptor, SegmentDescriptor};
 pub use subscriptions::SubscriptionRecord;
 
 use crate::error::{MetadataError, Result};
@@ -529,6 +532,8 @@ impl Catalog {
     fn clear_topic(&self, tx: &mut dyn Transaction, topic: &TopicName) {
         tx.clear(&self.topic_key(topic));
         let (begin, end) = self.subscriptions_range(&topic.full_name());
+        tx.clear_range(&begin, &end);
+        let (begin, end) = self.segments_prefix(&topic.full_name()).range();
         tx.clear_range(&begin, &end);
     }
 
