@@ -26,7 +26,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-run="$here/.run"
+# Tests point SAVA_LOCALSTACK_RUN_DIR at a temporary directory of their own.
+run="${SAVA_LOCALSTACK_RUN_DIR:-$here/.run}"
 mkdir -p "$run"
 pidfile="$run/$server.pid"
 if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then

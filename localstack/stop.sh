@@ -5,7 +5,8 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 server="${1:-moto}"
-run="$here/.run"
+# Tests point SAVA_LOCALSTACK_RUN_DIR at a temporary directory of their own.
+run="${SAVA_LOCALSTACK_RUN_DIR:-$here/.run}"
 pidfile="$run/$server.pid"
 
 if [ ! -f "$pidfile" ]; then

@@ -12,11 +12,21 @@ command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
 command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
 # bindgen, for type-checking the FoundationDB backend.
 dpkg -s libclang-dev >/dev/null 2>&1 || need_apt+=(libclang-dev)
+# venvs for the S3 servers of localstack/ and for pyarrow.
+python3 -m venv --help >/dev/null 2>&1 && dpkg -s python3-venv >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+log "S3 servers for the tiered storage tests (moto, LocalStack) and pyarrow"
+# The tests start and stop the servers themselves, through localstack/.
+bash localstack/install.sh all
+if ! tests/.venv/bin/python -c 'import pyarrow' >/dev/null 2>&1; then
+  python3 -m venv tests/.venv
+  tests/.venv/bin/pip install -q pyarrow
 fi
 
 log "format"

@@ -77,6 +77,41 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: SchemasCommand,
     },
+    /// Tiered storage of reliable topics: local segments and the Parquet
+    /// objects offloaded to the object store.
+    Storage {
+        #[command(subcommand)]
+        command: StorageCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum StorageCommand {
+    /// List a topic's segments: offloaded objects and local files, per
+    /// partition, oldest first.
+    Segments {
+        /// The topic, as /namespace/topic.
+        topic: String,
+    },
+    /// Seal the active segment and offload every sealed one now.
+    Offload {
+        /// The topic, as /namespace/topic.
+        topic: String,
+    },
+    /// Merge small offloaded objects and delete orphan objects now.
+    Compact {
+        /// The topic, as /namespace/topic.
+        topic: String,
+    },
+    /// Download every offloaded Parquet object of a topic into a directory,
+    /// one file per object, for tools that read Parquet.
+    Export {
+        /// The topic, as /namespace/topic.
+        topic: String,
+        /// The directory to write into; created when missing.
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

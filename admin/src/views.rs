@@ -280,6 +280,72 @@ impl From<pb::DeleteResponse> for DeletedView {
 }
 
 #[derive(Debug, Serialize)]
+pub(crate) struct SegmentView {
+    pub(crate) topic: String,
+    /// `local` or `object`.
+    pub(crate) location: String,
+    pub(crate) base_offset: u64,
+    pub(crate) next_offset: u64,
+    pub(crate) first_publish_time_ms: u64,
+    pub(crate) last_publish_time_ms: u64,
+    pub(crate) bytes: u64,
+    pub(crate) message_bytes: u64,
+    pub(crate) object_key: Option<String>,
+    pub(crate) etag: Option<String>,
+    pub(crate) row_groups: u32,
+    pub(crate) sealed: bool,
+    pub(crate) offloaded: bool,
+}
+
+impl From<pb::SegmentInfo> for SegmentView {
+    fn from(info: pb::SegmentInfo) -> SegmentView {
+        SegmentView {
+            topic: info.topic,
+            location: info.location,
+            base_offset: info.base_offset,
+            next_offset: info.next_offset,
+            first_publish_time_ms: info.first_publish_time_ms,
+            last_publish_time_ms: info.last_publish_time_ms,
+            bytes: info.bytes,
+            message_bytes: info.message_bytes,
+            object_key: non_empty(info.object_key),
+            etag: non_empty(info.etag),
+            row_groups: info.row_groups,
+            sealed: info.sealed,
+            offloaded: info.offloaded,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct SegmentsView {
+    /// Empty when the broker does not offload.
+    pub(crate) object_store: Option<String>,
+    pub(crate) segments: Vec<SegmentView>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct OffloadedView {
+    pub(crate) topics: Vec<String>,
+    pub(crate) segments_offloaded: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct CompactedView {
+    pub(crate) topics: Vec<String>,
+    pub(crate) merged: u32,
+    pub(crate) swept: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct ExportedView {
+    pub(crate) topic: String,
+    pub(crate) directory: String,
+    pub(crate) files: Vec<String>,
+    pub(crate) bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
 pub(crate) struct UnloadedView {
     pub(crate) topic: String,
     pub(crate) unloaded: bool,

@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use sava_metadata::{Catalog, DispatchMode, SubscriptionRecord, TopicRecord, TopicSchema};
-use sava_storage::{CommitConfig, FsyncMode, GroupCommitter, LogConfig};
+use sava_storage::{CommitConfig, FsyncMode, GroupCommitter, LogConfig, Tier};
 
 use crate::config::{Config, FsyncSetting};
 use crate::dispatch::SubscriptionType;
@@ -125,6 +125,9 @@ pub struct Broker {
     committer: Arc<GroupCommitter>,
     /// This broker, for the dead-letter sinks its subscriptions hold.
     me: std::sync::Weak<Broker>,
+    /// The object storage tier, unless offload is off.
+    pub(crate) tier: Option<Arc<Tier>>,
+    pub(crate) offload_backoff: crate::offload::Backoff,
 }
 
 impl std::fmt::Debug for Broker {
@@ -150,8 +153,11 @@ impl Broker {
             ..CommitConfig::default()
         })
         .map_err(BrokerError::Storage)?;
+        let tier = crate::offload::open_tier(&config, &catalog)?;
         let advertised_url = config.advertised_url();
         Ok(Arc::new_cyclic(|me| Broker {
+            tier,
+            offload_backoff: crate::offload::Backoff::default(),
             me: std::sync::Weak::clone(me),
             broker_id: advertised_url
                 .trim_start_matches("http://")
@@ -173,6 +179,11 @@ impl Broker {
 
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
+    }
+
+    /// The object storage tier, unless offload is off.
+    pub fn tier(&self) -> Option<&Arc<Tier>> {
+        self.tier.as_ref()
     }
 
     /// Marks the broker as stopping: new producers and consumers are refused.
@@ -375,9 +386,21 @@ impl Broker {
         .await
         .map_err(|_| BrokerError::ShuttingDown)?
         .map_err(BrokerError::Storage)?;
+        let log = match &self.tier {
+            Some(tier) => {
+                let remote = tier
+                    .segments(name.as_str())
+                    .await
+                    .map_err(BrokerError::Storage)?;
+                log.with_tier(Arc::clone(tier), remote)
+            }
+            None => log,
+        };
         tracing::info!(
             topic = %name,
             next_offset = log.next_offset(),
+            start_offset = log.start(),
+            offloaded_segments = log.remote_segments().len(),
             truncated_bytes = report.truncated_bytes,
             "reliable topic log opened"
         );
@@ -585,8 +608,13 @@ impl Broker {
                 .unwrap_or_default();
             self.enforce_backlog_quota(&topic, log, floor, &policies)
                 .await;
+            // Also here: the offloader may be stuck on an unreachable store.
+            self.check_offload_pending(&topic);
+            let local_retention = log
+                .tier()
+                .map(|_| Duration::from_secs(self.config.offload.local_retention_secs));
             let log = Arc::clone(log);
-            tokio::task::spawn_blocking(move || retain(&log, floor, &policies))
+            tokio::task::spawn_blocking(move || retain(&log, floor, &policies, local_retention))
                 .await
                 .map_err(|_| BrokerError::ShuttingDown)?
                 .map_err(BrokerError::Storage)?;
@@ -866,6 +894,13 @@ impl Broker {
             self.unload(name.as_str());
         }
         self.catalog.delete_topic(name.as_str()).await?;
+        if let Some(tier) = &self.tier {
+            for part in &names {
+                if let Err(error) = tier.delete_topic(part).await {
+                    tracing::warn!(topic = %part, %error, "cannot delete a deleted topic's offloaded objects; the sweeper will not find them");
+                }
+            }
+        }
         for part in &names {
             let dir = self.log_dir(&TopicName::parse(part)?);
             if let Err(error) = std::fs::remove_dir_all(&dir)
@@ -1108,11 +1143,15 @@ fn subscription_record(
     }
 }
 
-/// Deletes the segments of `log` that retention lets go.
+/// Deletes the local segments of `log` that retention lets go: history
+/// every subscription acknowledged and the namespace no longer keeps, and,
+/// with offload on (`local_retention` set), offloaded segments older than
+/// the local retention.
 fn retain(
     log: &TopicLog,
     floor: u64,
     policies: &sava_metadata::NamespacePolicies,
+    local_retention: Option<Duration>,
 ) -> Result<(), sava_storage::Error> {
     log.disk().seal_if_aged()?;
     let now = now_ms();
@@ -1135,6 +1174,15 @@ fn retain(
         }
         retained -= segment.bytes;
         delete_before = Some(segment.next_offset);
+    }
+    if let Some(retention) = local_retention {
+        let offloaded_end = log.offloaded_end();
+        let expired = segments
+            .iter()
+            .take_while(|s| crate::offload::local_copy_expired(s, offloaded_end, retention))
+            .last()
+            .map(|s| s.next_offset);
+        delete_before = delete_before.max(expired);
     }
     if let Some(offset) = delete_before {
         let deleted = log.disk().delete_before(offset)?;

@@ -33,7 +33,60 @@ pub struct Config {
     pub broker: BrokerSection,
     pub metadata: MetadataSection,
     pub storage: StorageSection,
+    pub offload: OffloadSection,
+    /// How to reach an S3 server; see [`sava_storage::ObjectStoreConfig`].
+    pub s3: sava_storage::ObjectStoreConfig,
     pub limits: LimitsSection,
+}
+
+/// Offload of sealed segments of reliable topics to the object store, and
+/// reads back from it.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OffloadSection {
+    /// Whether sealed segments are offloaded. Off, reliable topics keep
+    /// their history on local disk only.
+    pub enabled: bool,
+    /// How often the broker looks for sealed segments to offload.
+    pub interval_ms: u64,
+    /// Message bytes per Parquet row group, the unit of a ranged read.
+    pub row_group_bytes: usize,
+    /// Bytes of object data (decoded row groups, footers) cached for reads.
+    pub read_cache_bytes: usize,
+    /// An offloaded segment stays on local disk this long after its last
+    /// message, for fast catch-up, unless retention lets it go earlier.
+    pub local_retention_secs: u64,
+    /// Sealed bytes of one topic waiting for offload above which its
+    /// producers are refused, so an unreachable object store cannot fill the
+    /// disk.
+    pub max_pending_bytes: u64,
+    /// Offloaded objects below this size are merged by compaction.
+    pub compact_below_bytes: u64,
+    /// Compaction writes objects of at most this size.
+    pub compact_target_bytes: u64,
+    /// How often compaction (and the sweep of orphan objects) runs.
+    pub compact_interval_secs: u64,
+    /// Objects no segment descriptor names (a crash between upload and
+    /// commit) are deleted once this old; objects compaction replaced, this
+    /// long after.
+    pub orphan_grace_secs: u64,
+}
+
+impl Default for OffloadSection {
+    fn default() -> Self {
+        OffloadSection {
+            enabled: true,
+            interval_ms: 1000,
+            row_group_bytes: 1024 * 1024,
+            read_cache_bytes: 64 * 1024 * 1024,
+            local_retention_secs: 300,
+            max_pending_bytes: 1024 * 1024 * 1024,
+            compact_below_bytes: 4 * 1024 * 1024,
+            compact_target_bytes: 64 * 1024 * 1024,
+            compact_interval_secs: 60,
+            orphan_grace_secs: 600,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -118,8 +171,8 @@ impl Default for StorageSection {
             fsync: FsyncSetting::Always,
             flush_interval_ms: 1,
             flush_bytes: 1024 * 1024,
-            segment_bytes: 64 * 1024 * 1024,
-            segment_age_secs: 600,
+            segment_bytes: 8 * 1024 * 1024,
+            segment_age_secs: 10,
             tail_cache_bytes: 8 * 1024 * 1024,
             cursor_flush_ms: 100,
         }
@@ -200,6 +253,11 @@ impl Config {
         if self.storage.segment_age_secs == 0 || self.storage.cursor_flush_ms == 0 {
             return Err(ConfigError::Invalid(
                 "storage.segment_age_secs and storage.cursor_flush_ms must be above 0".into(),
+            ));
+        }
+        if self.offload.interval_ms == 0 || self.offload.row_group_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "offload.interval_ms and offload.row_group_bytes must be above 0".into(),
             ));
         }
         if self.limits.consumer_buffer_messages == 0 {

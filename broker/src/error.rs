@@ -86,6 +86,15 @@ pub enum BrokerError {
         quota: u64,
     },
 
+    #[error(
+        "topic {topic} has {pending} bytes of sealed segments waiting for offload to the object store, over the limit of {limit} bytes (offload.max_pending_bytes); the object store is unreachable or slow"
+    )]
+    OffloadBacklog {
+        topic: String,
+        pending: u64,
+        limit: u64,
+    },
+
     #[error("{0}")]
     InUse(String),
 
@@ -136,7 +145,9 @@ impl BrokerError {
             BrokerError::ShuttingDown
             | BrokerError::ProducerNotFound(_)
             | BrokerError::ConsumerNotFound(_) => ErrorKind::Unavailable,
-            BrokerError::BacklogQuotaExceeded { .. } => ErrorKind::ResourceExhausted,
+            BrokerError::BacklogQuotaExceeded { .. } | BrokerError::OffloadBacklog { .. } => {
+                ErrorKind::ResourceExhausted
+            }
             BrokerError::Metadata(error) => metadata_kind(error),
             BrokerError::Storage(error) if error.is_disk_full() => ErrorKind::ResourceExhausted,
             BrokerError::Storage(_) => ErrorKind::Internal,

@@ -16,6 +16,7 @@ pub mod http;
 pub mod log;
 pub mod message;
 pub mod names;
+pub mod offload;
 pub mod schema;
 pub mod server;
 pub mod subscription;

@@ -1,18 +1,23 @@
 //! The message log of a reliable topic: the partition's write-ahead log on
 //! disk ([`sava_storage::PartitionLog`]) with a bounded tail of the newest
-//! messages in memory ([`MemoryLog`]).
+//! messages in memory ([`MemoryLog`]), over the history offloaded to object
+//! storage ([`sava_storage::Tier`]).
 //!
 //! The topic's publish lock serializes appends; an append writes to disk
 //! and to the tail, and its future resolves once group commit made it
 //! durable. Dispatchers read only below the durable offset, so no consumer
 //! sees a message a crash could still lose. Reads at or after the tail's
 //! start come from memory; older ones from the segment files, on the
-//! blocking pool, so catching up never holds an async worker.
+//! blocking pool, so catching up never holds an async worker; older still
+//! from the offloaded Parquet objects, through the tier's bounded cache.
+//! A reader that falls into a gap retention left jumps to the next offset
+//! still stored.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use sava_storage::{GroupCommitter, LogConfig, PartitionLog, Record, RecoveryReport};
+use sava_metadata::SegmentDescriptor;
+use sava_storage::{GroupCommitter, LogConfig, PartitionLog, Record, RecoveryReport, Tier};
 
 use std::collections::VecDeque;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -156,6 +161,15 @@ pub struct TopicLog {
     tail: MemoryLog,
     /// Payload bytes catch-up reads fetched from segment files.
     bytes_read_from_disk: AtomicU64,
+    /// The object storage tier, when offload is on.
+    tier: Option<Arc<Tier>>,
+    /// The offloaded segments, in offset order, as the catalog holds them.
+    remote: RwLock<Arc<Vec<SegmentDescriptor>>>,
+    /// Payload bytes catch-up reads fetched from object storage.
+    bytes_read_from_objects: AtomicU64,
+    /// Held by whoever changes the offloaded segments (offload,
+    /// compaction), so two never race on one topic.
+    offload_lock: tokio::sync::Mutex<()>,
 }
 
 impl TopicLog {
@@ -173,8 +187,45 @@ impl TopicLog {
             disk: Arc::new(disk),
             tail,
             bytes_read_from_disk: AtomicU64::new(0),
+            tier: None,
+            remote: RwLock::new(Arc::new(Vec::new())),
+            bytes_read_from_objects: AtomicU64::new(0),
+            offload_lock: tokio::sync::Mutex::new(()),
         };
         Ok((log, report))
+    }
+
+    /// Puts the log over `tier`, whose offloaded segments of this topic are
+    /// `remote`.
+    pub fn with_tier(mut self, tier: Arc<Tier>, remote: Vec<SegmentDescriptor>) -> TopicLog {
+        self.tier = Some(tier);
+        self.remote = RwLock::new(Arc::new(remote));
+        self
+    }
+
+    pub fn tier(&self) -> Option<&Arc<Tier>> {
+        self.tier.as_ref()
+    }
+
+    /// Serializes changes to the offloaded segments of this topic.
+    pub async fn lock_offload(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.offload_lock.lock().await
+    }
+
+    /// The offloaded segments, in offset order.
+    pub fn remote_segments(&self) -> Arc<Vec<SegmentDescriptor>> {
+        Arc::clone(&self.remote.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Replaces the list of offloaded segments (after offload, compaction or
+    /// retention changed the catalog).
+    pub fn set_remote_segments(&self, segments: Vec<SegmentDescriptor>) {
+        *self.remote.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(segments);
+    }
+
+    /// One past the last offloaded offset; 0 when nothing is offloaded.
+    pub fn offloaded_end(&self) -> u64 {
+        self.remote_segments().last().map_or(0, |s| s.next_offset)
     }
 
     /// The offset the next message gets.
@@ -186,9 +237,13 @@ impl TopicLog {
         self.disk.last_publish_time_ms()
     }
 
-    /// The first offset still stored.
+    /// The first offset still stored, locally or in object storage.
     pub fn start(&self) -> u64 {
-        self.disk.start_offset()
+        let local = self.disk.start_offset();
+        match self.remote_segments().first() {
+            Some(first) => first.base_offset.min(local),
+            None => local,
+        }
     }
 
     /// The end of what dispatchers may read: every offset below it is
@@ -224,6 +279,10 @@ impl TopicLog {
         if from >= self.tail.start() {
             return Ok(self.tail.read_from(from, max));
         }
+        let local_start = self.disk.start_offset();
+        if from < local_start {
+            return self.read_remote(from, max, local_start).await;
+        }
 
         let disk = Arc::clone(&self.disk);
         let records = tokio::task::spawn_blocking(move || disk.read(from, max, DISK_READ_BYTES))
@@ -239,6 +298,31 @@ impl TopicLog {
             .collect())
     }
 
+    /// Reads below the local segments: from the offloaded segment holding
+    /// `from`, or from the next offset still stored when `from` is in a gap
+    /// retention left.
+    async fn read_remote(
+        &self,
+        from: u64,
+        max: usize,
+        local_start: u64,
+    ) -> Result<Vec<Arc<Message>>, sava_storage::Error> {
+        let remote = self.remote_segments();
+        let next = remote.iter().find(|s| s.next_offset > from);
+        let (Some(tier), Some(segment)) = (&self.tier, next) else {
+            return Box::pin(self.read(local_start, max)).await;
+        };
+        if segment.base_offset >= local_start {
+            return Box::pin(self.read(local_start, max)).await;
+        }
+        let from = from.max(segment.base_offset);
+        let records = tier.read(&remote, from, max).await?;
+        let bytes: usize = records.iter().map(|r| r.payload.len()).sum();
+        self.bytes_read_from_objects
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+        Ok(records.into_iter().map(from_record).collect())
+    }
+
     /// The message at `offset`, if it is stored and durable.
     pub async fn get(&self, offset: u64) -> Result<Option<Arc<Message>>, sava_storage::Error> {
         Ok(self
@@ -250,6 +334,18 @@ impl TopicLog {
 
     /// The first offset published at or after `time_ms`.
     pub async fn offset_at_time(&self, time_ms: u64) -> Result<u64, sava_storage::Error> {
+        let remote = self.remote_segments();
+        if let Some(tier) = &self.tier {
+            let local_start = self.disk.start_offset();
+            let older: Vec<SegmentDescriptor> = remote
+                .iter()
+                .filter(|s| s.base_offset < local_start)
+                .cloned()
+                .collect();
+            if let Some(offset) = tier.offset_at_time(&older, time_ms).await? {
+                return Ok(offset);
+            }
+        }
         let disk = Arc::clone(&self.disk);
         tokio::task::spawn_blocking(move || disk.offset_for_time(time_ms))
             .await
@@ -262,6 +358,17 @@ impl TopicLog {
         if offset >= self.tail.start() {
             let (bytes, oldest) = self.tail.backlog_from(offset);
             return (bytes as u64, oldest);
+        }
+        let local_start = self.disk.start_offset();
+        if offset < local_start {
+            let remote = self.remote_segments();
+            let older = remote
+                .iter()
+                .filter(|s| s.next_offset > offset && s.base_offset < local_start);
+            let bytes: u64 = older.clone().map(|s| s.message_bytes).sum();
+            let oldest = older.map(|s| s.first_publish_time_ms).next();
+            let (local, local_oldest) = self.backlog_from(local_start);
+            return (bytes + local, oldest.or(local_oldest));
         }
         let segments = self.disk.segments();
         let bytes = segments
@@ -276,7 +383,7 @@ impl TopicLog {
         (bytes, oldest)
     }
 
-    pub fn disk(&self) -> &PartitionLog {
+    pub fn disk(&self) -> &Arc<PartitionLog> {
         &self.disk
     }
 
@@ -288,6 +395,11 @@ impl TopicLog {
     /// Payload bytes catch-up reads fetched from segment files.
     pub fn bytes_read_from_disk(&self) -> u64 {
         self.bytes_read_from_disk.load(Ordering::Relaxed)
+    }
+
+    /// Payload bytes catch-up reads fetched from object storage.
+    pub fn bytes_read_from_objects(&self) -> u64 {
+        self.bytes_read_from_objects.load(Ordering::Relaxed)
     }
 }
 

@@ -79,12 +79,14 @@ pub async fn run(
         data_dir = %data_dir.display(),
         metadata = %metadata_url,
         object_store = %config.object_store_url(),
-        "sava broker listening (object store offload is not built yet)"
+        offload = config.offload.enabled,
+        "sava broker listening"
     );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let janitor = tokio::spawn(janitor(Arc::clone(&broker), stop_rx.clone()));
     let flusher = tokio::spawn(cursor_flusher(Arc::clone(&broker), stop_rx.clone()));
+    let offloader = tokio::spawn(offloader(Arc::clone(&broker), stop_rx.clone()));
     let http = tokio::spawn({
         let mut stop = stop_rx.clone();
         let app = crate::http::router(Arc::clone(&broker));
@@ -142,6 +144,7 @@ pub async fn run(
         .await?;
 
     janitor.abort();
+    offloader.abort();
     let _ = flusher.await;
     let _ = http.await;
     if let Ok(Err(error)) = admin.await {
@@ -174,6 +177,37 @@ async fn cursor_flusher(broker: Arc<Broker>, mut stop: tokio::sync::watch::Recei
     }
     if let Err(error) = broker.flush_cursors().await {
         tracing::warn!(%error, "cannot save subscription cursors at shutdown");
+    }
+}
+
+/// Offloads sealed segments every `offload.interval_ms`, applies retention
+/// to offloaded history about once a second, and compacts and sweeps
+/// orphans (those a crash left, those compaction replaced) every
+/// `offload.compact_interval_secs` over the topics loaded then.
+async fn offloader(broker: Arc<Broker>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    if broker.tier().is_none() {
+        return;
+    }
+    let every = Duration::from_millis(broker.config.offload.interval_ms);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let compact_every = Duration::from_secs(broker.config.offload.compact_interval_secs);
+    let mut compacted_at: Option<tokio::time::Instant> = None;
+    let mut retained_at = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        broker.offload_pass().await;
+        if retained_at.elapsed() >= Duration::from_secs(1) {
+            broker.apply_offloaded_retention().await;
+            retained_at = tokio::time::Instant::now();
+        }
+        if compacted_at.is_none_or(|at| at.elapsed() >= compact_every) {
+            broker.compact_and_sweep().await;
+            compacted_at = Some(tokio::time::Instant::now());
+        }
     }
 }
 

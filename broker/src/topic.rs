@@ -137,6 +137,8 @@ pub struct Topic {
     publish: Mutex<PublishState>,
     /// Set while the backlog is over the namespace's quota: (backlog, quota).
     over_quota: Mutex<Option<(u64, u64)>>,
+    /// Set while too many sealed bytes wait for offload: (pending, limit).
+    offload_pending: Mutex<Option<(u64, u64)>>,
     producers: Mutex<Producers>,
     subscriptions: RwLock<HashMap<String, Arc<Subscription>>>,
 }
@@ -169,6 +171,7 @@ impl Topic {
             log,
             publish: Mutex::new(publish),
             over_quota: Mutex::new(None),
+            offload_pending: Mutex::new(None),
             producers: Mutex::new(Producers::default()),
             subscriptions: RwLock::new(HashMap::new()),
         }
@@ -268,6 +271,13 @@ impl Topic {
                 topic: self.name.to_string(),
                 backlog,
                 quota,
+            });
+        }
+        if let Some((pending, limit)) = *lock(&self.offload_pending) {
+            return Err(BrokerError::OffloadBacklog {
+                topic: self.name.to_string(),
+                pending,
+                limit,
             });
         }
         producer.touch();
@@ -445,6 +455,13 @@ impl Topic {
     /// broker's janitor; while it is, publishing is refused.
     pub fn set_backlog_over_quota(&self, over: Option<(u64, u64)>) {
         *lock(&self.over_quota) = over;
+    }
+
+    /// Records whether more sealed bytes wait for offload than allowed,
+    /// checked after each offload pass; while they do, publishing is
+    /// refused.
+    pub fn set_offload_pending(&self, over: Option<(u64, u64)>) {
+        *lock(&self.offload_pending) = over;
     }
 
     /// The lowest acknowledged floor over the subscriptions (reliable

@@ -23,6 +23,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+mod s3;
+pub use s3::{BUCKET, S3Server, S3ServerKind};
+
 /// How long a broker may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -43,6 +46,7 @@ pub struct Broker {
     admin_addr: SocketAddr,
     http_addr: SocketAddr,
     extra_args: Vec<OsString>,
+    env: Vec<(OsString, Option<OsString>)>,
 }
 
 impl Broker {
@@ -69,6 +73,20 @@ impl Broker {
         I: IntoIterator<Item = S>,
         S: Into<OsString>,
     {
+        Broker::start_with_env(extra_args, &[]).await
+    }
+
+    /// Starts a broker like [`Broker::start_with`], with `env` set in its
+    /// environment (at every restart too).
+    ///
+    /// # Errors
+    ///
+    /// As for [`Broker::start`].
+    pub async fn start_with_env<I, S>(extra_args: I, env: &[(&str, String)]) -> Result<Broker>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
         let binary = broker_binary()?;
         let root = tempfile::Builder::new()
             .prefix("sava-broker-")
@@ -77,7 +95,6 @@ impl Broker {
         std::fs::create_dir(root.path().join("data"))
             .context("cannot create the broker's data directory")?;
         let [client_addr, admin_addr, http_addr] = free_addrs()?;
-
         let mut broker = Broker {
             child: None,
             binary,
@@ -86,9 +103,21 @@ impl Broker {
             admin_addr,
             http_addr,
             extra_args: extra_args.into_iter().map(Into::into).collect(),
+            env: env
+                .iter()
+                .map(|(name, value)| (OsString::from(name), Some(OsString::from(value))))
+                .collect(),
         };
         broker.launch().await?;
         Ok(broker)
+    }
+
+    /// Sets (or with `None` removes) a variable of the broker's environment
+    /// for its next start.
+    pub fn set_env(&mut self, name: &str, value: Option<&str>) {
+        self.env.retain(|(existing, _)| existing != name);
+        self.env
+            .push((OsString::from(name), value.map(OsString::from)));
     }
 
     /// The URL of the client API (native and Danube-compatible).
@@ -210,6 +239,46 @@ impl Broker {
         Ok(command)
     }
 
+    /// Runs `sava-admin` with `args` against this broker.
+    ///
+    /// # Panics
+    ///
+    /// When the binary cannot be found or started.
+    pub fn admin(&self, args: &[&str]) -> std::process::Output {
+        self.sava_admin_command()
+            .expect("sava-admin is built")
+            .args(args)
+            .output()
+            .expect("sava-admin runs")
+    }
+
+    /// Runs `sava-admin` with `args` and returns its standard output.
+    ///
+    /// # Panics
+    ///
+    /// When it fails; the message holds its standard error.
+    pub fn admin_ok(&self, args: &[&str]) -> String {
+        let output = self.admin(args);
+        assert!(
+            output.status.success(),
+            "sava-admin {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Runs `sava-admin --output json` with `args` and parses its output.
+    ///
+    /// # Panics
+    ///
+    /// When it fails or prints something that is not JSON.
+    pub fn admin_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--output", "json"];
+        all.extend_from_slice(args);
+        let text = self.admin_ok(&all);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("sava-admin {args:?}: {e}: {text}"))
+    }
+
     /// Starts the process and waits for readiness. Right after a kill the
     /// ports may still be held for a moment; a start that fails because an
     /// address is in use is tried again until the deadline.
@@ -245,7 +314,14 @@ impl Broker {
         writeln!(log, "--- sava-test-harness: starting sava-broker ---")?;
         let stderr = log.try_clone().context("cannot share the broker log")?;
 
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        for (name, value) in &self.env {
+            match value {
+                Some(value) => command.env(name, value),
+                None => command.env_remove(name),
+            };
+        }
+        let child = command
             .arg("--data-dir")
             .arg(self.data_dir())
             .arg("--client-addr")

@@ -1,33 +1,11 @@
 //! Backlog quotas and retention of reliable topics, set as namespace
 //! policies through `sava-admin`.
 
-use std::process::Output;
 use std::time::Duration;
 
 use sava_client::{Client, Message, StartPosition};
 use sava_tests::Broker;
 use tokio::time::{Instant, sleep, timeout};
-
-fn admin(broker: &Broker, args: &[&str]) -> Output {
-    broker
-        .sava_admin_command()
-        .unwrap()
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn admin_json(broker: &Broker, args: &[&str]) -> serde_json::Value {
-    let mut all = vec!["--output", "json"];
-    all.extend_from_slice(args);
-    let output = admin(broker, &all);
-    assert!(
-        output.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
-}
 
 /// A config with small segments, so that retention has sealed ones to act on.
 fn small_segments() -> (tempfile::TempDir, String) {
@@ -42,20 +20,18 @@ fn small_segments() -> (tempfile::TempDir, String) {
 async fn producers_are_refused_over_the_backlog_quota_until_consumers_catch_up() {
     let broker = Broker::start().await.unwrap();
     assert!(
-        admin(&broker, &["namespaces", "create", "quota"])
+        broker
+            .admin(&["namespaces", "create", "quota"])
             .status
             .success()
     );
-    let set = admin(
-        &broker,
-        &[
-            "namespaces",
-            "set-policy",
-            "quota",
-            "backlog_quota_bytes",
-            "20000",
-        ],
-    );
+    let set = broker.admin(&[
+        "namespaces",
+        "set-policy",
+        "quota",
+        "backlog_quota_bytes",
+        "20000",
+    ]);
     assert!(
         set.status.success(),
         "{}",
@@ -126,20 +102,18 @@ async fn acknowledged_segments_are_deleted_and_retention_keeps_them_when_asked()
         .await
         .unwrap();
     assert!(
-        admin(&broker, &["namespaces", "create", "kept"])
+        broker
+            .admin(&["namespaces", "create", "kept"])
             .status
             .success()
     );
-    let set = admin(
-        &broker,
-        &[
-            "namespaces",
-            "set-policy",
-            "kept",
-            "retention_age_secs",
-            "3600",
-        ],
-    );
+    let set = broker.admin(&[
+        "namespaces",
+        "set-policy",
+        "kept",
+        "retention_age_secs",
+        "3600",
+    ]);
     assert!(set.status.success());
 
     let client = Client::builder(broker.service_url()).build().await.unwrap();
@@ -173,7 +147,7 @@ async fn acknowledged_segments_are_deleted_and_retention_keeps_them_when_asked()
     // Retention runs once a second; cursors are saved every 100 ms.
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let churn = admin_json(&broker, &["topics", "stats", "/default/churn"]);
+        let churn = broker.admin_json(&["topics", "stats", "/default/churn"]);
         if churn["local_bytes"].as_u64().unwrap() < 20_000 {
             break;
         }
@@ -183,7 +157,7 @@ async fn acknowledged_segments_are_deleted_and_retention_keeps_them_when_asked()
         );
         sleep(Duration::from_millis(200)).await;
     }
-    let history = admin_json(&broker, &["topics", "stats", "/kept/history"]);
+    let history = broker.admin_json(&["topics", "stats", "/kept/history"]);
     assert!(
         history["local_bytes"].as_u64().unwrap() > 90_000,
         "retention kept nothing: {history}"
@@ -213,7 +187,8 @@ async fn drop_oldest_moves_a_lagging_subscription_past_the_oldest_segments() {
         .await
         .unwrap();
     assert!(
-        admin(&broker, &["namespaces", "create", "lossy"])
+        broker
+            .admin(&["namespaces", "create", "lossy"])
             .status
             .success()
     );
@@ -221,7 +196,7 @@ async fn drop_oldest_moves_a_lagging_subscription_past_the_oldest_segments() {
         ("backlog_quota_bytes", "30000"),
         ("backlog_policy", "drop_oldest"),
     ] {
-        let set = admin(&broker, &["namespaces", "set-policy", "lossy", key, value]);
+        let set = broker.admin(&["namespaces", "set-policy", "lossy", key, value]);
         assert!(
             set.status.success(),
             "{}",
@@ -245,7 +220,7 @@ async fn drop_oldest_moves_a_lagging_subscription_past_the_oldest_segments() {
         "--from",
         "earliest",
     ];
-    assert!(admin(&broker, &subscribe).status.success());
+    assert!(broker.admin(&subscribe).status.success());
     for i in 0..200 {
         producer
             .send(Message::new(format!("{i:0>500}")))
@@ -257,7 +232,7 @@ async fn drop_oldest_moves_a_lagging_subscription_past_the_oldest_segments() {
 
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let described = admin_json(&broker, &["subscriptions", "describe", topic, "laggard"]);
+        let described = broker.admin_json(&["subscriptions", "describe", topic, "laggard"]);
         // Whole sealed segments are dropped and the active one stays, so the
         // backlog settles within a segment or two of the quota.
         let settled = described["backlog_bytes"].as_u64().unwrap() <= 30_000 + 2 * 8192;

@@ -2,31 +2,11 @@
 //! ack timeouts, and messages that run out of deliveries going to the
 //! dead-letter topic.
 
-use std::process::Output;
 use std::time::Duration;
 
 use sava_client::{Client, Consumer, Message, ReceivedMessage, StartPosition};
 use sava_tests::Broker;
 use tokio::time::timeout;
-
-fn admin(broker: &Broker, args: &[&str]) -> Output {
-    broker
-        .sava_admin_command()
-        .unwrap()
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn admin_ok(broker: &Broker, args: &[&str]) -> String {
-    let output = admin(broker, args);
-    assert!(
-        output.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).to_string()
-}
 
 async fn next(consumer: &mut Consumer) -> ReceivedMessage {
     timeout(Duration::from_secs(10), consumer.recv())
@@ -48,17 +28,14 @@ async fn an_unacknowledged_message_comes_back_after_the_ack_timeout() {
         .await
         .unwrap();
     let mut consumer = client.consumer(topic, "s").subscribe().await.unwrap();
-    admin_ok(
-        &broker,
-        &[
-            "subscriptions",
-            "set-policy",
-            topic,
-            "s",
-            "ack_timeout_ms",
-            "300",
-        ],
-    );
+    broker.admin_ok(&[
+        "subscriptions",
+        "set-policy",
+        topic,
+        "s",
+        "ack_timeout_ms",
+        "300",
+    ]);
 
     producer
         .send(Message::new("once"))
@@ -85,28 +62,22 @@ async fn a_message_nacked_past_max_deliveries_lands_in_the_dead_letter_topic() {
         .await
         .unwrap();
     let mut consumer = client.consumer(topic, "billing").subscribe().await.unwrap();
-    admin_ok(
-        &broker,
-        &[
-            "subscriptions",
-            "set-policy",
-            topic,
-            "billing",
-            "max_deliveries",
-            "2",
-        ],
-    );
-    let described = admin_ok(
-        &broker,
-        &[
-            "--output",
-            "json",
-            "subscriptions",
-            "describe",
-            topic,
-            "billing",
-        ],
-    );
+    broker.admin_ok(&[
+        "subscriptions",
+        "set-policy",
+        topic,
+        "billing",
+        "max_deliveries",
+        "2",
+    ]);
+    let described = broker.admin_ok(&[
+        "--output",
+        "json",
+        "subscriptions",
+        "describe",
+        topic,
+        "billing",
+    ]);
     let described: serde_json::Value = serde_json::from_str(&described).unwrap();
     assert_eq!(described["max_deliveries"], 2);
     assert_eq!(described["on_max_deliveries"], "dead-letter");
@@ -139,17 +110,14 @@ async fn a_message_nacked_past_max_deliveries_lands_in_the_dead_letter_topic() {
     // The dispatcher publishes the dead letter once it sees the last nack.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let described = admin_ok(
-            &broker,
-            &[
-                "--output",
-                "json",
-                "subscriptions",
-                "describe",
-                topic,
-                "billing",
-            ],
-        );
+        let described = broker.admin_ok(&[
+            "--output",
+            "json",
+            "subscriptions",
+            "describe",
+            topic,
+            "billing",
+        ]);
         let described: serde_json::Value = serde_json::from_str(&described).unwrap();
         if described["dead_lettered"] == 1 {
             break;
@@ -197,17 +165,14 @@ async fn a_message_nacked_past_max_deliveries_lands_in_the_dead_letter_topic() {
         Some("2")
     );
 
-    let settled = admin_ok(
-        &broker,
-        &[
-            "--output",
-            "json",
-            "subscriptions",
-            "describe",
-            topic,
-            "billing",
-        ],
-    );
+    let settled = broker.admin_ok(&[
+        "--output",
+        "json",
+        "subscriptions",
+        "describe",
+        topic,
+        "billing",
+    ]);
     let settled: serde_json::Value = serde_json::from_str(&settled).unwrap();
     assert_eq!(settled["dead_lettered"], 1);
     assert_eq!(
@@ -227,17 +192,14 @@ async fn a_policy_on_a_non_reliable_subscription_or_an_unknown_key_is_refused() 
         .await
         .unwrap();
 
-    let refused = admin(
-        &broker,
-        &[
-            "subscriptions",
-            "set-policy",
-            "/default/fast",
-            "s",
-            "max_deliveries",
-            "3",
-        ],
-    );
+    let refused = broker.admin(&[
+        "subscriptions",
+        "set-policy",
+        "/default/fast",
+        "s",
+        "max_deliveries",
+        "3",
+    ]);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("non-reliable"));
 
@@ -252,17 +214,14 @@ async fn a_policy_on_a_non_reliable_subscription_or_an_unknown_key_is_refused() 
         .subscribe()
         .await
         .unwrap();
-    let unknown = admin(
-        &broker,
-        &[
-            "subscriptions",
-            "set-policy",
-            "/default/slow",
-            "s",
-            "retries",
-            "3",
-        ],
-    );
+    let unknown = broker.admin(&[
+        "subscriptions",
+        "set-policy",
+        "/default/slow",
+        "s",
+        "retries",
+        "3",
+    ]);
     assert!(!unknown.status.success());
     assert!(
         String::from_utf8_lossy(&unknown.stderr).contains("unknown subscription policy retries")
@@ -281,25 +240,19 @@ async fn the_policy_survives_a_broker_restart() {
         .await
         .unwrap();
     let consumer = client.consumer(topic, "s").subscribe().await.unwrap();
-    admin_ok(
-        &broker,
-        &[
-            "subscriptions",
-            "set-policy",
-            topic,
-            "s",
-            "on_max_deliveries",
-            "drop",
-        ],
-    );
+    broker.admin_ok(&[
+        "subscriptions",
+        "set-policy",
+        topic,
+        "s",
+        "on_max_deliveries",
+        "drop",
+    ]);
     consumer.close().await;
 
     broker.kill().unwrap();
     broker.restart().await.unwrap();
-    let described = admin_ok(
-        &broker,
-        &["--output", "json", "subscriptions", "describe", topic, "s"],
-    );
+    let described = broker.admin_ok(&["--output", "json", "subscriptions", "describe", topic, "s"]);
     let described: serde_json::Value = serde_json::from_str(&described).unwrap();
     assert_eq!(described["on_max_deliveries"], "drop");
 }

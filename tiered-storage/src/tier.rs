@@ -23,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use sava_metadata::{Catalog, RowGroupDescriptor, SegmentDescriptor};
+use tracing::Instrument;
 
 use crate::columnar::{self, FOOTER_FETCH_BYTES, PartialObject};
 use crate::error::{Error, Result};
@@ -152,7 +153,17 @@ impl Tier {
             segment.base_offset = segment.base_offset,
             segment.next_offset = segment.next_offset
         );
-        let _entered = span.enter();
+        self.offload_traced(topic, log, segment)
+            .instrument(span)
+            .await
+    }
+
+    async fn offload_traced(
+        &self,
+        topic: &str,
+        log: &Arc<PartitionLog>,
+        segment: &SegmentInfo,
+    ) -> Result<SegmentDescriptor> {
         let log = Arc::clone(log);
         let (base, next) = (segment.base_offset, segment.next_offset);
         let row_group_bytes = self.config.row_group_bytes;
@@ -182,6 +193,12 @@ impl Tier {
                 return Err(error);
             }
         };
+        // A test hook: a process started with this variable dies between
+        // the upload and the commit, as a crash there would.
+        if std::env::var_os("SAVA_FAILPOINT_ABORT_AFTER_UPLOAD").is_some() {
+            tracing::error!(object = %key, "failpoint: aborting between upload and commit");
+            std::process::abort();
+        }
         let micros = started.elapsed().as_micros() as u64;
         self.stats
             .upload_micros_total
@@ -364,43 +381,48 @@ impl Tier {
         let segments = self.catalog.segments(topic).await?;
         let mut merged = 0;
         for run in compaction_runs(&segments, &self.config) {
-            let _span =
-                tracing::info_span!("storage.compact", topic, segments = run.len()).entered();
-            let mut records = Vec::new();
-            for segment in run {
-                let bytes = self.objects.get(&segment.object_key).await?;
-                let name = segment.object_key.clone();
-                let rows =
-                    tokio::task::spawn_blocking(move || columnar::decode_object(bytes, &name))
-                        .await
-                        .map_err(|_| Error::Closed)??;
-                records.extend(rows);
-            }
-            let row_group_bytes = self.config.row_group_bytes;
-            let encoded = tokio::task::spawn_blocking(move || {
-                columnar::encode_segment(&records, row_group_bytes)
-            })
-            .await
-            .map_err(|_| Error::Closed)??;
-
-            let (base, next) = (encoded.base_offset, encoded.next_offset);
-            let key = self
-                .objects
-                .segment_key(&self.config.cluster, topic, base, next);
-            let etag = self.objects.put(&key, encoded.bytes.clone()).await?;
-            let descriptor = descriptor_of(topic, &encoded, key, etag);
-            let bases: Vec<u64> = run.iter().map(|s| s.base_offset).collect();
-            self.catalog
-                .replace_segments(topic, &bases, &descriptor)
-                .await?;
-
-            let deadline = Instant::now() + self.config.orphan_grace;
-            lock(&self.replaced).extend(run.iter().map(|s| (s.object_key.clone(), deadline)));
-            self.stats.compactions.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(topic, object = %descriptor.object_key, replaced = run.len(), base_offset = base, next_offset = next, "compacted segments");
+            let span = tracing::info_span!("storage.compact", topic, segments = run.len());
+            self.compact_run(topic, run).instrument(span).await?;
             merged += 1;
         }
         Ok(merged)
+    }
+
+    /// Merges one run of adjacent objects into one: upload first, then the
+    /// swap of descriptors; the replaced objects wait out the grace period.
+    async fn compact_run(&self, topic: &str, run: &[SegmentDescriptor]) -> Result<()> {
+        let mut records = Vec::new();
+        for segment in run {
+            let bytes = self.objects.get(&segment.object_key).await?;
+            let name = segment.object_key.clone();
+            let rows = tokio::task::spawn_blocking(move || columnar::decode_object(bytes, &name))
+                .await
+                .map_err(|_| Error::Closed)??;
+            records.extend(rows);
+        }
+        let row_group_bytes = self.config.row_group_bytes;
+        let encoded = tokio::task::spawn_blocking(move || {
+            columnar::encode_segment(&records, row_group_bytes)
+        })
+        .await
+        .map_err(|_| Error::Closed)??;
+
+        let (base, next) = (encoded.base_offset, encoded.next_offset);
+        let key = self
+            .objects
+            .segment_key(&self.config.cluster, topic, base, next);
+        let etag = self.objects.put(&key, encoded.bytes.clone()).await?;
+        let descriptor = descriptor_of(topic, &encoded, key, etag);
+        let bases: Vec<u64> = run.iter().map(|s| s.base_offset).collect();
+        self.catalog
+            .replace_segments(topic, &bases, &descriptor)
+            .await?;
+
+        let deadline = Instant::now() + self.config.orphan_grace;
+        lock(&self.replaced).extend(run.iter().map(|s| (s.object_key.clone(), deadline)));
+        self.stats.compactions.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(topic, object = %descriptor.object_key, replaced = run.len(), base_offset = base, next_offset = next, "compacted segments");
+        Ok(())
     }
 
     /// Deletes offloaded history of `topic` that retention lets go: every

@@ -4,6 +4,7 @@
 mod brokers;
 mod namespaces;
 mod schemas;
+mod storage;
 mod subscriptions;
 mod topics;
 
@@ -28,6 +29,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Topics { command } => topics::run(&api, output, command).await,
         Command::Subscriptions { command } => subscriptions::run(&api, output, command).await,
         Command::Schemas { command } => schemas::run(&api, output, command).await,
+        Command::Storage { command } => storage::run(&api, output, command).await,
     }
 }
 

@@ -134,6 +134,24 @@ impl AdminApi {
         }))
     }
 
+    /// The loaded reliable topics behind `name`: its partitions, or itself.
+    async fn reliable_parts(
+        &self,
+        name: &str,
+    ) -> Result<Vec<Arc<crate::topic::Topic>>, BrokerError> {
+        let mut parts = Vec::new();
+        for part in self.broker.partitions(name).await? {
+            let topic = self.broker.topic(&TopicName::parse(&part)?, None).await?;
+            if topic.log().is_none() {
+                return Err(BrokerError::InvalidRequest(format!(
+                    "topic {part} is not reliable; only reliable topics keep segments"
+                )));
+            }
+            parts.push(topic);
+        }
+        Ok(parts)
+    }
+
     async fn record(&self, name: &str) -> Result<TopicRecord, BrokerError> {
         let name = TopicName::parse(name)?;
         self.broker
@@ -448,6 +466,10 @@ impl pb::admin_server::Admin for AdminApi {
             stats.rate_in += rate_in;
             stats.rate_out += rate_out;
             stats.local_bytes += topic.local_bytes();
+            if let Some(log) = topic.log() {
+                let remote = log.remote_segments();
+                stats.offloaded_bytes += remote.iter().map(|s| s.object_bytes).sum::<u64>();
+            }
             stats.next_offset += topic.next_offset();
             for producer in topic.producers() {
                 stats.producers.push(pb::ClientInfo {
@@ -618,6 +640,151 @@ impl pb::admin_server::Admin for AdminApi {
             "",
         );
         Ok(Response::new(info))
+    }
+
+    async fn list_segments(
+        &self,
+        request: Request<pb::ListSegmentsRequest>,
+    ) -> Result<Response<pb::ListSegmentsResponse>, Status> {
+        let topic = request.into_inner().topic;
+        let mut segments = Vec::new();
+        for topic in self.reliable_parts(&topic).await? {
+            let log = topic.log().expect("reliable parts have logs");
+            let name = topic.name.to_string();
+            let remote = log.remote_segments();
+            for segment in remote.iter() {
+                segments.push(pb::SegmentInfo {
+                    topic: name.clone(),
+                    location: "object".into(),
+                    base_offset: segment.base_offset,
+                    next_offset: segment.next_offset,
+                    first_publish_time_ms: segment.first_publish_time_ms,
+                    last_publish_time_ms: segment.last_publish_time_ms,
+                    bytes: segment.object_bytes,
+                    message_bytes: segment.message_bytes,
+                    object_key: segment.object_key.clone(),
+                    etag: segment.etag.clone().unwrap_or_default(),
+                    row_groups: segment.row_groups.len() as u32,
+                    sealed: true,
+                    offloaded: true,
+                });
+            }
+            let offloaded_end = log.offloaded_end();
+            for segment in log.disk().segments() {
+                segments.push(pb::SegmentInfo {
+                    topic: name.clone(),
+                    location: "local".into(),
+                    base_offset: segment.base_offset,
+                    next_offset: segment.next_offset,
+                    first_publish_time_ms: segment.first_publish_time_ms.unwrap_or(0),
+                    last_publish_time_ms: segment.last_publish_time_ms.unwrap_or(0),
+                    bytes: segment.bytes,
+                    sealed: segment.sealed,
+                    offloaded: segment.sealed
+                        && segment.next_offset > segment.base_offset
+                        && segment.next_offset <= offloaded_end,
+                    ..pb::SegmentInfo::default()
+                });
+            }
+        }
+        let object_store = match self.broker.tier() {
+            Some(tier) => tier.objects().url().to_string(),
+            None => String::new(),
+        };
+        Ok(Response::new(pb::ListSegmentsResponse {
+            segments,
+            object_store,
+        }))
+    }
+
+    async fn offload_topic(
+        &self,
+        request: Request<pb::OffloadTopicRequest>,
+    ) -> Result<Response<pb::OffloadTopicResponse>, Status> {
+        let topic = request.into_inner().topic;
+        let mut response = pb::OffloadTopicResponse::default();
+        for topic in self.reliable_parts(&topic).await? {
+            let count = self.broker.offload_now(&topic).await?;
+            response.segments_offloaded += count as u32;
+            response.topics.push(topic.name.to_string());
+        }
+        Ok(Response::new(response))
+    }
+
+    async fn compact_topic(
+        &self,
+        request: Request<pb::CompactTopicRequest>,
+    ) -> Result<Response<pb::CompactTopicResponse>, Status> {
+        let topic = request.into_inner().topic;
+        let mut response = pb::CompactTopicResponse::default();
+        for topic in self.reliable_parts(&topic).await? {
+            let (merged, swept) = self.broker.compact_topic(&topic).await?;
+            response.merged += merged as u32;
+            response.swept += swept as u32;
+            response.topics.push(topic.name.to_string());
+        }
+        Ok(Response::new(response))
+    }
+
+    type ReadSegmentStream = super::ResponseStream<pb::SegmentChunk>;
+
+    async fn read_segment(
+        &self,
+        request: Request<pb::ReadSegmentRequest>,
+    ) -> Result<Response<Self::ReadSegmentStream>, Status> {
+        const CHUNK: u64 = 1024 * 1024;
+        let request = request.into_inner();
+        let name = TopicName::parse(&request.topic)?;
+        let topic = self.broker.topic(&name, None).await?;
+        let tier =
+            self.broker.tier().cloned().ok_or_else(|| {
+                BrokerError::InvalidRequest("offload is off on this broker".into())
+            })?;
+        let remote = topic
+            .log()
+            .map(|log| log.remote_segments())
+            .unwrap_or_default();
+        let segment = remote
+            .iter()
+            .find(|s| s.base_offset == request.base_offset)
+            .cloned()
+            .ok_or_else(|| {
+                BrokerError::InvalidRequest(format!(
+                    "topic {name} has no offloaded segment at offset {}; list them with `sava-admin storage segments {name}`",
+                    request.base_offset
+                ))
+            })?;
+
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut start = 0;
+            while start < segment.object_bytes {
+                let end = (start + CHUNK).min(segment.object_bytes);
+                let chunk = match tier
+                    .objects()
+                    .get_range(&segment.object_key, start..end)
+                    .await
+                {
+                    Ok(data) => Ok(pb::SegmentChunk {
+                        data,
+                        total_bytes: if start == 0 { segment.object_bytes } else { 0 },
+                        object_key: if start == 0 {
+                            segment.object_key.clone()
+                        } else {
+                            String::new()
+                        },
+                    }),
+                    Err(error) => Err(Status::from(BrokerError::Storage(error))),
+                };
+                let failed = chunk.is_err();
+                if tx.send(chunk).await.is_err() || failed {
+                    return;
+                }
+                start = end;
+            }
+        });
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn describe_subscription(

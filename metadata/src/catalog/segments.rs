@@ -63,7 +63,9 @@ pub struct RowGroupDescriptor {
 }
 
 impl Catalog {
-    /// Records `descriptor`. Committing the same descriptor again is a no-op.
+    /// Records `descriptor`. Committing one with the same range and object
+    /// again is a no-op (an upload retried after a commit whose result was
+    /// lost records the object once).
     ///
     /// # Errors
     ///
@@ -83,7 +85,9 @@ impl Catalog {
             async move {
                 let key = catalog.segment_key(&descriptor.topic, descriptor.base_offset);
                 if let Some(existing) = read::<SegmentDescriptor>(tx, &key).await? {
-                    if existing == descriptor {
+                    let same = existing.next_offset == descriptor.next_offset
+                        && existing.object_key == descriptor.object_key;
+                    if same {
                         return Ok(());
                     }
                     return Err(overlap(&descriptor, &existing));

@@ -1,0 +1,172 @@
+//! Object storage tier benchmark: replay of offloaded history through the
+//! tier (ranged GETs of row groups, decode, readahead) against the same
+//! server's raw GET throughput for the same objects, measured in one run,
+//! plus the bytes stored per byte produced.
+//!
+//! ```text
+//! eval "$(localstack/start.sh moto)"
+//! cargo run --release -p sava-storage --example tier_bench -- \
+//!     [--megabytes 64] [--segment-megabytes 8] [--row-group-kib 1024] \
+//!     [--rounds 3] [--url s3://sava/bench]
+//! ```
+//!
+//! Messages are 1 KiB of text (log lines), which compress the way real
+//! text payloads do. Each round reads every object twice, alternating the
+//! order: once with plain GETs of whole objects, once through a fresh tier
+//! (empty cache) from offset 0 to the end.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sava_metadata::{Catalog, EmbeddedStore};
+use sava_storage::{
+    CommitConfig, FsyncMode, GroupCommitter, LogConfig, ObjectStoreConfig, ObjectTier,
+    PartitionLog, Record, Tier, TierConfig,
+};
+
+const MESSAGE_BYTES: usize = 1024;
+const TOPIC: &str = "/bench/replay";
+
+struct Options {
+    megabytes: u64,
+    segment_megabytes: u64,
+    row_group_kib: usize,
+    rounds: usize,
+    url: String,
+}
+
+fn parse_options() -> Options {
+    let mut options = Options {
+        megabytes: 64,
+        segment_megabytes: 8,
+        row_group_kib: 1024,
+        rounds: 3,
+        url: std::env::var("SAVA_STORAGE__OBJECT_STORE").unwrap_or_else(|_| "s3://sava/bench".into()),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        let number = || value.parse::<u64>().unwrap_or_else(|_| panic!("{flag}: not a number"));
+        match flag.as_str() {
+            "--megabytes" => options.megabytes = number(),
+            "--segment-megabytes" => options.segment_megabytes = number(),
+            "--row-group-kib" => options.row_group_kib = number() as usize,
+            "--rounds" => options.rounds = number() as usize,
+            "--url" => options.url = value,
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    options
+}
+
+fn message(offset: u64) -> Record {
+    let line = format!(
+        "2026-12-03T15:{:02}:{:02}.{:03}Z INFO request handled path=/api/v1/orders/{} status=200 duration_ms={} user=u{} ",
+        offset / 60_000 % 60,
+        offset / 1000 % 60,
+        offset % 1000,
+        offset * 7919 % 100_000,
+        offset % 250,
+        offset % 5000
+    );
+    let payload = line.repeat(MESSAGE_BYTES / line.len() + 1)[..MESSAGE_BYTES].to_owned();
+    Record {
+        offset,
+        publish_time_ms: 1_764_774_000_000 + offset / 10,
+        producer_id: 1,
+        producer_name: "bench".into(),
+        key: Some(format!("user-{}", offset % 5000)),
+        attributes: vec![("service".into(), "orders".into())],
+        schema_id: None,
+        schema_version: None,
+        payload: Bytes::from(payload),
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let options = parse_options();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let committer = GroupCommitter::start(CommitConfig {
+        mode: FsyncMode::Never,
+        ..CommitConfig::default()
+    })
+    .expect("committer");
+    let config = LogConfig {
+        segment_bytes: options.segment_megabytes << 20,
+        ..LogConfig::default()
+    };
+    let (log, _) = PartitionLog::open(dir.path(), config, committer).expect("log");
+    let log = Arc::new(log);
+
+    let count = (options.megabytes << 20) / MESSAGE_BYTES as u64;
+    let mut offset = 0;
+    while offset < count {
+        let batch: Vec<Record> = (offset..(offset + 256).min(count)).map(message).collect();
+        offset += batch.len() as u64;
+        log.append(&batch).expect("append").await.expect("durable");
+    }
+    log.seal_active().expect("seal");
+    let produced: u64 = count * MESSAGE_BYTES as u64;
+
+    let objects = ObjectTier::open(&options.url, &ObjectStoreConfig::default()).expect("object store");
+    let tier_config = TierConfig {
+        row_group_bytes: options.row_group_kib * 1024,
+        ..TierConfig::default()
+    };
+    let catalog = Catalog::new(Arc::new(EmbeddedStore::open_temporary().expect("catalog")));
+    let writer = Tier::new(objects.clone(), catalog.clone(), tier_config.clone());
+    let offload_started = Instant::now();
+    for segment in log.segments().iter().filter(|s| s.sealed) {
+        writer.offload(TOPIC, &log, segment).await.expect("offload");
+    }
+    let offload_time = offload_started.elapsed();
+    let segments = writer.segments(TOPIC).await.expect("segments");
+    let stored: u64 = segments.iter().map(|s| s.object_bytes).sum();
+
+    println!(
+        "{} messages of {MESSAGE_BYTES} B ({} MiB) in {} objects of {} row groups each",
+        count,
+        produced >> 20,
+        segments.len(),
+        segments[0].row_groups.len()
+    );
+    println!(
+        "offload: {:.1} MiB/s of messages; stored/produced = {:.3}",
+        produced as f64 / offload_time.as_secs_f64() / 1048576.0,
+        stored as f64 / produced as f64
+    );
+
+    let (mut raw, mut replay) = (Duration::ZERO, Duration::ZERO);
+    for round in 0..options.rounds {
+        let raw_first = round % 2 == 0;
+        for pass in 0..2 {
+            if (pass == 0) == raw_first {
+                let started = Instant::now();
+                for segment in &segments {
+                    let bytes = objects.get(&segment.object_key).await.expect("get");
+                    assert_eq!(bytes.len() as u64, segment.object_bytes);
+                }
+                raw += started.elapsed();
+            } else {
+                let reader = Tier::new(objects.clone(), catalog.clone(), tier_config.clone());
+                let started = Instant::now();
+                let mut next = 0;
+                while next < count {
+                    let records = reader.read(&segments, next, 4096).await.expect("read");
+                    next = records.last().expect("records").offset + 1;
+                }
+                replay += started.elapsed();
+            }
+        }
+    }
+    let rate = |time: Duration| (stored * options.rounds as u64) as f64 / time.as_secs_f64() / 1048576.0;
+    println!("raw GET of whole objects: {:.1} MiB/s of objects", rate(raw));
+    println!(
+        "replay through the tier:  {:.1} MiB/s of objects ({:.1} MiB/s of messages)",
+        rate(replay),
+        rate(replay) * produced as f64 / stored as f64
+    );
+    println!("replay / raw GET = {:.2}", raw.as_secs_f64() / replay.as_secs_f64());
+}
