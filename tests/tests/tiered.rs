@@ -107,6 +107,13 @@ async fn consume(
     received
 }
 
+/// Replays `topic` from the earliest offset through a new subscription and
+/// checks it finds messages `0..count`, in order.
+async fn replays_whole(client: &Client, topic: &str, subscription: &str, count: usize) {
+    let start = StartPosition::Earliest;
+    assert_messages(&consume(client, topic, subscription, start, count).await, 0);
+}
+
 fn assert_messages(received: &[ReceivedMessage], first: u64) {
     for (message, expected) in received.iter().zip(first..) {
         assert_eq!(message.offset, expected);
@@ -320,15 +327,7 @@ async fn compaction_under_a_replaying_reader_loses_and_repeats_nothing() {
     // The replaced objects are swept (grace 0), the merged ones stay.
     broker.admin_ok(&["storage", "compact", topic]);
     assert_eq!(s3.list_keys("compaction/").await.unwrap(), after);
-    let again = consume(
-        &client,
-        topic,
-        "after-compaction",
-        StartPosition::Earliest,
-        COUNT as usize,
-    )
-    .await;
-    assert_messages(&again, 0);
+    replays_whole(&client, topic, "after-compaction", COUNT as usize).await;
 }
 
 #[tokio::test]
@@ -462,15 +461,7 @@ async fn an_unreachable_store_holds_offload_back_and_it_resumes_with_nothing_los
     wait_offloaded_and_local_gone(&broker, topic, sent).await;
     produce(&client, topic, sent, 10).await;
     let total = sent + 10;
-    let replayed = consume(
-        &client,
-        topic,
-        "audit",
-        StartPosition::Earliest,
-        total as usize,
-    )
-    .await;
-    assert_messages(&replayed, 0);
+    replays_whole(&client, topic, "audit", total as usize).await;
 }
 
 #[tokio::test]
@@ -523,8 +514,7 @@ async fn a_broker_killed_between_upload_and_commit_restarts_whole_and_orphans_ar
         s3.list_keys("crash/").await.unwrap(),
         object_keys(&broker, topic)
     );
-    let replayed = consume(&client, topic, "audit", StartPosition::Earliest, 1010).await;
-    assert_messages(&replayed, 0);
+    replays_whole(&client, topic, "audit", 1010).await;
 }
 
 #[tokio::test]
@@ -543,6 +533,5 @@ async fn offload_and_replay_work_through_localstack() {
         object_keys(&broker, topic)
     );
 
-    let replayed = consume(&client, topic, "replay", StartPosition::Earliest, 1000).await;
-    assert_messages(&replayed, 0);
+    replays_whole(&client, topic, "replay", 1000).await;
 }

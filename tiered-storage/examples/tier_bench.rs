@@ -42,12 +42,19 @@ fn parse_options() -> Options {
         segment_megabytes: 8,
         row_group_kib: 1024,
         rounds: 3,
-        url: std::env::var("SAVA_STORAGE__OBJECT_STORE").unwrap_or_else(|_| "s3://sava/bench".into()),
+        url: std::env::var("SAVA_STORAGE__OBJECT_STORE")
+            .unwrap_or_else(|_| "s3://sava/bench".into()),
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
-        let value = args.next().unwrap_or_else(|| panic!("{flag} needs a value"));
-        let number = || value.parse::<u64>().unwrap_or_else(|_| panic!("{flag}: not a number"));
+        let value = args
+            .next()
+            .unwrap_or_else(|| panic!("{flag} needs a value"));
+        let number = || {
+            value
+                .parse::<u64>()
+                .unwrap_or_else(|_| panic!("{flag}: not a number"))
+        };
         match flag.as_str() {
             "--megabytes" => options.megabytes = number(),
             "--segment-megabytes" => options.segment_megabytes = number(),
@@ -110,7 +117,8 @@ async fn main() {
     log.seal_active().expect("seal");
     let produced: u64 = count * MESSAGE_BYTES as u64;
 
-    let objects = ObjectTier::open(&options.url, &ObjectStoreConfig::default()).expect("object store");
+    let objects =
+        ObjectTier::open(&options.url, &ObjectStoreConfig::default()).expect("object store");
     let tier_config = TierConfig {
         row_group_bytes: options.row_group_kib * 1024,
         ..TierConfig::default()
@@ -161,12 +169,19 @@ async fn main() {
             }
         }
     }
-    let rate = |time: Duration| (stored * options.rounds as u64) as f64 / time.as_secs_f64() / 1048576.0;
-    println!("raw GET of whole objects: {:.1} MiB/s of objects", rate(raw));
+    let rate =
+        |time: Duration| (stored * options.rounds as u64) as f64 / time.as_secs_f64() / 1048576.0;
+    println!(
+        "raw GET of whole objects: {:.1} MiB/s of objects",
+        rate(raw)
+    );
     println!(
         "replay through the tier:  {:.1} MiB/s of objects ({:.1} MiB/s of messages)",
         rate(replay),
         rate(replay) * produced as f64 / stored as f64
     );
-    println!("replay / raw GET = {:.2}", raw.as_secs_f64() / replay.as_secs_f64());
+    println!(
+        "replay / raw GET = {:.2}",
+        raw.as_secs_f64() / replay.as_secs_f64()
+    );
 }
