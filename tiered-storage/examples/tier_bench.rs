@@ -10,8 +10,8 @@
 //!     [--rounds 3] [--url s3://sava/bench]
 //! ```
 //!
-//! Messages are 1 KiB of text (log lines), which compress the way real
-//! text payloads do. Each round reads every object twice, alternating the
+//! Messages are 1 KiB of log lines whose ids, numbers and trace tokens
+//! vary, so they compress the way real text payloads do, not better. Each round reads every object twice, alternating the
 //! order: once with plain GETs of whole objects, once through a fresh tier
 //! (empty cache) from offset 0 to the end.
 
@@ -67,17 +67,32 @@ fn parse_options() -> Options {
     options
 }
 
+/// A log line of about 1 KiB: fixed words around ids, numbers and a hex
+/// token that vary from message to message, as real logs do.
 fn message(offset: u64) -> Record {
-    let line = format!(
-        "2026-12-03T15:{:02}:{:02}.{:03}Z INFO request handled path=/api/v1/orders/{} status=200 duration_ms={} user=u{} ",
-        offset / 60_000 % 60,
-        offset / 1000 % 60,
-        offset % 1000,
-        offset * 7919 % 100_000,
-        offset % 250,
-        offset % 5000
-    );
-    let payload = line.repeat(MESSAGE_BYTES / line.len() + 1)[..MESSAGE_BYTES].to_owned();
+    let mut state = offset.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut payload = String::with_capacity(MESSAGE_BYTES + 160);
+    while payload.len() < MESSAGE_BYTES {
+        let line = format!(
+            "ts=2026-12-03T15:{:02}:{:02}.{:03}Z level=info msg=\"request handled\" path=/api/v1/orders/{} status={} duration_ms={} user=u{} trace={:016x}\n",
+            next() % 60,
+            next() % 60,
+            next() % 1000,
+            next() % 100_000,
+            [200, 200, 200, 201, 404, 500][(next() % 6) as usize],
+            next() % 2000,
+            next() % 50_000,
+            next()
+        );
+        payload.push_str(&line);
+    }
+    payload.truncate(MESSAGE_BYTES);
     Record {
         offset,
         publish_time_ms: 1_764_774_000_000 + offset / 10,
@@ -147,6 +162,7 @@ async fn main() {
     );
 
     let (mut raw, mut replay) = (Duration::ZERO, Duration::ZERO);
+    let (mut gets_total, mut get_micros) = (0u64, 0u64);
     for round in 0..options.rounds {
         let raw_first = round % 2 == 0;
         for pass in 0..2 {
@@ -166,6 +182,13 @@ async fn main() {
                     next = records.last().expect("records").offset + 1;
                 }
                 replay += started.elapsed();
+                let stats = reader.stats();
+                let gets = stats.gets.load(std::sync::atomic::Ordering::Relaxed);
+                let micros = stats
+                    .get_micros_total
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                gets_total += gets;
+                get_micros += micros;
             }
         }
     }
@@ -179,6 +202,11 @@ async fn main() {
         "replay through the tier:  {:.1} MiB/s of objects ({:.1} MiB/s of messages)",
         rate(replay),
         rate(replay) * produced as f64 / stored as f64
+    );
+    println!(
+        "replay made {} ranged GETs per round, {:.1} ms each on average (readahead overlaps them)",
+        gets_total / options.rounds as u64,
+        get_micros as f64 / gets_total.max(1) as f64 / 1000.0
     );
     println!(
         "replay / raw GET = {:.2}",

@@ -348,21 +348,37 @@ pub fn footer_range(len: u64, tail: &[u8]) -> Option<(u64, u64)> {
 /// Decodes row group `index` of `object`, whose footer and that row
 /// group's bytes must have been fetched.
 pub fn decode_row_group(object: PartialObject, index: usize, name: &str) -> Result<Vec<Record>> {
+    let mut groups = decode_row_groups(object, index..=index, name)?;
+    Ok(groups.pop().unwrap_or_default())
+}
+
+/// Decodes row groups `range` of `object`, whose footer and those row
+/// groups' bytes must have been fetched; one list of records per group.
+pub fn decode_row_groups(
+    object: PartialObject,
+    range: std::ops::RangeInclusive<usize>,
+    name: &str,
+) -> Result<Vec<Vec<Record>>> {
     let wrap = |source| Error::Parquet {
         object: name.to_owned(),
         source,
     };
+    let wanted = range.clone();
     let options = ReadOptionsBuilder::new()
-        .with_predicate(Box::new(move |_, at| at == index))
+        .with_predicate(Box::new(move |_, at| wanted.contains(&at)))
         .build();
     let reader = SerializedFileReader::new_with_options(object, options).map_err(wrap)?;
-    if reader.num_row_groups() != 1 {
+    if reader.num_row_groups() != range.clone().count() {
         return Err(wrap(ParquetError::General(format!(
-            "the object has no row group {index}"
+            "the object has no row groups {range:?}"
         ))));
     }
-    let group = reader.get_row_group(0).map_err(wrap)?;
-    decode_group(group.as_ref()).map_err(wrap)
+    (0..reader.num_row_groups())
+        .map(|index| {
+            let group = reader.get_row_group(index).map_err(wrap)?;
+            decode_group(group.as_ref()).map_err(wrap)
+        })
+        .collect()
 }
 
 /// Decodes every row group of a whole object held in memory.

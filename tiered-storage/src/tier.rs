@@ -11,10 +11,14 @@
 //! one transaction; the objects it replaced are deleted after the same grace
 //! period, so a reader still holding the old descriptors finishes its read.
 //!
-//! Reads fetch one row group per GET (the descriptor says where it sits)
-//! plus the object's footer, decode it on the blocking pool, and keep it in
-//! a cache bounded in bytes. A read that reaches the end of a row group
-//! starts fetching the next one, so a sequential replay keeps the store busy.
+//! Reads fetch the row group holding their offset and the ones after it,
+//! up to a bounded span, with one ranged GET (the descriptor says where
+//! each row group sits), plus the object's footer unless the span runs to
+//! the end of the object and brings it along. They decode on the blocking
+//! pool into a cache bounded in bytes. Row groups before the offset are
+//! never fetched. A read also starts fetching the next object, so a
+//! sequential replay keeps the store busy while it decodes; a second reader
+//! of an object being fetched waits for that fetch instead of repeating it.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +35,9 @@ use crate::log::PartitionLog;
 use crate::objects::ObjectTier;
 use crate::record::Record;
 use crate::segment::SegmentInfo;
+
+/// The most bytes one ranged GET of a reader asks for.
+const MAX_SPAN_BYTES: u64 = 8 * 1024 * 1024;
 
 /// Settings of the tier.
 #[derive(Debug, Clone)]
@@ -87,8 +94,9 @@ pub struct Tier {
     catalog: Catalog,
     config: TierConfig,
     cache: Mutex<BlockCache>,
-    /// Row groups being fetched by readahead, so two never fetch one.
-    fetching: Mutex<HashSet<(String, usize)>>,
+    /// Objects being fetched from, by key: a second reader of the same
+    /// object waits for the first fetch instead of repeating it.
+    fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Objects replaced by compaction, deleted once their deadline passes.
     replaced: Mutex<Vec<(String, Instant)>>,
     stats: TierStats,
@@ -111,7 +119,7 @@ impl Tier {
             catalog,
             config,
             cache: Mutex::new(cache),
-            fetching: Mutex::new(HashSet::new()),
+            fetching: Mutex::new(HashMap::new()),
             replaced: Mutex::new(Vec::new()),
             stats: TierStats::default(),
         })
@@ -252,14 +260,14 @@ impl Tier {
         let skip = (from - segment.row_groups[group].first_offset) as usize;
         let records: Vec<Record> = rows.iter().skip(skip).take(max).cloned().collect();
 
-        // Readahead: the next row group, of this object or the next.
-        let next = if group + 1 < segment.row_groups.len() {
-            Some((segment.clone(), group + 1))
-        } else {
-            segments.get(position + 1).map(|s| (s.clone(), 0))
-        };
-        if let Some((segment, group)) = next {
-            self.prefetch(segment, group);
+        // Readahead: the next row group of this object (when the span
+        // fetched stopped short of it) and the start of the next object, so
+        // the store is fetching while this one is being read.
+        if group + 1 < segment.row_groups.len() {
+            self.prefetch(segment.clone(), group + 1);
+        }
+        if let Some(next) = segments.get(position + 1) {
+            self.prefetch(next.clone(), 0);
         }
         Ok(records)
     }
@@ -285,10 +293,7 @@ impl Tier {
 
     fn prefetch(self: &Arc<Self>, segment: SegmentDescriptor, group: usize) {
         let key = (segment.object_key.clone(), group);
-        if self.lock_cache().contains(&key) {
-            return;
-        }
-        if !lock(&self.fetching).insert(key.clone()) {
+        if self.lock_cache().contains(&key) || lock(&self.fetching).contains_key(&key.0) {
             return;
         }
         let tier = Arc::clone(self);
@@ -296,45 +301,109 @@ impl Tier {
             if let Err(error) = tier.row_group(&segment, group).await {
                 tracing::debug!(object = %segment.object_key, group, %error, "readahead failed");
             }
-            lock(&tier.fetching).remove(&key);
         });
     }
 
-    /// Row group `group` of `segment`, from the cache or the store.
+    /// Row group `group` of `segment`, from the cache or the store. One
+    /// fetch per object at a time: a reader that finds one under way waits
+    /// for it, then looks in the cache again.
     async fn row_group(
         &self,
         segment: &SegmentDescriptor,
         group: usize,
     ) -> Result<Arc<Vec<Record>>> {
         let key = (segment.object_key.clone(), group);
-        if let Some(rows) = self.lock_cache().get(&key) {
-            self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(rows);
+        loop {
+            if let Some(rows) = self.lock_cache().get(&key) {
+                self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(rows);
+            }
+            let under_way = {
+                let mut fetching = lock(&self.fetching);
+                match fetching.get(&key.0) {
+                    Some(fetch) => Err(Arc::clone(fetch)),
+                    None => {
+                        let fetch = Arc::new(tokio::sync::Mutex::new(()));
+                        let guard = Arc::clone(&fetch)
+                            .try_lock_owned()
+                            .expect("a new mutex is free");
+                        fetching.insert(key.0.clone(), fetch);
+                        Ok(guard)
+                    }
+                }
+            };
+            match under_way {
+                Err(fetch) => {
+                    drop(fetch.lock().await);
+                }
+                Ok(_guard) => {
+                    self.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
+                    let result = self.fetch_span(segment, group).await;
+                    lock(&self.fetching).remove(&key.0);
+                    return result;
+                }
+            }
         }
-        self.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
+    }
 
-        let RowGroupDescriptor {
-            byte_start,
-            byte_len,
-            ..
-        } = segment.row_groups[group];
-        let footer = self.footer(segment);
-        let body = self.fetch(&segment.object_key, byte_start..byte_start + byte_len);
-        let ((footer_start, footer), body) = futures::try_join!(footer, body)?;
+    /// Fetches row group `first` of `segment` and the ones after it, up to
+    /// a bounded span, in one ranged GET; decodes them into the cache and
+    /// returns the first. A span that reaches the last row group runs to
+    /// the end of the object, so it brings the footer along.
+    async fn fetch_span(
+        &self,
+        segment: &SegmentDescriptor,
+        first: usize,
+    ) -> Result<Arc<Vec<Record>>> {
+        let groups = &segment.row_groups;
+        let message_bytes =
+            |g: &RowGroupDescriptor| g.records * segment.message_bytes / segment.records().max(1);
+        let decoded_budget = (self.config.cache_bytes / 4) as u64;
+        let (mut last, mut fetched, mut decoded) =
+            (first, groups[first].byte_len, message_bytes(&groups[first]));
+        while let Some(next) = groups.get(last + 1) {
+            if fetched + next.byte_len > MAX_SPAN_BYTES
+                || decoded + message_bytes(next) > decoded_budget
+            {
+                break;
+            }
+            (last, fetched, decoded) = (
+                last + 1,
+                fetched + next.byte_len,
+                decoded + message_bytes(next),
+            );
+        }
 
+        let start = groups[first].byte_start;
         let mut object = PartialObject::new(segment.object_bytes);
-        object.add(footer_start, footer);
-        object.add(byte_start, body);
+        if last + 1 == groups.len() {
+            let body = self
+                .fetch(&segment.object_key, start..segment.object_bytes)
+                .await?;
+            object.add(start, body);
+        } else {
+            let end = groups[last].byte_start + groups[last].byte_len;
+            let footer = self.footer(segment);
+            let body = self.fetch(&segment.object_key, start..end);
+            let ((footer_start, footer), body) = futures::try_join!(footer, body)?;
+            object.add(footer_start, footer);
+            object.add(start, body);
+        }
         let name = segment.object_key.clone();
-        let rows =
-            tokio::task::spawn_blocking(move || columnar::decode_row_group(object, group, &name))
-                .await
-                .map_err(|_| Error::Closed)??;
+        let decoded = tokio::task::spawn_blocking(move || {
+            columnar::decode_row_groups(object, first..=last, &name)
+        })
+        .await
+        .map_err(|_| Error::Closed)??;
 
-        let rows = Arc::new(rows);
-        let bytes = rows.iter().map(Record::encoded_len).sum::<usize>();
-        self.lock_cache().insert(key, Arc::clone(&rows), bytes);
-        Ok(rows)
+        let mut decoded = decoded.into_iter().map(Arc::new);
+        let wanted = decoded.next().unwrap_or_default();
+        let mut cache = self.lock_cache();
+        for (index, rows) in (first..).zip(std::iter::once(Arc::clone(&wanted)).chain(decoded)) {
+            let bytes = rows.iter().map(Record::encoded_len).sum::<usize>();
+            cache.insert((segment.object_key.clone(), index), rows, bytes);
+        }
+        Ok(wanted)
     }
 
     /// The footer of `segment`'s object and where it starts.

@@ -240,3 +240,37 @@ fn the_sweeper_deletes_orphans_past_the_grace_period_only() {
 fn catalog_of(fixture: &Fixture) -> Catalog {
     fixture.tier.catalog().clone()
 }
+
+#[test]
+fn a_read_fetches_only_the_row_groups_from_its_offset_on() {
+    let fixture = offloaded(400, 1024 * 1024, small_tier());
+    let segments = fixture
+        .runtime
+        .block_on(fixture.tier.segments(TOPIC))
+        .unwrap();
+    assert_eq!(segments.len(), 1);
+    let object = &segments[0];
+    let last_group = object.row_groups.last().unwrap();
+    assert!(object.row_groups.len() > 3);
+
+    let reader = Tier::new(
+        fixture.tier.objects().clone(),
+        catalog_of(&fixture),
+        small_tier(),
+    );
+    let records = fixture
+        .runtime
+        .block_on(reader.read(&segments, last_group.first_offset, 1000))
+        .unwrap();
+
+    assert_records(&records, last_group.first_offset..400);
+    let fetched = reader
+        .stats()
+        .bytes_fetched
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        fetched < object.object_bytes - object.row_groups[0].byte_len,
+        "fetched {fetched} of {} bytes",
+        object.object_bytes
+    );
+}
