@@ -236,6 +236,28 @@ pub(crate) enum TopicsCommand {
         /// The topic, as /namespace/topic.
         topic: String,
     },
+    /// Show a topic's own policies and the ones that apply to it.
+    Policies {
+        /// The topic, as /namespace/topic.
+        topic: String,
+    },
+    /// Set one policy of a topic, over its namespace's.
+    #[command(
+        after_help = "Keys: retention_age_secs and retention_bytes (keep acknowledged messages \
+        this long / up to this size), backlog_quota_bytes (the most unacknowledged bytes the \
+        topic may hold), backlog_policy (refuse or drop_oldest). Numbers: 0 for none, whatever \
+        the namespace says. Any key takes `inherit` to go back to the namespace's value. A \
+        partitioned topic's policies apply to every partition."
+    )]
+    SetPolicy {
+        /// The topic, as /namespace/topic.
+        topic: String,
+        /// retention_age_secs, retention_bytes, backlog_quota_bytes or
+        /// backlog_policy.
+        key: String,
+        /// A number (0 for none), refuse|drop_oldest, or inherit.
+        value: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -280,6 +280,31 @@ impl From<pb::DeleteResponse> for DeletedView {
 }
 
 #[derive(Debug, Serialize)]
+pub(crate) struct TopicPoliciesView {
+    pub(crate) topic: String,
+    /// The topic's own values; `null` inherits the namespace's.
+    pub(crate) retention_age_secs: Option<u64>,
+    pub(crate) retention_bytes: Option<u64>,
+    pub(crate) backlog_quota_bytes: Option<u64>,
+    pub(crate) backlog_policy: Option<String>,
+    /// What applies, the topic's values over the namespace's.
+    pub(crate) effective: PoliciesView,
+}
+
+impl From<pb::TopicPoliciesInfo> for TopicPoliciesView {
+    fn from(info: pb::TopicPoliciesInfo) -> TopicPoliciesView {
+        TopicPoliciesView {
+            topic: info.topic,
+            retention_age_secs: info.retention_age_secs,
+            retention_bytes: info.retention_bytes,
+            backlog_quota_bytes: info.backlog_quota_bytes,
+            backlog_policy: info.backlog_policy,
+            effective: PoliciesView::from(info.effective),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
 pub(crate) struct SegmentView {
     pub(crate) topic: String,
     /// `local` or `object`.

@@ -593,19 +593,15 @@ impl Broker {
 
     /// Seals aged segments and deletes the ones retention lets go: a sealed
     /// segment goes once every subscription acknowledged all of it and it is
-    /// older than the namespace's retention age (or the retained bytes pass
-    /// the namespace's retention size).
+    /// older than the retention age (or the retained bytes pass the
+    /// retention size), as the topic's policies or else its namespace's
+    /// say.
     pub async fn apply_retention(&self) -> Result<(), BrokerError> {
         for topic in self.loaded_topics() {
             let (Some(log), Some(floor)) = (topic.log(), topic.acknowledged_floor()) else {
                 continue;
             };
-            let policies = self
-                .catalog
-                .namespace(topic.name.namespace())
-                .await?
-                .map(|n| n.policies)
-                .unwrap_or_default();
+            let policies = self.effective_policies(&topic).await?;
             self.enforce_backlog_quota(&topic, log, floor, &policies)
                 .await;
             // Also here: the offloader may be stuck on an unreachable store.
@@ -622,8 +618,28 @@ impl Broker {
         Ok(())
     }
 
+    /// The retention and backlog policies that apply to `topic`: its
+    /// namespace's, with the overrides set on the topic itself (on its
+    /// parent, for a partition).
+    pub async fn effective_policies(
+        &self,
+        topic: &Topic,
+    ) -> Result<sava_metadata::NamespacePolicies, BrokerError> {
+        let namespace = self.catalog.namespace(topic.name.namespace()).await?;
+        let owner = topic.record.partition_of.as_deref();
+        let own = self
+            .catalog
+            .topic_policies(owner.unwrap_or(topic.name.as_str()))
+            .await?;
+        Ok(namespace
+            .map(|n| n.policies)
+            .unwrap_or_default()
+            .with_topic(&own))
+    }
+
     /// Checks a reliable topic's backlog (bytes from its slowest cursor on)
-    /// against the namespace's quota: over it, producers are refused, or,
+    /// against its quota (the topic's, else the namespace's): over it,
+    /// producers are refused, or,
     /// with `drop_oldest`, the cursors still in the oldest segments move
     /// past them.
     async fn enforce_backlog_quota(

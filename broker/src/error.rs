@@ -78,7 +78,7 @@ pub enum BrokerError {
     InvalidRequest(String),
 
     #[error(
-        "topic {topic} holds {backlog} bytes of unacknowledged messages, over its namespace's backlog quota of {quota} bytes; consumers must catch up"
+        "topic {topic} holds {backlog} bytes of unacknowledged messages, over its backlog quota of {quota} bytes; consumers must catch up"
     )]
     BacklogQuotaExceeded {
         topic: String,

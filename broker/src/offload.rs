@@ -200,10 +200,10 @@ impl Broker {
             let (Some(log), Some(floor)) = (topic.log(), topic.acknowledged_floor()) else {
                 continue;
             };
-            let policies = match self.catalog().namespace(topic.name.namespace()).await {
-                Ok(namespace) => namespace.map(|n| n.policies).unwrap_or_default(),
+            let policies = match self.effective_policies(&topic).await {
+                Ok(policies) => policies,
                 Err(error) => {
-                    tracing::warn!(topic = %topic.name, %error, "cannot read the namespace's retention; retrying");
+                    tracing::warn!(topic = %topic.name, %error, "cannot read the retention policies; retrying");
                     continue;
                 }
             };
@@ -215,7 +215,7 @@ impl Broker {
     }
 
     /// Deletes the offloaded history of `topic` that retention lets go,
-    /// given the acknowledged `floor` and the namespace's policies.
+    /// given the acknowledged `floor` and the policies that apply.
     async fn retain_offloaded(
         &self,
         log: &TopicLog,

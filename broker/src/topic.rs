@@ -135,7 +135,7 @@ pub struct Topic {
     partition: u32,
     log: Option<Arc<TopicLog>>,
     publish: Mutex<PublishState>,
-    /// Set while the backlog is over the namespace's quota: (backlog, quota).
+    /// Set while the backlog is over its quota: (backlog, quota).
     over_quota: Mutex<Option<(u64, u64)>>,
     /// Set while too many sealed bytes wait for offload: (pending, limit).
     offload_pending: Mutex<Option<(u64, u64)>>,

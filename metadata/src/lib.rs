@@ -54,7 +54,7 @@ pub mod store;
 pub use catalog::{
     Catalog, DEFAULT_CLUSTER, DispatchMode, MAX_PARTITIONS, NamespacePolicies, NamespaceRecord,
     RowGroupDescriptor, SchemaRecord, SegmentDescriptor, SubjectRecord, SubscriptionRecord,
-    TopicRecord, TopicSchema,
+    TopicPolicies, TopicRecord, TopicSchema,
 };
 pub use embedded::{EMBEDDED_MAX_VALUE_BYTES, EmbeddedStore};
 pub use error::{BoxError, MetadataError, Result};

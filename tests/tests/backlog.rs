@@ -253,3 +253,92 @@ async fn drop_oldest_moves_a_lagging_subscription_past_the_oldest_segments() {
         .unwrap();
     assert!(first.offset > 0, "the oldest messages were dropped");
 }
+
+#[tokio::test]
+async fn a_topic_policy_overrides_its_namespace_for_that_topic_only() {
+    let broker = Broker::start().await.unwrap();
+    broker.admin_ok(&["namespaces", "create", "mixed"]);
+    for topic in ["/mixed/strict", "/mixed/free"] {
+        broker.admin_ok(&["topics", "create", topic, "--reliable"]);
+    }
+    let set = broker.admin_json(&[
+        "topics",
+        "set-policy",
+        "/mixed/strict",
+        "backlog_quota_bytes",
+        "20000",
+    ]);
+    assert_eq!(set["backlog_quota_bytes"], 20000, "{set}");
+    assert_eq!(set["effective"]["backlog_quota_bytes"], 20000, "{set}");
+    let free = broker.admin_json(&["topics", "policies", "/mixed/free"]);
+    assert!(free["backlog_quota_bytes"].is_null(), "{free}");
+    assert_eq!(free["effective"]["backlog_quota_bytes"], 0, "{free}");
+
+    let client = Client::builder(broker.service_url()).build().await.unwrap();
+    let mut producers = Vec::new();
+    let mut consumers = Vec::new();
+    for topic in ["/mixed/strict", "/mixed/free"] {
+        producers.push(
+            client
+                .producer(topic)
+                .reliable(true)
+                .create()
+                .await
+                .unwrap(),
+        );
+        let consumer = client
+            .consumer(topic, "idle")
+            .start(StartPosition::Earliest);
+        consumers.push(consumer.subscribe().await.unwrap());
+    }
+
+    // The quota is checked once a second: the strict topic refuses in time,
+    // the free one takes everything.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut sent = 0;
+    let refusal = loop {
+        assert!(Instant::now() < deadline, "never refused after {sent}");
+        let free = producers[1]
+            .send(Message::new(vec![b'f'; 1000]))
+            .await
+            .unwrap();
+        free.await.unwrap();
+        match producers[0]
+            .send(Message::new(vec![b's'; 1000]))
+            .await
+            .unwrap()
+            .await
+        {
+            Ok(_) => sent += 1,
+            Err(error) => break error.to_string(),
+        }
+        sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        refusal.contains("backlog quota of 20000 bytes"),
+        "{refusal}"
+    );
+
+    // Back to the namespace's (no quota): accepted again.
+    let back = broker.admin_json(&[
+        "topics",
+        "set-policy",
+        "/mixed/strict",
+        "backlog_quota_bytes",
+        "inherit",
+    ]);
+    assert!(back["backlog_quota_bytes"].is_null(), "{back}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while let Err(error) = producers[0]
+        .send(Message::new("again"))
+        .await
+        .unwrap()
+        .await
+    {
+        assert!(Instant::now() < deadline, "still refused: {error}");
+        sleep(Duration::from_millis(100)).await;
+    }
+    let unknown = broker.admin(&["topics", "set-policy", "/mixed/strict", "colour", "1"]);
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown topic policy colour"));
+}

@@ -331,18 +331,15 @@ async fn compaction_under_a_replaying_reader_loses_and_repeats_nothing() {
 }
 
 #[tokio::test]
-async fn retention_deletes_offloaded_objects_with_their_descriptors() {
+async fn a_topic_retention_policy_deletes_offloaded_objects_with_their_descriptors() {
     let s3 = S3Server::start(S3ServerKind::Moto).unwrap();
     let broker = broker_over(&s3, "retention", &[]).await;
+    // The namespace keeps an hour of history; this topic's own policy
+    // keeps at most 100 kB.
     history_namespace(&broker, "short");
-    broker.admin_ok(&[
-        "namespaces",
-        "set-policy",
-        "short",
-        "retention_bytes",
-        "100000",
-    ]);
     let topic = "/short/metrics";
+    broker.admin_ok(&["topics", "create", topic, "--reliable"]);
+    broker.admin_ok(&["topics", "set-policy", topic, "retention_bytes", "100000"]);
     let client = Client::builder(broker.service_url()).build().await.unwrap();
     const COUNT: u64 = 2000;
 

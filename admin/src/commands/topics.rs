@@ -1,4 +1,5 @@
-//! `sava-admin topics`: create, delete, describe, stats and unload.
+//! `sava-admin topics`: create, delete, describe, stats, unload and
+//! policies.
 
 use std::path::PathBuf;
 
@@ -10,7 +11,9 @@ use crate::api::{Api, Reply};
 use crate::cli::{OutputFormat, SchemaKind, TopicsCommand};
 use crate::output::{Column, Fields, Table, format_bytes, format_rate, yes_no};
 use crate::time::{age_since, format_time};
-use crate::views::{Changed, ClientView, DeletedView, StatsView, TopicView, UnloadedView};
+use crate::views::{
+    Changed, ClientView, DeletedView, StatsView, TopicPoliciesView, TopicView, UnloadedView,
+};
 
 pub(super) async fn run(api: &Api, output: OutputFormat, command: TopicsCommand) -> Result<()> {
     let mut admin = api.admin();
@@ -50,6 +53,16 @@ pub(super) async fn run(api: &Api, output: OutputFormat, command: TopicsCommand)
             let request = pb::TopicStatsRequest { name: topic };
             let stats = admin.topic_stats(request).await.reply(api)?;
             show(output, &StatsView::from(stats), print_stats)
+        }
+        TopicsCommand::Policies { topic } => {
+            let request = pb::GetTopicPoliciesRequest { topic };
+            let reply = admin.get_topic_policies(request).await.reply(api)?;
+            show(output, &TopicPoliciesView::from(reply), print_policies)
+        }
+        TopicsCommand::SetPolicy { topic, key, value } => {
+            let request = pb::SetTopicPolicyRequest { topic, key, value };
+            let reply = admin.set_topic_policy(request).await.reply(api)?;
+            show(output, &TopicPoliciesView::from(reply), print_policies)
         }
         TopicsCommand::Unload { topic } => {
             let request = pb::UnloadTopicRequest {
@@ -219,4 +232,32 @@ fn schema_cell(topic: &TopicView) -> String {
         Some(schema) => format!("{} v{}", schema.schema_type, schema.version),
         None => "-".to_string(),
     }
+}
+
+fn print_policies(view: &TopicPoliciesView) {
+    let own = |value: Option<u64>, effective: u64| match value {
+        Some(value) => format!("{value} (the topic's)"),
+        None => format!("{effective} (the namespace's)"),
+    };
+    let effective = &view.effective;
+    let backlog_policy = match &view.backlog_policy {
+        Some(policy) => format!("{policy} (the topic's)"),
+        None => format!("{} (the namespace's)", effective.backlog_policy),
+    };
+    Fields::new()
+        .add("topic", &view.topic)
+        .add(
+            "retention_age_secs",
+            own(view.retention_age_secs, effective.retention_age_secs),
+        )
+        .add(
+            "retention_bytes",
+            own(view.retention_bytes, effective.retention_bytes),
+        )
+        .add(
+            "backlog_quota_bytes",
+            own(view.backlog_quota_bytes, effective.backlog_quota_bytes),
+        )
+        .add("backlog_policy", backlog_policy)
+        .print();
 }

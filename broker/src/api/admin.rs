@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use sava_metadata::{NamespacePolicies, NamespaceRecord, TopicRecord};
+use sava_metadata::{NamespacePolicies, NamespaceRecord, TopicPolicies, TopicRecord};
 use sava_proto::sava::v1 as pb;
 use tonic::{Request, Response, Status};
 
@@ -150,6 +150,27 @@ impl AdminApi {
             parts.push(topic);
         }
         Ok(parts)
+    }
+
+    /// A topic's own policies and the ones that apply to it.
+    async fn topic_policies_info(
+        &self,
+        record: &TopicRecord,
+    ) -> Result<pb::TopicPoliciesInfo, BrokerError> {
+        let catalog = self.broker.catalog();
+        let owner = record.partition_of.as_deref().unwrap_or(&record.name);
+        let own = catalog.topic_policies(owner).await?;
+        let namespace = TopicName::parse(&record.name)?.namespace().to_owned();
+        let policies = catalog.namespace(&namespace).await?.map(|n| n.policies);
+        let effective = policies.unwrap_or_default().with_topic(&own);
+        Ok(pb::TopicPoliciesInfo {
+            topic: record.name.clone(),
+            retention_age_secs: own.retention_age_secs,
+            retention_bytes: own.retention_bytes,
+            backlog_quota_bytes: own.backlog_quota_bytes,
+            backlog_policy: own.backlog_policy,
+            effective: Some(policies_to_wire(&effective)),
+        })
     }
 
     async fn record(&self, name: &str) -> Result<TopicRecord, BrokerError> {
@@ -509,6 +530,40 @@ impl pb::admin_server::Admin for AdminApi {
             unloaded,
             note: note.into(),
         }))
+    }
+
+    async fn get_topic_policies(
+        &self,
+        request: Request<pb::GetTopicPoliciesRequest>,
+    ) -> Result<Response<pb::TopicPoliciesInfo>, Status> {
+        let record = self.record(&request.into_inner().topic).await?;
+        Ok(Response::new(self.topic_policies_info(&record).await?))
+    }
+
+    async fn set_topic_policy(
+        &self,
+        request: Request<pb::SetTopicPolicyRequest>,
+    ) -> Result<Response<pb::TopicPoliciesInfo>, Status> {
+        let request = request.into_inner();
+        let record = self.record(&request.topic).await?;
+        if let Some(parent) = &record.partition_of {
+            return Err(BrokerError::InvalidRequest(format!(
+                "{} is a partition; set policies on its topic {parent}",
+                record.name
+            ))
+            .into());
+        }
+        let catalog = self.broker.catalog();
+        let own = catalog
+            .topic_policies(&record.name)
+            .await
+            .map_err(BrokerError::from)?;
+        let own = apply_topic_policy(own, &request.key, &request.value)?;
+        catalog
+            .set_topic_policies(&record.name, &own)
+            .await
+            .map_err(BrokerError::from)?;
+        Ok(Response::new(self.topic_policies_info(&record).await?))
     }
 
     async fn list_subscriptions(
@@ -942,6 +997,43 @@ fn apply_policy(
         }
     }
     Ok(policies)
+}
+
+/// `own` with topic policy `key` set to `value` ("inherit" clears it).
+fn apply_topic_policy(
+    mut own: TopicPolicies,
+    key: &str,
+    value: &str,
+) -> Result<TopicPolicies, BrokerError> {
+    let bad = |expected: &str| {
+        BrokerError::InvalidRequest(format!("policy {key} takes {expected}, not {value:?}"))
+    };
+    let inherit = value == "inherit";
+    let number = || -> Result<Option<u64>, BrokerError> {
+        match inherit {
+            true => Ok(None),
+            false => value
+                .parse()
+                .map(Some)
+                .map_err(|_| bad("a whole number (0 for none) or inherit")),
+        }
+    };
+    match key {
+        "retention_age_secs" => own.retention_age_secs = number()?,
+        "retention_bytes" => own.retention_bytes = number()?,
+        "backlog_quota_bytes" => own.backlog_quota_bytes = number()?,
+        "backlog_policy" => match value {
+            "inherit" => own.backlog_policy = None,
+            "refuse" | "drop_oldest" => own.backlog_policy = Some(value.to_owned()),
+            _ => return Err(bad("refuse, drop_oldest or inherit")),
+        },
+        _ => {
+            return Err(BrokerError::InvalidRequest(format!(
+                "unknown topic policy {key}; the topic policies are retention_age_secs, retention_bytes, backlog_quota_bytes and backlog_policy"
+            )));
+        }
+    }
+    Ok(own)
 }
 
 fn admin_url(broker: &Broker) -> String {

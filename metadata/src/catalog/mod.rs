@@ -7,6 +7,7 @@
 //! | --- | --- |
 //! | `/sava/namespaces/<ns>` | [`NamespaceRecord`] |
 //! | `/sava/topics/<ns>/<topic>` | [`TopicRecord`] of `/<ns>/<topic>`, partitions included |
+//! | `/sava/topic_policies/</ns/topic>` | [`TopicPolicies`]: the topic's overrides of its namespace's policies |
 //! | `/sava/subscriptions/</ns/topic>/<sub>` | [`SubscriptionRecord`]: type and cursor |
 //! | `/sava/schemas/subjects/<subject>` | [`SubjectRecord`] |
 //! | `/sava/schemas/versions/<subject>/<version>` | [`SchemaRecord`] (`version` a `u64` element) |
@@ -24,6 +25,7 @@ mod segments;
 mod subscriptions;
 #[cfg(test)]
 mod tests;
+mod topic_policies;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,6 +37,7 @@ use serde::{Deserialize, Serialize};
 
 pub use segments::{RowGroupDescriptor, SegmentDescriptor};
 pub use subscriptions::SubscriptionRecord;
+pub use topic_policies::TopicPolicies;
 
 use crate::error::{MetadataError, Result};
 use crate::keys::{Key, display_key};
@@ -535,6 +538,7 @@ impl Catalog {
         tx.clear_range(&begin, &end);
         let (begin, end) = self.segments_prefix(&topic.full_name()).range();
         tx.clear_range(&begin, &end);
+        tx.clear(&self.topic_policies_key(&topic.full_name()));
     }
 
     async fn transact<T, F>(&self, body: F) -> Result<T>
