@@ -21,13 +21,21 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-log "S3 servers for the tiered storage tests (moto, LocalStack) and pyarrow"
+log "S3 servers for the tiered storage tests (moto, LocalStack) and pyarrow, in the background"
 # The tests start and stop the servers themselves, through localstack/.
-bash localstack/install.sh all
-if ! tests/.venv/bin/python -c 'import pyarrow' >/dev/null 2>&1; then
-  python3 -m venv tests/.venv
-  tests/.venv/bin/pip install -q pyarrow
-fi
+# Installing from PyPI takes minutes, so it runs while cargo builds.
+mkdir -p target
+python_log=target/python-install.log
+(
+  bash localstack/install.sh all
+  if ! tests/.venv/bin/python -c 'import pyarrow' >/dev/null 2>&1; then
+    python3 -m venv tests/.venv
+    tests/.venv/bin/pip install -q pyarrow
+  fi
+) >"$python_log" 2>&1 &
+python_install=$!
+# A failing step below must not leave pip running.
+trap 'kill "$python_install" 2>/dev/null || true' EXIT
 
 log "format"
 cargo fmt --all -- --check
@@ -40,6 +48,13 @@ cargo check -p sava-metadata --all-targets --features foundationdb --locked
 
 log "build binaries for the end-to-end tests"
 cargo build --workspace --bins --locked
+
+log "waiting for the S3 servers and pyarrow"
+if ! wait "$python_install"; then
+  cat "$python_log"
+  echo "installing the S3 servers or pyarrow failed" >&2
+  exit 1
+fi
 
 log "tests"
 cargo test --workspace --locked -- --test-threads 2

@@ -177,12 +177,18 @@ impl Tier {
         let row_group_bytes = self.config.row_group_bytes;
         let read_bytes = segment.bytes as usize + 1;
         let encoded = tokio::task::spawn_blocking(move || {
-            let records = log.read(base, (next - base) as usize, read_bytes)?;
-            if records.last().map(|r| r.offset + 1) != Some(next) {
-                return Err(Error::OffsetMismatch {
-                    expected: next,
-                    got: records.last().map_or(base, |r| r.offset + 1),
-                });
+            // A read may stop short of its budget; read until the end.
+            let mut records = Vec::with_capacity((next - base) as usize);
+            while records.last().map_or(base, |r: &Record| r.offset + 1) < next {
+                let from = records.last().map_or(base, |r: &Record| r.offset + 1);
+                let chunk = log.read(from, (next - from) as usize, read_bytes)?;
+                if chunk.is_empty() {
+                    return Err(Error::OffsetMismatch {
+                        expected: next,
+                        got: from,
+                    });
+                }
+                records.extend(chunk.into_iter().filter(|r| r.offset < next));
             }
             columnar::encode_segment(&records, row_group_bytes)
         })
