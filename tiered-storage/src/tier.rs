@@ -395,12 +395,24 @@ impl Tier {
             object.add(footer_start, footer);
             object.add(start, body);
         }
-        let name = segment.object_key.clone();
-        let decoded = tokio::task::spawn_blocking(move || {
-            columnar::decode_row_groups(object, first..=last, &name)
-        })
-        .await
-        .map_err(|_| Error::Closed)??;
+        // Two halves decode on two blocking threads at once.
+        let halves = match last > first {
+            true => {
+                let middle = first + (last - first).div_ceil(2);
+                vec![(first, middle - 1), (middle, last)]
+            }
+            false => vec![(first, last)],
+        };
+        let decodes = halves.into_iter().map(|(from, to)| {
+            let (object, name) = (object.clone(), segment.object_key.clone());
+            tokio::task::spawn_blocking(move || {
+                columnar::decode_row_groups(object, from..=to, &name)
+            })
+        });
+        let mut decoded = Vec::with_capacity(last - first + 1);
+        for half in futures::future::join_all(decodes).await {
+            decoded.extend(half.map_err(|_| Error::Closed)??);
+        }
 
         let mut decoded = decoded.into_iter().map(Arc::new);
         let wanted = decoded.next().unwrap_or_default();
