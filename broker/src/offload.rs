@@ -105,10 +105,7 @@ impl Broker {
     /// Offloads every sealed segment of `topic` not offloaded yet, oldest
     /// first. Returns how many it offloaded.
     pub async fn offload_topic(&self, topic: &Topic) -> Result<usize, BrokerError> {
-        let Some(log) = topic.log() else {
-            return Ok(0);
-        };
-        let Some(tier) = log.tier() else {
+        let Some((log, tier)) = tiered(topic) else {
             return Ok(0);
         };
         let _guard = log.lock_offload().await;
@@ -176,10 +173,7 @@ impl Broker {
     /// Compacts `topic`'s small offloaded objects, then sweeps its orphans.
     /// Returns the objects compaction wrote and the orphans swept.
     pub async fn compact_topic(&self, topic: &Topic) -> Result<(usize, usize), BrokerError> {
-        let Some(log) = topic.log() else {
-            return Ok((0, 0));
-        };
-        let Some(tier) = log.tier() else {
+        let Some((log, tier)) = tiered(topic) else {
             return Ok((0, 0));
         };
         let name = topic.name.as_str();
@@ -252,6 +246,13 @@ impl Broker {
         }
         Ok(())
     }
+}
+
+/// A reliable topic's log and the tier it offloads to; `None` for a
+/// non-reliable topic or with offload off.
+fn tiered(topic: &Topic) -> Option<(&TopicLog, &Arc<Tier>)> {
+    let log = topic.log()?;
+    Some((log, log.tier()?))
 }
 
 /// The sealed segments of `log` above its offloaded history.
