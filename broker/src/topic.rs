@@ -135,10 +135,9 @@ pub struct Topic {
     partition: u32,
     log: Option<Arc<TopicLog>>,
     publish: Mutex<PublishState>,
-    /// Set while the backlog is over its quota: (backlog, quota).
-    over_quota: Mutex<Option<(u64, u64)>>,
-    /// Set while too many sealed bytes wait for offload: (pending, limit).
-    offload_pending: Mutex<Option<(u64, u64)>>,
+    /// Why producers are refused for now, if they are; one lock for the
+    /// publish path to check.
+    refusals: Mutex<Refusals>,
     producers: Mutex<Producers>,
     subscriptions: RwLock<HashMap<String, Arc<Subscription>>>,
 }
@@ -170,8 +169,7 @@ impl Topic {
             stats: TopicStats::default(),
             log,
             publish: Mutex::new(publish),
-            over_quota: Mutex::new(None),
-            offload_pending: Mutex::new(None),
+            refusals: Mutex::new(Refusals::default()),
             producers: Mutex::new(Producers::default()),
             subscriptions: RwLock::new(HashMap::new()),
         }
@@ -266,14 +264,15 @@ impl Topic {
                 });
             }
         }
-        if let Some((backlog, quota)) = *lock(&self.over_quota) {
+        let refusals = *lock(&self.refusals);
+        if let Some((backlog, quota)) = refusals.over_quota {
             return Err(BrokerError::BacklogQuotaExceeded {
                 topic: self.name.to_string(),
                 backlog,
                 quota,
             });
         }
-        if let Some((pending, limit)) = *lock(&self.offload_pending) {
+        if let Some((pending, limit)) = refusals.offload_pending {
             return Err(BrokerError::OffloadBacklog {
                 topic: self.name.to_string(),
                 pending,
@@ -454,14 +453,14 @@ impl Topic {
     /// Records whether the backlog is over its quota, checked by the
     /// broker's janitor; while it is, publishing is refused.
     pub fn set_backlog_over_quota(&self, over: Option<(u64, u64)>) {
-        *lock(&self.over_quota) = over;
+        lock(&self.refusals).over_quota = over;
     }
 
     /// Records whether more sealed bytes wait for offload than allowed,
     /// checked after each offload pass; while they do, publishing is
     /// refused.
     pub fn set_offload_pending(&self, over: Option<(u64, u64)>) {
-        *lock(&self.offload_pending) = over;
+        lock(&self.refusals).offload_pending = over;
     }
 
     /// The lowest acknowledged floor over the subscriptions (reliable
@@ -474,6 +473,16 @@ impl Topic {
             .min();
         Some(floor.unwrap_or_else(|| log.end()))
     }
+}
+
+/// Conditions under which a topic refuses producers, set by the broker's
+/// periodic checks.
+#[derive(Clone, Copy, Debug, Default)]
+struct Refusals {
+    /// The backlog is over its quota: (backlog, quota).
+    over_quota: Option<(u64, u64)>,
+    /// Too many sealed bytes wait for offload: (pending, limit).
+    offload_pending: Option<(u64, u64)>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
