@@ -120,8 +120,20 @@ pub(crate) enum BrokersCommand {
     List,
     /// Show the broker that leads the cluster.
     Leader,
-    /// Show one broker.
+    /// Show one broker, with the topics it owns.
     Describe {
+        /// The broker's id, as `brokers list` shows it.
+        id: String,
+    },
+    /// Hand a broker's topics to the other brokers; it takes no new ones
+    /// until activated. Returns once the broker was told (it drains within a
+    /// lease renewal).
+    Drain {
+        /// The broker's id, as `brokers list` shows it.
+        id: String,
+    },
+    /// Let a drained broker take topics again.
+    Activate {
         /// The broker's id, as `brokers list` shows it.
         id: String,
     },

@@ -32,11 +32,30 @@ pub(crate) struct BrokerView {
     pub(crate) broker_id: String,
     pub(crate) client_url: String,
     pub(crate) admin_url: String,
+    pub(crate) http_url: String,
     pub(crate) state: String,
+    pub(crate) alive: bool,
     pub(crate) leader: bool,
     pub(crate) topics: u32,
+    pub(crate) owned_topics: u32,
+    pub(crate) messages_in_per_sec: u64,
+    pub(crate) lease_expires_ms: u64,
     pub(crate) started_at_ms: u64,
-    pub(crate) version: String,
+    pub(crate) version: Option<String>,
+    /// Only from `brokers describe`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) owned_topic_names: Option<Vec<String>>,
+}
+
+impl BrokerView {
+    /// The view `brokers describe` shows, with the topic names.
+    pub(crate) fn described(info: pb::BrokerInfo) -> BrokerView {
+        let names = info.owned_topic_names.clone();
+        BrokerView {
+            owned_topic_names: Some(names),
+            ..BrokerView::from(info)
+        }
+    }
 }
 
 impl From<pb::BrokerInfo> for BrokerView {
@@ -45,11 +64,17 @@ impl From<pb::BrokerInfo> for BrokerView {
             broker_id: info.broker_id,
             client_url: info.client_url,
             admin_url: info.admin_url,
+            http_url: info.http_url,
             state: info.state,
+            alive: info.alive,
             leader: info.leader,
             topics: info.topics,
+            owned_topics: info.owned_topics,
+            messages_in_per_sec: info.messages_in_per_sec,
+            lease_expires_ms: info.lease_expires_ms,
             started_at_ms: info.started_at_ms,
-            version: info.version,
+            version: non_empty(info.version),
+            owned_topic_names: None,
         }
     }
 }
@@ -138,6 +163,10 @@ pub(crate) struct TopicView {
     pub(crate) schema: Option<TopicSchemaView>,
     pub(crate) created_at_ms: u64,
     pub(crate) owner_url: Option<String>,
+    /// The owning broker and its ownership epoch; `null` and 0 when no
+    /// broker owns the topic.
+    pub(crate) owner_broker: Option<String>,
+    pub(crate) epoch: u64,
 }
 
 impl From<pb::TopicInfo> for TopicView {
@@ -158,6 +187,8 @@ impl From<pb::TopicInfo> for TopicView {
             schema,
             created_at_ms: info.created_at_ms,
             owner_url: non_empty(info.owner_url),
+            owner_broker: non_empty(info.owner_broker),
+            epoch: info.epoch,
         }
     }
 }

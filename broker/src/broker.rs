@@ -12,6 +12,7 @@ use std::time::Duration;
 use sava_metadata::{Catalog, DispatchMode, SubscriptionRecord, TopicRecord, TopicSchema};
 use sava_storage::{CommitConfig, FsyncMode, GroupCommitter, LogConfig, Tier};
 
+use crate::cluster::{Cluster, Owner};
 use crate::config::{Config, FsyncSetting};
 use crate::dispatch::SubscriptionType;
 use crate::dispatch::consumer::ConsumerHandle;
@@ -101,11 +102,14 @@ pub struct ConsumerEntry {
 /// A producer and the topic it is attached to.
 pub type AttachedProducer = (Arc<Topic>, Arc<ProducerInfo>);
 
-/// A looked-up topic: its record and the names producers and consumers use.
+/// A looked-up topic: its record, the names producers and consumers use,
+/// and the broker that owns each of them.
 #[derive(Clone, Debug)]
 pub struct Lookup {
     pub record: TopicRecord,
     pub partitions: Vec<String>,
+    /// The owner of each of `partitions`, in the same order.
+    pub owners: Vec<Owner>,
 }
 
 pub struct Broker {
@@ -128,6 +132,8 @@ pub struct Broker {
     /// The object storage tier, unless offload is off.
     pub(crate) tier: Option<Arc<Tier>>,
     pub(crate) offload_backoff: crate::offload::Backoff,
+    /// Membership, leadership and topic ownership.
+    pub cluster: Arc<Cluster>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -155,14 +161,24 @@ impl Broker {
         .map_err(BrokerError::Storage)?;
         let tier = crate::offload::open_tier(&config, &catalog)?;
         let advertised_url = config.advertised_url();
+        let broker_id = advertised_url
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
+            .to_string();
+        let cluster = Arc::new(Cluster::new(
+            broker_id.clone(),
+            catalog.clone(),
+            config.cluster.clone(),
+            advertised_url.clone(),
+            config.advertised_admin_url(),
+            format!("http://{}", config.broker.http_addr),
+        ));
         Ok(Arc::new_cyclic(|me| Broker {
             tier,
             offload_backoff: crate::offload::Backoff::default(),
             me: std::sync::Weak::clone(me),
-            broker_id: advertised_url
-                .trim_start_matches("http://")
-                .trim_start_matches("https://")
-                .to_string(),
+            cluster,
+            broker_id,
             started_at_ms: now_ms(),
             advertised_url,
             config,
@@ -246,8 +262,11 @@ impl Broker {
                 None => return Err(BrokerError::TopicNotFound(name.to_string())),
             },
         };
+        let partitions = partition_names(&name, &record);
+        let owners = self.cluster.owners(&partitions).await?;
         Ok(Lookup {
-            partitions: partition_names(&name, &record),
+            partitions,
+            owners,
             record,
         })
     }
@@ -329,6 +348,7 @@ impl Broker {
                 record.partitions - 1
             )));
         }
+        let owner = self.take_ownership(name).await?;
         let schema = match &record.schema {
             Some(bound) => Some(
                 self.active_schema(bound.schema_id, Some(bound.version))
@@ -342,14 +362,26 @@ impl Broker {
         {
             limits.max_message_bytes = limits.max_message_bytes.min(max as usize);
         }
-        let log = match record.dispatch_mode {
-            DispatchMode::Reliable => Some(self.open_log(name).await?),
-            DispatchMode::NonReliable => None,
+        let (log, cursor_limit) = match record.dispatch_mode {
+            DispatchMode::Reliable => {
+                let (log, limit) = self.open_log(name, &owner).await?;
+                (Some(log), limit)
+            }
+            DispatchMode::NonReliable => (None, None),
         };
         let reliable = log.is_some();
-        let topic = Arc::new(Topic::new(name.clone(), record, schema, limits, log));
+        let lease = Arc::clone(self.cluster.lease());
+        let topic = Arc::new(Topic::new(
+            name.clone(),
+            record,
+            schema,
+            limits,
+            log,
+            owner.epoch,
+            lease,
+        ));
         if reliable {
-            self.restore_subscriptions(&topic).await?;
+            self.restore_subscriptions(&topic, cursor_limit).await?;
         }
         self.topics
             .write()
@@ -369,15 +401,69 @@ impl Broker {
             .join(local)
     }
 
-    async fn open_log(&self, name: &TopicName) -> Result<Arc<TopicLog>, BrokerError> {
+    /// The owner of `name` if it is this broker, placing it first if it has
+    /// none; dead-letter topics are claimed for this broker directly, since
+    /// it writes them itself.
+    async fn take_ownership(&self, name: &TopicName) -> Result<Owner, BrokerError> {
+        if self.cluster.is_draining() {
+            return Err(BrokerError::Draining(self.broker_id.clone()));
+        }
+        let owner = match name.as_str().ends_with(DEAD_LETTER_SUFFIX) {
+            true => self.cluster.claim(name.as_str()).await?,
+            false => self.cluster.owner(name.as_str()).await?,
+        };
+        if owner.broker_id != self.broker_id {
+            return Err(BrokerError::NotOwner {
+                topic: name.to_string(),
+                owner: owner.broker_id,
+                url: owner.client_url,
+            });
+        }
+        Ok(owner)
+    }
+
+    /// Opens a reliable topic's log for ownership `owner`. A broker that
+    /// did not own the epoch before drops whatever local segments it kept
+    /// from an older epoch and starts after the durable history; the
+    /// returned offset is then the limit saved cursors are cut back to.
+    async fn open_log(
+        &self,
+        name: &TopicName,
+        owner: &Owner,
+    ) -> Result<(Arc<TopicLog>, Option<u64>), BrokerError> {
+        let remote = match &self.tier {
+            Some(tier) => tier
+                .segments(name.as_str())
+                .await
+                .map_err(BrokerError::Storage)?,
+            None => Vec::new(),
+        };
+        let dir = self.log_dir(name);
+        let continues = owner
+            .previous_owner
+            .as_deref()
+            .is_none_or(|previous| previous == self.broker_id);
+        let first_offset = remote
+            .last()
+            .map_or(0, |s| s.next_offset)
+            .max(owner.released_at_offset.unwrap_or(0));
+        if !continues && dir.exists() {
+            tracing::warn!(topic = %name, epoch = owner.epoch, first_offset, dir = %dir.display(), "dropping local segments of an older ownership epoch; the topic continues after its durable history");
+            let stale = dir.clone();
+            tokio::task::spawn_blocking(move || std::fs::remove_dir_all(stale))
+                .await
+                .map_err(|_| BrokerError::ShuttingDown)?
+                .map_err(|error| BrokerError::Storage(sava_storage::Error::io(&dir, error)))?;
+        }
+
         let storage = &self.config.storage;
         let config = LogConfig {
             segment_bytes: storage.segment_bytes,
             segment_age: Duration::from_secs(storage.segment_age_secs),
             max_batch_bytes: (self.config.limits.max_message_bytes * 4).max(16 << 20),
+            first_offset,
             ..LogConfig::default()
         };
-        let dir = self.log_dir(name);
         let committer = Arc::clone(&self.committer);
         let tail_bytes = storage.tail_cache_bytes;
         let (log, report) = tokio::task::spawn_blocking(move || {
@@ -387,28 +473,31 @@ impl Broker {
         .map_err(|_| BrokerError::ShuttingDown)?
         .map_err(BrokerError::Storage)?;
         let log = match &self.tier {
-            Some(tier) => {
-                let remote = tier
-                    .segments(name.as_str())
-                    .await
-                    .map_err(BrokerError::Storage)?;
-                log.with_tier(Arc::clone(tier), remote)
-            }
+            Some(tier) => log.with_tier(Arc::clone(tier), remote),
             None => log,
         };
         tracing::info!(
             topic = %name,
+            epoch = owner.epoch,
             next_offset = log.next_offset(),
             start_offset = log.start(),
             offloaded_segments = log.remote_segments().len(),
             truncated_bytes = report.truncated_bytes,
             "reliable topic log opened"
         );
-        Ok(Arc::new(log))
+        let limit = (!continues).then_some(first_offset);
+        Ok((Arc::new(log), limit))
     }
 
-    /// Recreates a reliable topic's subscriptions from their saved cursors.
-    async fn restore_subscriptions(&self, topic: &Topic) -> Result<(), BrokerError> {
+    /// Recreates a reliable topic's subscriptions from their saved cursors,
+    /// cut back to `limit` when the log restarted there: offsets above it
+    /// were acknowledged in a history this broker does not have, and new
+    /// messages get them again.
+    async fn restore_subscriptions(
+        &self,
+        topic: &Topic,
+        limit: Option<u64>,
+    ) -> Result<(), BrokerError> {
         for record in self.catalog.subscriptions(topic.name.as_str()).await? {
             let Some(kind) = subscription_type_named(&record.subscription_type) else {
                 tracing::warn!(topic = %topic.name, subscription = %record.name, kind = %record.subscription_type, "skipping a subscription of unknown type");
@@ -423,10 +512,13 @@ impl Broker {
                     .and_then(FailurePolicy::named)
                     .unwrap_or_default(),
             };
-            let cursor = Cursor {
+            let mut cursor = Cursor {
                 floor: record.floor,
                 acked_ranges: record.acked_ranges,
             };
+            if let Some(limit) = limit {
+                cut_cursor(&mut cursor, limit);
+            }
             let sink = self.dead_letter_sink(&topic.name, &record.name);
             let origin = Origin::Restored(cursor);
             topic
@@ -1112,6 +1204,19 @@ impl Broker {
     }
 }
 
+/// Cuts `cursor` back so that nothing at or above `limit` counts as
+/// acknowledged.
+fn cut_cursor(cursor: &mut Cursor, limit: u64) {
+    cursor.floor = cursor.floor.min(limit);
+    cursor.acked_ranges.retain(|(first, _)| *first < limit);
+    for range in &mut cursor.acked_ranges {
+        range.1 = range.1.min(limit.saturating_sub(1));
+    }
+}
+
+/// How every dead-letter topic's name ends.
+const DEAD_LETTER_SUFFIX: &str = "-dlq";
+
 /// The producer name dead letters are published under.
 const DEAD_LETTER_PRODUCER: &str = "sava-dead-letter";
 
@@ -1137,7 +1242,7 @@ pub fn dead_letter_topic(topic: &TopicName, subscription: &str) -> String {
             }
         })
         .collect();
-    format!("{}-{subscription}-dlq", base_topic(topic))
+    format!("{}-{subscription}{DEAD_LETTER_SUFFIX}", base_topic(topic))
 }
 
 fn subscription_record(

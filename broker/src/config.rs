@@ -37,6 +37,41 @@ pub struct Config {
     /// How to reach an S3 server; see [`sava_storage::ObjectStoreConfig`].
     pub s3: sava_storage::ObjectStoreConfig,
     pub limits: LimitsSection,
+    pub cluster: ClusterSection,
+}
+
+/// Membership, leadership and topic hand-over between brokers.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSection {
+    /// A broker whose lease was not renewed for this long counts as dead;
+    /// the leader then gives its topics to others. A broker that cannot
+    /// renew its own lease for this long stops accepting messages, since
+    /// another broker may own its topics by then.
+    pub lease_ttl_ms: u64,
+    /// How often a broker renews its lease (and the leader its leadership).
+    pub renew_interval_ms: u64,
+    /// How long a lookup of a topic without an owner waits for the leader
+    /// to place it before answering UNAVAILABLE (the client retries).
+    pub assignment_timeout_ms: u64,
+    /// How long a draining broker tries to offload a reliable topic before
+    /// handing it over anyway, naming the offsets the next owner lacks.
+    pub drain_timeout_secs: u64,
+    /// The admin URL other brokers and tools are told; derived from
+    /// `broker.admin_addr` and the advertised host when empty.
+    pub advertised_admin_url: String,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        ClusterSection {
+            lease_ttl_ms: 5000,
+            renew_interval_ms: 1000,
+            assignment_timeout_ms: 5000,
+            drain_timeout_secs: 30,
+            advertised_admin_url: String::new(),
+        }
+    }
 }
 
 /// Offload of sealed segments of reliable topics to the object store, and
@@ -260,6 +295,12 @@ impl Config {
                 "offload.interval_ms and offload.row_group_bytes must be above 0".into(),
             ));
         }
+        let cluster = &self.cluster;
+        if cluster.renew_interval_ms == 0 || cluster.lease_ttl_ms < 2 * cluster.renew_interval_ms {
+            return Err(ConfigError::Invalid(
+                "cluster.renew_interval_ms must be above 0 and cluster.lease_ttl_ms at least twice it".into(),
+            ));
+        }
         if self.limits.consumer_buffer_messages == 0 {
             return Err(ConfigError::Invalid(
                 "limits.consumer_buffer_messages must be above 0".into(),
@@ -280,6 +321,22 @@ impl Config {
             addr.ip().to_string()
         };
         format!("http://{host}:{}", addr.port())
+    }
+
+    /// The advertised admin URL: the configured one, or the advertised
+    /// client URL's host with the admin port.
+    pub fn advertised_admin_url(&self) -> String {
+        if !self.cluster.advertised_admin_url.is_empty() {
+            return self.cluster.advertised_admin_url.clone();
+        }
+        let client = self.advertised_url();
+        let host = client
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
+            .rsplit_once(':')
+            .map_or(client.as_str(), |(host, _)| host)
+            .to_string();
+        format!("http://{host}:{}", self.broker.admin_addr.port())
     }
 
     pub fn metadata_url(&self) -> String {

@@ -110,6 +110,27 @@ pub enum BrokerError {
     #[error("the broker is shutting down")]
     ShuttingDown,
 
+    #[error("topic {topic} is served by broker {owner} at {url}; look it up again")]
+    NotOwner {
+        topic: String,
+        owner: String,
+        url: String,
+    },
+
+    #[error("no broker has taken topic {0} yet; retry")]
+    NoOwner(String),
+
+    #[error("topic {0} is moving to another broker; look it up again")]
+    Moving(String),
+
+    #[error(
+        "this broker cannot renew its cluster lease, so it accepts no messages for {0}; look the topic up again"
+    )]
+    LeaseLost(String),
+
+    #[error("broker {0} is draining and takes no topics")]
+    Draining(String),
+
     #[error("metadata: {0}")]
     Metadata(#[from] MetadataError),
 
@@ -143,6 +164,11 @@ impl BrokerError {
             // consumer through a fresh lookup, which is what a restarted
             // broker or a moved topic needs.
             BrokerError::ShuttingDown
+            | BrokerError::NotOwner { .. }
+            | BrokerError::NoOwner(_)
+            | BrokerError::Moving(_)
+            | BrokerError::LeaseLost(_)
+            | BrokerError::Draining(_)
             | BrokerError::ProducerNotFound(_)
             | BrokerError::ConsumerNotFound(_) => ErrorKind::Unavailable,
             BrokerError::BacklogQuotaExceeded { .. } | BrokerError::OffloadBacklog { .. } => {
@@ -159,6 +185,7 @@ fn metadata_kind(error: &MetadataError) -> ErrorKind {
     match error {
         MetadataError::NotFound { .. } => ErrorKind::NotFound,
         MetadataError::AlreadyExists { .. } => ErrorKind::AlreadyExists,
+        MetadataError::Fenced { .. } => ErrorKind::Unavailable,
         MetadataError::Invalid { .. } | MetadataError::ValueTooLarge { .. } => {
             ErrorKind::InvalidArgument
         }

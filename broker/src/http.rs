@@ -21,9 +21,15 @@ pub fn router(broker: Arc<Broker>) -> Router {
 }
 
 async fn ready(State(broker): State<Arc<Broker>>) -> (StatusCode, &'static str) {
-    match broker.is_stopping() {
-        true => (StatusCode::SERVICE_UNAVAILABLE, "stopping\n"),
-        false => (StatusCode::OK, "ready\n"),
+    if broker.is_stopping() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "stopping\n");
+    }
+    if broker.cluster.is_draining() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n");
+    }
+    match broker.cluster.lease().holds() {
+        true => (StatusCode::OK, "ready\n"),
+        false => (StatusCode::SERVICE_UNAVAILABLE, "no cluster lease\n"),
     }
 }
 

@@ -4,11 +4,14 @@
 //! - [`broker`]: the core they share: topics, producers, consumers, schemas.
 //! - [`topic`], [`subscription`], [`dispatch`]: the publish path and the
 //!   choice of consumer for every subscription type.
+//! - [`cluster`]: membership with leases, the leader's placement of topics,
+//!   ownership epochs, hand-over and drain.
 //! - [`config`], [`server`], [`http`]: configuration, listeners, health and
 //!   metrics.
 
 pub mod api;
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod dispatch;
 pub mod error;

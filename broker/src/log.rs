@@ -233,8 +233,14 @@ impl TopicLog {
         self.disk.next_offset()
     }
 
+    /// The publish time of the last message, local or offloaded (a new
+    /// owner stamps no time below what the previous one did).
     pub fn last_publish_time_ms(&self) -> u64 {
-        self.disk.last_publish_time_ms()
+        let remote = self
+            .remote_segments()
+            .last()
+            .map_or(0, |s| s.last_publish_time_ms);
+        self.disk.last_publish_time_ms().max(remote)
     }
 
     /// The first offset still stored, locally or in object storage.

@@ -92,6 +92,11 @@ impl Broker {
                     self.offload_backoff.succeeded(topic.name.as_str());
                     offloaded += count;
                 }
+                Err(error) if is_fenced(&error) => {
+                    tracing::warn!(topic = %topic.name, epoch = topic.epoch, %error, "another broker owns the topic now; unloading it");
+                    self.unload(topic.name.as_str());
+                    continue;
+                }
                 Err(error) => {
                     let wait = self.offload_backoff.failed(topic.name.as_str());
                     tracing::warn!(topic = %topic.name, %error, retry_in_ms = wait.as_millis() as u64, "offload failed; retrying");
@@ -116,7 +121,7 @@ impl Broker {
                 continue;
             }
             let descriptor = tier
-                .offload(topic.name.as_str(), log.disk(), &segment)
+                .offload(topic.name.as_str(), log.disk(), &segment, topic.epoch)
                 .await
                 .map_err(BrokerError::Storage)?;
             let mut remote = log.remote_segments().as_ref().clone();
@@ -178,7 +183,10 @@ impl Broker {
         };
         let name = topic.name.as_str();
         let _guard = log.lock_offload().await;
-        let merged = tier.compact(name).await.map_err(BrokerError::Storage)?;
+        let merged = tier
+            .compact(name, topic.epoch)
+            .await
+            .map_err(BrokerError::Storage)?;
         if merged > 0 {
             log.set_remote_segments(tier.segments(name).await.map_err(BrokerError::Storage)?);
         }
@@ -270,4 +278,14 @@ fn waiting_for_offload(log: &TopicLog) -> Vec<SegmentInfo> {
 pub fn local_copy_expired(segment: &SegmentInfo, offloaded_end: u64, retention: Duration) -> bool {
     let age_ms = now_ms().saturating_sub(segment.last_publish_time_ms.unwrap_or(0));
     segment.sealed && segment.next_offset <= offloaded_end && age_ms >= retention.as_millis() as u64
+}
+
+/// Whether `error` says the topic's ownership moved to a newer epoch.
+fn is_fenced(error: &BrokerError) -> bool {
+    matches!(
+        error,
+        BrokerError::Storage(sava_storage::Error::Metadata(
+            sava_metadata::MetadataError::Fenced { .. }
+        ))
+    )
 }

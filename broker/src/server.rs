@@ -83,7 +83,15 @@ pub async fn run(
         "sava broker listening"
     );
 
+    // Register (and, alone, take the leadership) before serving lookups.
+    broker.membership_round().await;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let membership = tokio::spawn(Arc::clone(&broker).keep_membership(stop_rx.clone()));
+    let leader = tokio::spawn({
+        let cluster = Arc::clone(&broker.cluster);
+        let stop = stop_rx.clone();
+        async move { cluster.lead(stop).await }
+    });
     let janitor = tokio::spawn(janitor(Arc::clone(&broker), stop_rx.clone()));
     let flusher = tokio::spawn(cursor_flusher(Arc::clone(&broker), stop_rx.clone()));
     let offloader = tokio::spawn(offloader(Arc::clone(&broker), stop_rx.clone()));
@@ -117,8 +125,11 @@ pub async fn run(
     let stopping = Arc::clone(&broker);
     let signal = async move {
         shutdown.await;
-        info!("stopping broker");
+        info!("stopping broker; handing its topics over first");
+        stopping.drain().await;
         stopping.stop();
+        stopping.cluster.resign().await;
+        stopping.cluster.deregister().await;
         let _ = stop_tx.send(true);
     };
 
@@ -145,6 +156,8 @@ pub async fn run(
 
     janitor.abort();
     offloader.abort();
+    let _ = membership.await;
+    let _ = leader.await;
     let _ = flusher.await;
     let _ = http.await;
     if let Ok(Err(error)) = admin.await {

@@ -132,8 +132,14 @@ pub struct Topic {
     pub schema: Option<Arc<ActiveSchema>>,
     pub limits: TopicLimits,
     pub stats: TopicStats,
+    /// The ownership epoch this broker loaded the topic in.
+    pub epoch: u64,
     partition: u32,
     log: Option<Arc<TopicLog>>,
+    /// This broker's cluster lease: no message is accepted without it.
+    lease: Arc<crate::cluster::Lease>,
+    /// Set once the topic is being handed to another broker.
+    moving: std::sync::atomic::AtomicBool,
     publish: Mutex<PublishState>,
     /// Why producers are refused for now, if they are; one lock for the
     /// publish path to check.
@@ -143,14 +149,16 @@ pub struct Topic {
 }
 
 impl Topic {
-    /// A topic; reliable topics come with their log, whose end gives the
-    /// next offset and the last publish time.
+    /// A topic owned in `epoch`; reliable topics come with their log, whose
+    /// end gives the next offset and the last publish time.
     pub fn new(
         name: TopicName,
         record: TopicRecord,
         schema: Option<Arc<ActiveSchema>>,
         limits: TopicLimits,
         log: Option<Arc<TopicLog>>,
+        epoch: u64,
+        lease: Arc<crate::cluster::Lease>,
     ) -> Topic {
         debug_assert_eq!(
             log.is_some(),
@@ -167,12 +175,22 @@ impl Topic {
             schema,
             limits,
             stats: TopicStats::default(),
+            epoch,
             log,
+            lease,
+            moving: std::sync::atomic::AtomicBool::new(false),
             publish: Mutex::new(publish),
             refusals: Mutex::new(Refusals::default()),
             producers: Mutex::new(Producers::default()),
             subscriptions: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// Refuses every later publish ([`BrokerError::Moving`]); returns once
+    /// no publish that began before is still appending.
+    pub fn set_moving(&self) {
+        self.moving.store(true, Ordering::Release);
+        drop(lock(&self.publish));
     }
 
     pub fn dispatch_mode(&self) -> DispatchMode {
@@ -283,6 +301,14 @@ impl Topic {
         let count = messages.len() as u32;
 
         let mut state = lock(&self.publish);
+        // Checked under the publish lock: a hand-over that set `moving` and
+        // then took this lock once sees no append after it.
+        if self.moving.load(Ordering::Acquire) {
+            return Err(BrokerError::Moving(self.name.to_string()));
+        }
+        if !self.lease.holds() {
+            return Err(BrokerError::LeaseLost(self.name.to_string()));
+        }
         let publish_time_ms = now_ms().max(state.last_time_ms);
         state.last_time_ms = publish_time_ms;
         let first_offset = state.next_offset;

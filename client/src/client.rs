@@ -158,12 +158,22 @@ impl Client {
         Ok(response.into_inner())
     }
 
-    /// A stub for the broker that owns the topic of `lookup`.
-    pub(crate) fn owner_stub(&self, lookup: &LookupResponse) -> Result<SavaClientClient<Channel>> {
-        if lookup.owner_url.is_empty() {
+    /// A stub for the broker that owns partition `index` of the topic of
+    /// `lookup` (the topic itself when it is not partitioned); brokers that
+    /// name no owner are asked themselves.
+    pub(crate) fn owner_stub(
+        &self,
+        lookup: &LookupResponse,
+        index: usize,
+    ) -> Result<SavaClientClient<Channel>> {
+        let url = lookup
+            .partition_owner_urls
+            .get(index)
+            .unwrap_or(&lookup.owner_url);
+        if url.is_empty() {
             return self.stub(&self.inner.service_url);
         }
-        self.stub(&normalize_url(&lookup.owner_url))
+        self.stub(&normalize_url(url))
     }
 
     /// Runs `future`, failing with [`Error::Timeout`] after the operation

@@ -66,6 +66,21 @@ impl SavaClient for Fake {
     ) -> Result<Response<LookupResponse>, Status> {
         let request = request.into_inner();
         let mut state = self.lock();
+        let url = self.url.lock().unwrap().clone();
+        // A partition is looked up on its own when a stream reconnects.
+        let parent = state
+            .topics
+            .iter()
+            .find(|(_, (_, parts))| parts.len() > 1 && parts.contains(&request.topic))
+            .map(|(_, (settings, _))| settings.clone());
+        if let Some(settings) = parent {
+            return Ok(Response::new(LookupResponse {
+                partitions: vec![request.topic.clone()],
+                owner_url: url.clone(),
+                settings: Some(settings),
+                partition_owner_urls: vec![url],
+            }));
+        }
         if !state.topics.contains_key(&request.topic) {
             let Some(settings) = request.create else {
                 return Err(Status::not_found(format!(
@@ -89,8 +104,9 @@ impl SavaClient for Fake {
 
         let (settings, partitions) = state.topics[&request.topic].clone();
         Ok(Response::new(LookupResponse {
+            partition_owner_urls: vec![url.clone(); partitions.len()],
             partitions,
-            owner_url: self.url.lock().unwrap().clone(),
+            owner_url: url,
             settings: Some(settings),
         }))
     }

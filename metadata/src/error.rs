@@ -44,6 +44,17 @@ pub enum MetadataError {
     #[error("transaction commit outcome is unknown")]
     UnknownResult,
 
+    /// A write to a topic's durable history made in an ownership epoch that
+    /// is no longer the current one: another broker owns the topic now.
+    #[error(
+        "topic `{topic}` is owned in epoch {current} now; a write from epoch {epoch} is refused"
+    )]
+    Fenced {
+        topic: String,
+        epoch: u64,
+        current: u64,
+    },
+
     /// A value is larger than the store accepts.
     #[error("value of key {key} is {size} bytes, above the limit of {limit} bytes")]
     ValueTooLarge {

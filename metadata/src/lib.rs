@@ -52,9 +52,10 @@ pub mod keys;
 pub mod store;
 
 pub use catalog::{
-    Catalog, DEFAULT_CLUSTER, DispatchMode, MAX_PARTITIONS, NamespacePolicies, NamespaceRecord,
-    RowGroupDescriptor, SchemaRecord, SegmentDescriptor, SubjectRecord, SubscriptionRecord,
-    TopicPolicies, TopicRecord, TopicSchema,
+    BrokerLoad, BrokerRecord, BrokerState, Catalog, DEFAULT_CLUSTER, DispatchMode, LeaderRecord,
+    MAX_PARTITIONS, NamespacePolicies, NamespaceRecord, Ownership, RowGroupDescriptor,
+    SchemaRecord, SegmentDescriptor, SubjectRecord, SubscriptionRecord, TopicPolicies, TopicRecord,
+    TopicSchema,
 };
 pub use embedded::{EMBEDDED_MAX_VALUE_BYTES, EmbeddedStore};
 pub use error::{BoxError, MetadataError, Result};

@@ -204,6 +204,24 @@ impl Broker {
         Ok(())
     }
 
+    /// Sends `SIGTERM`, as an operator or systemd stopping the broker does;
+    /// [`Broker::wait_exit`] waits for the exit.
+    ///
+    /// # Errors
+    ///
+    /// When the broker is not running or the signal cannot be sent.
+    pub fn terminate(&self) -> Result<()> {
+        let pid = self.pid().context("the broker is not running")?;
+        let status = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .context("cannot run kill")?;
+        if !status.success() {
+            bail!("kill -TERM {pid} failed: {status}");
+        }
+        Ok(())
+    }
+
     /// Kills the broker if it runs, then starts it again on the same data
     /// directory, ports and arguments, and waits until it is ready.
     ///

@@ -142,7 +142,10 @@ async fn main() {
     let writer = Tier::new(objects.clone(), catalog.clone(), tier_config.clone());
     let offload_started = Instant::now();
     for segment in log.segments().iter().filter(|s| s.sealed) {
-        writer.offload(TOPIC, &log, segment).await.expect("offload");
+        writer
+            .offload(TOPIC, &log, segment, 0)
+            .await
+            .expect("offload");
     }
     let offload_time = offload_started.elapsed();
     let segments = writer.segments(TOPIC).await.expect("segments");

@@ -51,6 +51,10 @@ pub struct LogConfig {
     pub index_interval_bytes: u32,
     /// The largest encoded batch an append accepts. Default 16 MiB.
     pub max_batch_bytes: usize,
+    /// The offset a log with no segment yet starts at: 0, or where the
+    /// durable history a new owner takes over ends. Ignored when the
+    /// directory holds segments.
+    pub first_offset: u64,
 }
 
 impl Default for LogConfig {
@@ -60,6 +64,7 @@ impl Default for LogConfig {
             segment_age: Duration::from_secs(10 * 60),
             index_interval_bytes: 4096,
             max_batch_bytes: 16 * 1024 * 1024,
+            first_offset: 0,
         }
     }
 }

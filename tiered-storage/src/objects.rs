@@ -113,16 +113,24 @@ impl ObjectTier {
     }
 
     /// The key of the object holding `[base_offset, next_offset)` of `topic`
-    /// (`/ns/topic` or `/ns/topic-part-N`), in `cluster`.
+    /// (`/ns/topic` or `/ns/topic-part-N`), in `cluster`, written in
+    /// ownership epoch `epoch`. The epoch (`-e<epoch>`, left out for 0) keeps
+    /// a fenced broker's late upload of the same offsets from overwriting
+    /// the current owner's object.
     pub fn segment_key(
         &self,
         cluster: &str,
         topic: &str,
         base_offset: u64,
         next_offset: u64,
+        epoch: u64,
     ) -> String {
+        let epoch = match epoch {
+            0 => String::new(),
+            epoch => format!("-e{epoch}"),
+        };
         format!(
-            "{}{base_offset:020}-{next_offset:020}.parquet",
+            "{}{base_offset:020}-{next_offset:020}{epoch}.parquet",
             self.topic_prefix(cluster, topic)
         )
     }
@@ -266,7 +274,7 @@ mod tests {
     fn keys_name_cluster_namespace_topic_and_partition_in_offset_order() {
         let tier = ObjectTier::open("memory://root/", &ObjectStoreConfig::default()).unwrap();
         assert_eq!(
-            tier.segment_key("sava", "/orders/eu-part-3", 5, 12),
+            tier.segment_key("sava", "/orders/eu-part-3", 5, 12, 0),
             "root/sava/orders/eu/partition=3/00000000000000000005-00000000000000000012.parquet"
         );
         assert_eq!(
@@ -293,7 +301,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("file://{}", dir.path().display());
         let tier = ObjectTier::open(&url, &ObjectStoreConfig::default()).unwrap();
-        let key = tier.segment_key("sava", "/default/t", 0, 3);
+        let key = tier.segment_key("sava", "/default/t", 0, 3, 0);
         let big = Bytes::from(vec![7u8; MULTIPART_THRESHOLD + 10]);
 
         tier.put(&key, Bytes::from_static(b"hello world"))

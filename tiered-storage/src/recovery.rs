@@ -94,7 +94,7 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered> {
         }
         segments.push(recover_last(dir, last, config, &mut report)?);
     } else {
-        segments.push(Segment::create(dir, 0)?);
+        segments.push(Segment::create(dir, config.first_offset)?);
         sync_dir(dir)?;
     }
     check_chain(&mut segments, &mut report)?;

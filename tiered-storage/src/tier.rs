@@ -147,13 +147,16 @@ impl Tier {
     }
 
     /// Offloads one sealed segment of `log`: encodes it, uploads it, then
-    /// commits its descriptor. Idempotent: offloading it again uploads the
-    /// same object under the same key and recommits the same descriptor.
+    /// commits its descriptor, which the catalog refuses (`Fenced`) unless
+    /// the topic is still owned in `epoch` (0: no check). Idempotent:
+    /// offloading it again uploads the same object under the same key and
+    /// recommits the same descriptor.
     pub async fn offload(
         &self,
         topic: &str,
         log: &Arc<PartitionLog>,
         segment: &SegmentInfo,
+        epoch: u64,
     ) -> Result<SegmentDescriptor> {
         let span = tracing::info_span!(
             "storage.offload",
@@ -161,7 +164,7 @@ impl Tier {
             segment.base_offset = segment.base_offset,
             segment.next_offset = segment.next_offset
         );
-        self.offload_traced(topic, log, segment)
+        self.offload_traced(topic, log, segment, epoch)
             .instrument(span)
             .await
     }
@@ -171,6 +174,7 @@ impl Tier {
         topic: &str,
         log: &Arc<PartitionLog>,
         segment: &SegmentInfo,
+        epoch: u64,
     ) -> Result<SegmentDescriptor> {
         let log = Arc::clone(log);
         let (base, next) = (segment.base_offset, segment.next_offset);
@@ -197,7 +201,7 @@ impl Tier {
 
         let key = self
             .objects
-            .segment_key(&self.config.cluster, topic, base, next);
+            .segment_key(&self.config.cluster, topic, base, next, epoch);
         let started = Instant::now();
         let object_bytes = encoded.bytes.len() as u64;
         let etag = match self.objects.put(&key, encoded.bytes.clone()).await {
@@ -218,7 +222,7 @@ impl Tier {
             .upload_micros_total
             .fetch_add(micros, Ordering::Relaxed);
 
-        let descriptor = descriptor_of(topic, &encoded, key, etag);
+        let descriptor = descriptor_of(topic, &encoded, key, etag, epoch);
         self.catalog.commit_segment(&descriptor).await?;
 
         self.stats
@@ -462,14 +466,15 @@ impl Tier {
     }
 
     /// Merges runs of adjacent small objects of `topic` into larger ones,
-    /// swapping their descriptors in one transaction each. Returns how many
-    /// merged objects were written.
-    pub async fn compact(&self, topic: &str) -> Result<usize> {
+    /// swapping their descriptors in one transaction each, fenced by the
+    /// ownership `epoch` as [`Tier::offload`] is. Returns how many merged
+    /// objects were written.
+    pub async fn compact(&self, topic: &str, epoch: u64) -> Result<usize> {
         let segments = self.catalog.segments(topic).await?;
         let mut merged = 0;
         for run in compaction_runs(&segments, &self.config) {
             let span = tracing::info_span!("storage.compact", topic, segments = run.len());
-            self.compact_run(topic, run).instrument(span).await?;
+            self.compact_run(topic, run, epoch).instrument(span).await?;
             merged += 1;
         }
         Ok(merged)
@@ -477,7 +482,7 @@ impl Tier {
 
     /// Merges one run of adjacent objects into one: upload first, then the
     /// swap of descriptors; the replaced objects wait out the grace period.
-    async fn compact_run(&self, topic: &str, run: &[SegmentDescriptor]) -> Result<()> {
+    async fn compact_run(&self, topic: &str, run: &[SegmentDescriptor], epoch: u64) -> Result<()> {
         let mut records = Vec::new();
         for segment in run {
             let bytes = self.objects.get(&segment.object_key).await?;
@@ -497,9 +502,9 @@ impl Tier {
         let (base, next) = (encoded.base_offset, encoded.next_offset);
         let key = self
             .objects
-            .segment_key(&self.config.cluster, topic, base, next);
+            .segment_key(&self.config.cluster, topic, base, next, epoch);
         let etag = self.objects.put(&key, encoded.bytes.clone()).await?;
-        let descriptor = descriptor_of(topic, &encoded, key, etag);
+        let descriptor = descriptor_of(topic, &encoded, key, etag, epoch);
         let bases: Vec<u64> = run.iter().map(|s| s.base_offset).collect();
         self.catalog
             .replace_segments(topic, &bases, &descriptor)
@@ -628,6 +633,7 @@ fn descriptor_of(
     encoded: &columnar::EncodedSegment,
     object_key: String,
     etag: Option<String>,
+    epoch: u64,
 ) -> SegmentDescriptor {
     SegmentDescriptor {
         topic: topic.to_owned(),
@@ -650,6 +656,7 @@ fn descriptor_of(
             })
             .collect(),
         uploaded_at_ms: now_ms(),
+        epoch,
     }
 }
 

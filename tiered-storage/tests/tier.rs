@@ -45,7 +45,7 @@ fn offloaded(count: u64, segment_bytes: u64, config: TierConfig) -> Fixture {
     let tier = Tier::new(objects, catalog, config);
     runtime.block_on(async {
         for segment in log.segments().iter().filter(|s| s.sealed) {
-            tier.offload(TOPIC, &log, segment).await.unwrap();
+            tier.offload(TOPIC, &log, segment, 0).await.unwrap();
         }
     });
     Fixture {
@@ -163,7 +163,7 @@ fn compaction_swaps_small_objects_for_one_without_a_gap_or_duplicate() {
 
     let merged = fixture
         .runtime
-        .block_on(fixture.tier.compact(TOPIC))
+        .block_on(fixture.tier.compact(TOPIC, 0))
         .unwrap();
     let after = fixture
         .runtime
@@ -218,7 +218,7 @@ fn the_sweeper_deletes_orphans_past_the_grace_period_only() {
     config.orphan_grace = Duration::from_secs(3600);
     let fixture = offloaded(100, 4096, config);
     let objects = fixture.tier.objects();
-    let orphan = objects.segment_key("sava", TOPIC, 1000, 1010);
+    let orphan = objects.segment_key("sava", TOPIC, 1000, 1010, 0);
     fixture
         .runtime
         .block_on(objects.put(&orphan, bytes::Bytes::from_static(b"never committed")))

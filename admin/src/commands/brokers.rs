@@ -28,7 +28,17 @@ pub(super) async fn run(api: &Api, output: OutputFormat, command: BrokersCommand
         BrokersCommand::Describe { id } => {
             let request = pb::DescribeBrokerRequest { broker_id: id };
             let broker = admin.describe_broker(request).await.reply(api)?;
-            show(output, &BrokerView::from(broker), print_one)
+            show(output, &BrokerView::described(broker), print_one)
+        }
+        BrokersCommand::Drain { id } => {
+            let request = pb::DrainBrokerRequest { broker_id: id };
+            let broker = admin.drain_broker(request).await.reply(api)?;
+            show(output, &BrokerView::described(broker), print_one)
+        }
+        BrokersCommand::Activate { id } => {
+            let request = pb::ActivateBrokerRequest { broker_id: id };
+            let broker = admin.activate_broker(request).await.reply(api)?;
+            show(output, &BrokerView::described(broker), print_one)
         }
     }
 }
@@ -38,16 +48,18 @@ fn print_list(brokers: &[BrokerView]) {
         ("ID", Column::Text),
         ("STATE", Column::Word),
         ("LEADER", Column::Word),
-        ("TOPICS", Column::Number),
+        ("OWNED", Column::Number),
+        ("MSG/S", Column::Number),
         ("UPTIME", Column::Number),
         ("CLIENT URL", Column::Text),
     ]);
     for broker in brokers {
         table.row(vec![
             broker.broker_id.clone(),
-            broker.state.clone(),
+            state_of(broker),
             yes_no(broker.leader),
-            broker.topics.to_string(),
+            broker.owned_topics.to_string(),
+            broker.messages_in_per_sec.to_string(),
             age_since(broker.started_at_ms),
             broker.client_url.clone(),
         ]);
@@ -55,16 +67,33 @@ fn print_list(brokers: &[BrokerView]) {
     table.print();
 }
 
+/// The state, or `dead` for a broker whose lease expired.
+fn state_of(broker: &BrokerView) -> String {
+    match broker.alive {
+        true => broker.state.clone(),
+        false => "dead".into(),
+    }
+}
+
 fn print_one(broker: &BrokerView) {
-    Fields::new()
+    let mut fields = Fields::new();
+    fields
         .add("id", &broker.broker_id)
-        .add("state", &broker.state)
+        .add("state", state_of(broker))
         .add("leader", yes_no(broker.leader))
+        .add("topics owned", broker.owned_topics.to_string())
         .add("topics loaded", broker.topics.to_string())
-        .add("started", format_time(broker.started_at_ms))
-        .add("uptime", age_since(broker.started_at_ms))
-        .add("version", &broker.version)
+        .add("messages in/s", broker.messages_in_per_sec.to_string())
+        .add("registered", format_time(broker.started_at_ms))
+        .add("lease expires", format_time(broker.lease_expires_ms))
         .add("client url", &broker.client_url)
         .add("admin url", &broker.admin_url)
-        .print();
+        .add("http url", &broker.http_url);
+    if let Some(version) = &broker.version {
+        fields.add("version", version);
+    }
+    if let Some(names) = &broker.owned_topic_names {
+        fields.add("owns", names.join(" "));
+    }
+    fields.print();
 }

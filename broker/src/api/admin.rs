@@ -11,6 +11,7 @@ use sava_metadata::{NamespacePolicies, NamespaceRecord, TopicPolicies, TopicReco
 use sava_proto::sava::v1 as pb;
 use tonic::{Request, Response, Status};
 
+use super::forward::{Forwarder, on_owner, passed_on};
 use super::native::{
     mode_to_wire, start_position, subscription_type, subscription_type_to_wire, topic_spec,
 };
@@ -24,30 +25,86 @@ use crate::topic::now_ms;
 #[derive(Clone, Debug)]
 pub struct AdminApi {
     broker: Arc<Broker>,
+    forwarder: Arc<Forwarder>,
 }
 
 impl AdminApi {
     pub fn new(broker: Arc<Broker>) -> AdminApi {
-        AdminApi { broker }
+        AdminApi {
+            broker,
+            forwarder: Arc::new(Forwarder::default()),
+        }
     }
 
-    fn this_broker(&self) -> pb::BrokerInfo {
-        let broker = &self.broker;
-        pb::BrokerInfo {
-            broker_id: broker.broker_id.clone(),
-            client_url: broker.advertised_url.clone(),
-            admin_url: admin_url(broker),
-            state: if broker.is_stopping() {
-                "draining"
-            } else {
-                "active"
-            }
-            .into(),
-            leader: true,
-            topics: broker.loaded_topics().len() as u32,
-            started_at_ms: broker.started_at_ms,
-            version: env!("CARGO_PKG_VERSION").into(),
+    /// Every registered broker as the store has it, with the leader marked.
+    async fn broker_infos(&self) -> Result<Vec<pb::BrokerInfo>, BrokerError> {
+        let cluster = &self.broker.cluster;
+        let brokers = cluster.refresh().await?;
+        let leader = self.broker.catalog().leader().await?;
+        let now = crate::topic::now_ms();
+        let leader = leader
+            .filter(|l| l.lease_expires_ms > now)
+            .map(|l| l.broker_id);
+        let mut infos = Vec::with_capacity(brokers.len());
+        for record in brokers {
+            let owned = self.broker.catalog().owned_topics(&record.id).await?;
+            infos.push(pb::BrokerInfo {
+                leader: leader.as_deref() == Some(record.id.as_str()),
+                alive: record.is_alive(now),
+                state: record.state.as_str().into(),
+                topics: record.load.topics as u32,
+                messages_in_per_sec: record.load.messages_in_per_sec,
+                lease_expires_ms: record.lease_expires_ms,
+                started_at_ms: record.registered_at_ms,
+                version: match record.id == self.broker.broker_id {
+                    true => env!("CARGO_PKG_VERSION").into(),
+                    false => String::new(),
+                },
+                owned_topics: owned.len() as u32,
+                owned_topic_names: Vec::new(),
+                broker_id: record.id,
+                client_url: record.client_url,
+                admin_url: record.admin_url,
+                http_url: record.http_url,
+            });
         }
+        Ok(infos)
+    }
+
+    /// Broker `id`, with the names of the topics it owns.
+    async fn broker_info(&self, id: &str) -> Result<pb::BrokerInfo, BrokerError> {
+        let mut info = self
+            .broker_infos()
+            .await?
+            .into_iter()
+            .find(|b| b.broker_id == id)
+            .ok_or_else(|| BrokerError::BrokerNotFound(id.to_string()))?;
+        info.owned_topic_names = self.broker.catalog().owned_topics(id).await?;
+        Ok(info)
+    }
+
+    /// Records `state` for broker `id`, which acts on it at its next lease
+    /// renewal (this broker at once).
+    async fn set_broker_state(
+        &self,
+        id: &str,
+        state: sava_metadata::BrokerState,
+    ) -> Result<Response<pb::BrokerInfo>, Status> {
+        let stored = self
+            .broker
+            .catalog()
+            .set_broker_state(id, state)
+            .await
+            .map_err(|error| match error {
+                sava_metadata::MetadataError::NotFound { .. } => {
+                    BrokerError::BrokerNotFound(id.to_string())
+                }
+                error => error.into(),
+            })?;
+        if stored.id == self.broker.broker_id {
+            self.broker.membership_round().await;
+        }
+        Ok(Response::new(self.broker_info(id).await?))
     }
 
     async fn namespace_info(
@@ -83,12 +140,27 @@ impl AdminApi {
             }
             None => (String::new(), 0, String::new()),
         };
-        let loaded = self
-            .broker
-            .loaded_topics()
-            .iter()
-            .any(|t| t.name.as_str() == record.name);
+        let ownership = match record.partitions {
+            0 => self.broker.catalog().ownership(&record.name).await?,
+            _ => None,
+        };
+        let (owner_broker, epoch) = ownership
+            .and_then(|o| Some((o.owner?, o.epoch)))
+            .unwrap_or_default();
+        let owner_url = match record.partitions {
+            0 => self
+                .broker
+                .cluster
+                .brokers()
+                .into_iter()
+                .find(|b| b.id == owner_broker)
+                .map(|b| b.client_url)
+                .unwrap_or_default(),
+            _ => self.broker.advertised_url.clone(),
+        };
         Ok(pb::TopicInfo {
+            owner_broker,
+            epoch,
             dispatch_mode: mode_to_wire(record.dispatch_mode) as i32,
             partitions: record.partitions,
             partition_of: record.partition_of.unwrap_or_default(),
@@ -96,11 +168,7 @@ impl AdminApi {
             schema_version: version,
             schema_type,
             created_at_ms: record.created_at_ms,
-            owner_url: if loaded || record.partitions > 0 {
-                self.broker.advertised_url.clone()
-            } else {
-                String::new()
-            },
+            owner_url,
             name: record.name,
             note: note.into(),
         })
@@ -134,20 +202,32 @@ impl AdminApi {
         }))
     }
 
-    /// The loaded reliable topics behind `name`: its partitions, or itself.
-    async fn reliable_parts(
+    /// The reliable topics behind `name` (its partitions, or itself): the
+    /// ones this broker owns, loaded, and the admin APIs of the owners of
+    /// the others.
+    async fn reliable_parts<T>(
         &self,
         name: &str,
-    ) -> Result<Vec<Arc<crate::topic::Topic>>, BrokerError> {
+        request: &Request<T>,
+    ) -> Result<Vec<Part>, Status> {
         let mut parts = Vec::new();
         for part in self.broker.partitions(name).await? {
+            if let Some(owner) = self
+                .forwarder
+                .owner_of(&self.broker, &part, request)
+                .await?
+            {
+                parts.push(Part::Elsewhere(part, owner));
+                continue;
+            }
             let topic = self.broker.topic(&TopicName::parse(&part)?, None).await?;
             if topic.log().is_none() {
                 return Err(BrokerError::InvalidRequest(format!(
                     "topic {part} is not reliable; only reliable topics keep segments"
-                )));
+                ))
+                .into());
             }
-            parts.push(topic);
+            parts.push(Part::Here(topic));
         }
         Ok(parts)
     }
@@ -209,7 +289,7 @@ impl pb::admin_server::Admin for AdminApi {
         _: Request<pb::ListBrokersRequest>,
     ) -> Result<Response<pb::ListBrokersResponse>, Status> {
         Ok(Response::new(pb::ListBrokersResponse {
-            brokers: vec![self.this_broker()],
+            brokers: self.broker_infos().await?,
         }))
     }
 
@@ -217,7 +297,17 @@ impl pb::admin_server::Admin for AdminApi {
         &self,
         _: Request<pb::GetLeaderRequest>,
     ) -> Result<Response<pb::BrokerInfo>, Status> {
-        Ok(Response::new(self.this_broker()))
+        let leader = self
+            .broker_infos()
+            .await?
+            .into_iter()
+            .find(|b| b.leader)
+            .ok_or_else(|| {
+                Status::unavailable(
+                    "the cluster has no leader right now; one is elected within a lease",
+                )
+            })?;
+        Ok(Response::new(leader))
     }
 
     async fn describe_broker(
@@ -225,11 +315,25 @@ impl pb::admin_server::Admin for AdminApi {
         request: Request<pb::DescribeBrokerRequest>,
     ) -> Result<Response<pb::BrokerInfo>, Status> {
         let id = request.into_inner().broker_id;
-        let this = self.this_broker();
-        if id != this.broker_id {
-            return Err(BrokerError::BrokerNotFound(id).into());
-        }
-        Ok(Response::new(this))
+        Ok(Response::new(self.broker_info(&id).await?))
+    }
+
+    async fn drain_broker(
+        &self,
+        request: Request<pb::DrainBrokerRequest>,
+    ) -> Result<Response<pb::BrokerInfo>, Status> {
+        let id = request.into_inner().broker_id;
+        self.set_broker_state(&id, sava_metadata::BrokerState::Draining)
+            .await
+    }
+
+    async fn activate_broker(
+        &self,
+        request: Request<pb::ActivateBrokerRequest>,
+    ) -> Result<Response<pb::BrokerInfo>, Status> {
+        let id = request.into_inner().broker_id;
+        self.set_broker_state(&id, sava_metadata::BrokerState::Active)
+            .await
     }
 
     async fn list_namespaces(
@@ -459,7 +563,7 @@ impl pb::admin_server::Admin for AdminApi {
         &self,
         request: Request<pb::TopicStatsRequest>,
     ) -> Result<Response<pb::TopicStatsResponse>, Status> {
-        let name = request.into_inner().name;
+        let name = request.get_ref().name.clone();
         let record = self.record(&name).await?;
         let parts = match record.partitions {
             0 => vec![record.name.clone()],
@@ -472,6 +576,15 @@ impl pb::admin_server::Admin for AdminApi {
             ..Default::default()
         };
         for part in parts {
+            if let Some(mut owner) = self
+                .forwarder
+                .owner_of(&self.broker, &part, &request)
+                .await?
+            {
+                let asked = passed_on(pb::TopicStatsRequest { name: part });
+                add_stats(&mut stats, owner.topic_stats(asked).await?.into_inner());
+                continue;
+            }
             let part_name = TopicName::parse(&part)?;
             let topic = self.broker.topic(&part_name, None).await?;
             let (rate_in, rate_out) = topic.rates();
@@ -521,10 +634,11 @@ impl pb::admin_server::Admin for AdminApi {
         &self,
         request: Request<pb::UnloadTopicRequest>,
     ) -> Result<Response<pb::UnloadTopicResponse>, Status> {
+        on_owner!(self, request, unload_topic, request.get_ref().name.clone());
         let name = request.into_inner().name;
         let record = self.record(&name).await?;
-        self.broker.flush_cursors().await?;
-        let unloaded = self.broker.unload(&record.name).is_some();
+        // Handed over: the next lookup places it again, by load.
+        let unloaded = self.broker.hand_over_now(&record.name).await;
         let note = if unloaded { "" } else { "topic was not loaded" };
         Ok(Response::new(pb::UnloadTopicResponse {
             unloaded,
@@ -570,6 +684,12 @@ impl pb::admin_server::Admin for AdminApi {
         &self,
         request: Request<pb::ListSubscriptionsRequest>,
     ) -> Result<Response<pb::ListSubscriptionsResponse>, Status> {
+        on_owner!(
+            self,
+            request,
+            list_subscriptions,
+            request.get_ref().topic.clone()
+        );
         let name = TopicName::parse(&request.into_inner().topic)?;
         let topic = self.broker.topic(&name, None).await?;
         let mut subscriptions: Vec<pb::SubscriptionInfo> = topic
@@ -587,6 +707,12 @@ impl pb::admin_server::Admin for AdminApi {
         &self,
         request: Request<pb::CreateSubscriptionRequest>,
     ) -> Result<Response<pb::SubscriptionInfo>, Status> {
+        on_owner!(
+            self,
+            request,
+            create_subscription,
+            request.get_ref().topic.clone()
+        );
         let request = request.into_inner();
         crate::names::check_label("subscription", &request.subscription)?;
         let name = TopicName::parse(&request.topic)?;
@@ -627,6 +753,12 @@ impl pb::admin_server::Admin for AdminApi {
         &self,
         request: Request<pb::DeleteSubscriptionRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
+        on_owner!(
+            self,
+            request,
+            delete_subscription,
+            request.get_ref().topic.clone()
+        );
         let request = request.into_inner();
         let (topic, subscription) = self
             .subscription(&request.topic, &request.subscription)
@@ -662,6 +794,12 @@ impl pb::admin_server::Admin for AdminApi {
         &self,
         request: Request<pb::ResetSubscriptionRequest>,
     ) -> Result<Response<pb::SubscriptionInfo>, Status> {
+        on_owner!(
+            self,
+            request,
+            reset_subscription,
+            request.get_ref().topic.clone()
+        );
         let request = request.into_inner();
         let (_, subscription) = self
             .subscription(&request.topic, &request.subscription)
@@ -680,6 +818,12 @@ impl pb::admin_server::Admin for AdminApi {
         &self,
         request: Request<pb::SetSubscriptionPolicyRequest>,
     ) -> Result<Response<pb::SubscriptionInfo>, Status> {
+        on_owner!(
+            self,
+            request,
+            set_subscription_policy,
+            request.get_ref().topic.clone()
+        );
         let request = request.into_inner();
         let (topic, subscription) = self
             .subscription(&request.topic, &request.subscription)
@@ -701,9 +845,17 @@ impl pb::admin_server::Admin for AdminApi {
         &self,
         request: Request<pb::ListSegmentsRequest>,
     ) -> Result<Response<pb::ListSegmentsResponse>, Status> {
-        let topic = request.into_inner().topic;
+        let topic = request.get_ref().topic.clone();
         let mut segments = Vec::new();
-        for topic in self.reliable_parts(&topic).await? {
+        for part in self.reliable_parts(&topic, &request).await? {
+            let topic = match part {
+                Part::Here(topic) => topic,
+                Part::Elsewhere(topic, mut owner) => {
+                    let asked = passed_on(pb::ListSegmentsRequest { topic });
+                    segments.extend(owner.list_segments(asked).await?.into_inner().segments);
+                    continue;
+                }
+            };
             let log = topic.log().expect("reliable parts have logs");
             let name = topic.name.to_string();
             let remote = log.remote_segments();
@@ -756,9 +908,19 @@ impl pb::admin_server::Admin for AdminApi {
         &self,
         request: Request<pb::OffloadTopicRequest>,
     ) -> Result<Response<pb::OffloadTopicResponse>, Status> {
-        let topic = request.into_inner().topic;
+        let topic = request.get_ref().topic.clone();
         let mut response = pb::OffloadTopicResponse::default();
-        for topic in self.reliable_parts(&topic).await? {
+        for part in self.reliable_parts(&topic, &request).await? {
+            let topic = match part {
+                Part::Here(topic) => topic,
+                Part::Elsewhere(topic, mut owner) => {
+                    let asked = passed_on(pb::OffloadTopicRequest { topic });
+                    let reply = owner.offload_topic(asked).await?.into_inner();
+                    response.segments_offloaded += reply.segments_offloaded;
+                    response.topics.extend(reply.topics);
+                    continue;
+                }
+            };
             let count = self.broker.offload_now(&topic).await?;
             response.segments_offloaded += count as u32;
             response.topics.push(topic.name.to_string());
@@ -770,9 +932,20 @@ impl pb::admin_server::Admin for AdminApi {
         &self,
         request: Request<pb::CompactTopicRequest>,
     ) -> Result<Response<pb::CompactTopicResponse>, Status> {
-        let topic = request.into_inner().topic;
+        let topic = request.get_ref().topic.clone();
         let mut response = pb::CompactTopicResponse::default();
-        for topic in self.reliable_parts(&topic).await? {
+        for part in self.reliable_parts(&topic, &request).await? {
+            let topic = match part {
+                Part::Here(topic) => topic,
+                Part::Elsewhere(topic, mut owner) => {
+                    let asked = passed_on(pb::CompactTopicRequest { topic });
+                    let reply = owner.compact_topic(asked).await?.into_inner();
+                    response.merged += reply.merged;
+                    response.swept += reply.swept;
+                    response.topics.extend(reply.topics);
+                    continue;
+                }
+            };
             let (merged, swept) = self.broker.compact_topic(&topic).await?;
             response.merged += merged as u32;
             response.swept += swept as u32;
@@ -788,6 +961,15 @@ impl pb::admin_server::Admin for AdminApi {
         request: Request<pb::ReadSegmentRequest>,
     ) -> Result<Response<Self::ReadSegmentStream>, Status> {
         const CHUNK: u64 = 1024 * 1024;
+        let topic = request.get_ref().topic.clone();
+        if let Some(mut owner) = self
+            .forwarder
+            .owner_of(&self.broker, &topic, &request)
+            .await?
+        {
+            let chunks = owner.read_segment(passed_on(request.into_inner())).await?;
+            return Ok(Response::new(Box::pin(chunks.into_inner())));
+        }
         let request = request.into_inner();
         let name = TopicName::parse(&request.topic)?;
         let topic = self.broker.topic(&name, None).await?;
@@ -846,6 +1028,12 @@ impl pb::admin_server::Admin for AdminApi {
         &self,
         request: Request<pb::DescribeSubscriptionRequest>,
     ) -> Result<Response<pb::SubscriptionInfo>, Status> {
+        on_owner!(
+            self,
+            request,
+            describe_subscription,
+            request.get_ref().topic.clone()
+        );
         let request = request.into_inner();
         let (_, subscription) = self
             .subscription(&request.topic, &request.subscription)
@@ -858,6 +1046,31 @@ impl pb::admin_server::Admin for AdminApi {
         );
         Ok(Response::new(info))
     }
+}
+
+/// A reliable topic (or partition) an admin call works on.
+enum Part {
+    /// Owned, and loaded, here.
+    Here(Arc<crate::topic::Topic>),
+    /// Owned by the broker behind this admin API.
+    Elsewhere(
+        String,
+        sava_proto::sava::v1::admin_client::AdminClient<tonic::transport::Channel>,
+    ),
+}
+
+/// Adds one partition's stats, as its owner reported them, to `total`.
+fn add_stats(total: &mut pb::TopicStatsResponse, part: pb::TopicStatsResponse) {
+    total.messages_in += part.messages_in;
+    total.bytes_in += part.bytes_in;
+    total.messages_out += part.messages_out;
+    total.rate_in += part.rate_in;
+    total.rate_out += part.rate_out;
+    total.local_bytes += part.local_bytes;
+    total.offloaded_bytes += part.offloaded_bytes;
+    total.next_offset += part.next_offset;
+    total.producers.extend(part.producers);
+    total.subscriptions.extend(part.subscriptions);
 }
 
 fn subscription_info(
@@ -1034,19 +1247,4 @@ fn apply_topic_policy(
         }
     }
     Ok(own)
-}
-
-fn admin_url(broker: &Broker) -> String {
-    let addr = broker.config.broker.admin_addr;
-    let host = broker
-        .broker_id
-        .rsplit_once(':')
-        .map_or("127.0.0.1", |(host, _)| host)
-        .to_string();
-    let host = if addr.ip().is_unspecified() {
-        host
-    } else {
-        addr.ip().to_string()
-    };
-    format!("http://{host}:{}", addr.port())
 }

@@ -237,12 +237,32 @@ impl pb::discovery_server::Discovery for DanubeApi {
         if self.broker.is_stopping() {
             return Err(BrokerError::ShuttingDown.into());
         }
-        // A single broker owns every topic.
+        // A partitioned topic's parent has no owner: clients look its
+        // partitions up one by one.
+        let record = self.broker.catalog().topic(&request.topic).await;
+        if let Ok(Some(record)) = record
+            && record.partitions > 0
+        {
+            return Ok(Response::new(pb::TopicLookupResponse {
+                request_id: request.request_id,
+                response_type: LookupType::Connect as i32,
+                connect_url: self.broker.advertised_url.clone(),
+                broker_url: self.broker.advertised_url.clone(),
+                proxy: false,
+            }));
+        }
+        // Ownership does not need the topic to exist: the producer that
+        // follows creates it on the broker that will own it.
+        let owner = self.broker.cluster.owner(&request.topic).await?;
+        let response_type = match owner.broker_id == self.broker.broker_id {
+            true => LookupType::Connect,
+            false => LookupType::Redirect,
+        };
         Ok(Response::new(pb::TopicLookupResponse {
             request_id: request.request_id,
-            response_type: LookupType::Connect as i32,
-            connect_url: self.broker.advertised_url.clone(),
-            broker_url: self.broker.advertised_url.clone(),
+            response_type: response_type as i32,
+            connect_url: owner.client_url.clone(),
+            broker_url: owner.client_url,
             proxy: false,
         }))
     }

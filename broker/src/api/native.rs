@@ -53,10 +53,12 @@ impl pb::sava_client_server::SavaClient for NativeApi {
             None => None,
         };
         let lookup = self.broker.lookup(&request.topic, create.as_ref()).await?;
+        let owners: Vec<String> = lookup.owners.into_iter().map(|o| o.client_url).collect();
         Ok(Response::new(pb::LookupResponse {
             partitions: lookup.partitions,
-            owner_url: self.broker.advertised_url.clone(),
+            owner_url: owners.first().cloned().unwrap_or_default(),
             settings: Some(settings_of(&lookup.record)),
+            partition_owner_urls: owners,
         }))
     }
 

@@ -172,9 +172,9 @@ impl ConsumerBuilder {
         };
 
         let client = &self.client;
-        let opening = partitions.iter().map(|partition| {
+        let opening = partitions.iter().enumerate().map(|(index, partition)| {
             let subscribe = self.subscribe_request(partition, &name);
-            let stub = client.owner_stub(&lookup);
+            let stub = client.owner_stub(&lookup, index);
             async move { open_stream(client, stub?, subscribe).await }
         });
         let connections = try_join_all(opening).await?;
@@ -187,7 +187,6 @@ impl ConsumerBuilder {
             .enumerate()
             .map(|(index, (connection, partition))| {
                 let settings = TaskSettings {
-                    topic: self.topic.clone(),
                     partition: Arc::from(partition.as_str()),
                     index,
                     subscribe: self.subscribe_request(partition, &name),

@@ -129,8 +129,6 @@ pub(crate) async fn open_stream(
 /// What the task needs to know, fixed for its life.
 #[derive(Debug, Clone)]
 pub(crate) struct TaskSettings {
-    /// The topic as the application named it, looked up again on reconnect.
-    pub(crate) topic: String,
     /// The partition this task reads.
     pub(crate) partition: Arc<str>,
     /// The partition's index in the consumer.
@@ -376,8 +374,9 @@ impl PartitionTask {
     /// Subscribes again, granting the credits the application has room for,
     /// and sends the acks that were waiting.
     async fn reconnect(&mut self) -> Result<Connection> {
-        let lookup = self.client.lookup(&self.settings.topic, None).await?;
-        let stub = self.client.owner_stub(&lookup)?;
+        // The partition's own owner: partitions may live on other brokers.
+        let lookup = self.client.lookup(&self.settings.partition, None).await?;
+        let stub = self.client.owner_stub(&lookup, 0)?;
 
         let waiting_in_client = self.delivered.saturating_sub(self.taken);
         let credits = u64::from(self.settings.window).saturating_sub(waiting_in_client);

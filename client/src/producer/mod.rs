@@ -173,9 +173,9 @@ impl ProducerBuilder {
         };
 
         let (client, max_in_flight) = (&self.client, self.max_in_flight);
-        let opening = partitions.iter().map(|partition| {
+        let opening = partitions.iter().enumerate().map(|(index, partition)| {
             let open = self.open_request(partition, &name);
-            let stub = client.owner_stub(&lookup);
+            let stub = client.owner_stub(&lookup, index);
             async move {
                 let connection = open_stream(client, stub?, &open, max_in_flight).await?;
                 Ok::<_, Error>((open, connection))
@@ -253,7 +253,6 @@ impl ProducerBuilder {
         let fatal = FatalSlot::default();
 
         let settings = TaskSettings {
-            topic: self.topic.clone(),
             partition: Arc::clone(&partition),
             open,
             limits: self.limits,

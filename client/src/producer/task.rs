@@ -48,8 +48,6 @@ pub(crate) struct Connection {
 /// What the task needs to know, fixed for its life.
 #[derive(Debug, Clone)]
 pub(crate) struct TaskSettings {
-    /// The topic as the application named it, looked up again on reconnect.
-    pub(crate) topic: String,
     /// The partition this task writes to.
     pub(crate) partition: Arc<str>,
     pub(crate) open: OpenProducer,
@@ -270,8 +268,9 @@ impl PartitionTask {
     /// Looks the topic up again, reopens the stream and replays the batches
     /// that were not answered.
     async fn reconnect(&self) -> Result<Connection> {
-        let lookup = self.client.lookup(&self.settings.topic, None).await?;
-        let stub = self.client.owner_stub(&lookup)?;
+        // The partition's own owner: partitions may live on other brokers.
+        let lookup = self.client.lookup(&self.settings.partition, None).await?;
+        let stub = self.client.owner_stub(&lookup, 0)?;
         let connection = open_stream(
             &self.client,
             stub,

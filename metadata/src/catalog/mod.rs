@@ -13,6 +13,7 @@
 //! | `/sava/schemas/versions/<subject>/<version>` | [`SchemaRecord`] (`version` a `u64` element) |
 //! | `/sava/schemas/ids/<id>` | the subject of schema id `id`, a JSON string |
 //! | `/sava/segments/</ns/topic>/<base_offset>` | [`SegmentDescriptor`] of one offloaded Parquet object (`base_offset` a `u64` element) |
+//! | `/sava/brokers/...`, `/sava/leader`, `/sava/ownership/...`, `/sava/owned/...`, `/sava/unassigned/...` | cluster membership and topic ownership (see [`Ownership`]) |
 //! | `/sava/counters/schema_id` | the last schema id handed out, a little-endian `i64` |
 //! | `/sava/counters/schema_version/<subject>` | the last version handed out in a subject, a little-endian `i64`, so a deleted version number is never reused |
 //!
@@ -20,6 +21,7 @@
 //! idempotent: a retry after a commit that did apply finds its own writes and
 //! returns what the first attempt would have returned.
 
+mod cluster;
 mod schemas;
 mod segments;
 mod subscriptions;
@@ -35,6 +37,7 @@ use futures::FutureExt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+pub use cluster::{BrokerLoad, BrokerRecord, BrokerState, LeaderRecord, Ownership};
 pub use segments::{RowGroupDescriptor, SegmentDescriptor};
 pub use subscriptions::SubscriptionRecord;
 pub use topic_policies::TopicPolicies;
@@ -269,22 +272,13 @@ impl Catalog {
 
     /// Namespace `name`, if it exists.
     pub async fn namespace(&self, name: &str) -> Result<Option<NamespaceRecord>> {
-        let key = self.namespace_key(name);
-        self.transact(|tx| {
-            let key = key.clone();
-            async move { read(tx, &key).await }.boxed()
-        })
-        .await
+        self.get(self.namespace_key(name)).await
     }
 
     /// Every namespace, sorted by name.
     pub async fn list_namespaces(&self) -> Result<Vec<NamespaceRecord>> {
-        let range = self.key().push_str("namespaces").range();
-        self.transact(|tx| {
-            let range = range.clone();
-            async move { read_all(tx, &range).await }.boxed()
-        })
-        .await
+        self.get_all(self.key().push_str("namespaces").range())
+            .await
     }
 
     /// Replaces the policies of namespace `name`.
@@ -451,22 +445,13 @@ impl Catalog {
         let Ok(name) = TopicName::parse(name) else {
             return Ok(None);
         };
-        let key = self.topic_key(&name);
-        self.transact(|tx| {
-            let key = key.clone();
-            async move { read(tx, &key).await }.boxed()
-        })
-        .await
+        self.get(self.topic_key(&name)).await
     }
 
     /// Every topic and partition of `namespace`, sorted by name.
     pub async fn list_topics(&self, namespace: &str) -> Result<Vec<TopicRecord>> {
-        let range = self.key().push_str("topics").push_str(namespace).range();
-        self.transact(|tx| {
-            let range = range.clone();
-            async move { read_all(tx, &range).await }.boxed()
-        })
-        .await
+        self.get_all(self.key().push_str("topics").push_str(namespace).range())
+            .await
     }
 
     /// Replaces the record of an existing topic, keeping its creation time.
@@ -517,13 +502,13 @@ impl Catalog {
                 };
                 seen.store(true, Ordering::Relaxed);
 
-                catalog.clear_topic(tx, &topic);
+                catalog.clear_topic(tx, &topic).await?;
                 for index in 0..record.partitions {
                     let partition = TopicName {
                         local: partition_name(&topic.local, index),
                         ..topic.clone()
                     };
-                    catalog.clear_topic(tx, &partition);
+                    catalog.clear_topic(tx, &partition).await?;
                 }
                 Ok(())
             }
@@ -532,13 +517,15 @@ impl Catalog {
         .await
     }
 
-    fn clear_topic(&self, tx: &mut dyn Transaction, topic: &TopicName) {
+    async fn clear_topic(&self, tx: &mut dyn Transaction, topic: &TopicName) -> Result<()> {
+        self.clear_ownership(tx, &topic.full_name()).await?;
         tx.clear(&self.topic_key(topic));
         let (begin, end) = self.subscriptions_range(&topic.full_name());
         tx.clear_range(&begin, &end);
         let (begin, end) = self.segments_prefix(&topic.full_name()).range();
         tx.clear_range(&begin, &end);
         tx.clear(&self.topic_policies_key(&topic.full_name()));
+        Ok(())
     }
 
     async fn transact<T, F>(&self, body: F) -> Result<T>
@@ -548,6 +535,41 @@ impl Catalog {
         T: Send,
     {
         transact(self.store.as_ref(), body).await
+    }
+
+    /// The record at `key`, read in a transaction of its own.
+    async fn get<T: DeserializeOwned + Send>(&self, key: Vec<u8>) -> Result<Option<T>> {
+        self.transact(|tx| {
+            let key = key.clone();
+            async move { read(tx, &key).await }.boxed()
+        })
+        .await
+    }
+
+    /// Every record in `range`, in key order, read in a transaction of its
+    /// own.
+    async fn get_all<T: DeserializeOwned + Send>(
+        &self,
+        range: (Vec<u8>, Vec<u8>),
+    ) -> Result<Vec<T>> {
+        self.transact(|tx| {
+            let range = range.clone();
+            async move { read_all(tx, &range).await }.boxed()
+        })
+        .await
+    }
+
+    /// Clears `key` in a transaction of its own.
+    async fn clear_key(&self, key: Vec<u8>) -> Result<()> {
+        self.transact(|tx| {
+            let key = key.clone();
+            async move {
+                tx.clear(&key);
+                Ok(())
+            }
+            .boxed()
+        })
+        .await
     }
 
     fn key(&self) -> Key {

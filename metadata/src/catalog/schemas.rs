@@ -192,22 +192,13 @@ impl Catalog {
 
     /// Schema subject `subject`, if it exists.
     pub async fn subject(&self, subject: &str) -> Result<Option<SubjectRecord>> {
-        let key = self.subject_keys(subject).subject;
-        self.transact(|tx| {
-            let key = key.clone();
-            async move { read(tx, &key).await }.boxed()
-        })
-        .await
+        self.get(self.subject_keys(subject).subject).await
     }
 
     /// Every subject, sorted by name.
     pub async fn list_subjects(&self) -> Result<Vec<SubjectRecord>> {
-        let range = self.key().push_str("schemas").push_str("subjects").range();
-        self.transact(|tx| {
-            let range = range.clone();
-            async move { read_all(tx, &range).await }.boxed()
-        })
-        .await
+        self.get_all(self.key().push_str("schemas").push_str("subjects").range())
+            .await
     }
 
     /// Sets the compatibility mode of `subject`.

@@ -11,7 +11,7 @@
 use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 
-use super::{Catalog, read, read_all, write};
+use super::{Catalog, read, write};
 use crate::error::{MetadataError, Result};
 use crate::keys::Key;
 use crate::store::RangeOptions;
@@ -38,6 +38,10 @@ pub struct SegmentDescriptor {
     /// The object's row groups, in offset order.
     pub row_groups: Vec<RowGroupDescriptor>,
     pub uploaded_at_ms: u64,
+    /// The ownership epoch the segment was written in; its commit is refused
+    /// once another epoch owns the topic. 0 outside a cluster (no check).
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 impl SegmentDescriptor {
@@ -83,6 +87,11 @@ impl Catalog {
         self.transact(|tx| {
             let (catalog, descriptor) = (catalog.clone(), descriptor.clone());
             async move {
+                if descriptor.epoch > 0 {
+                    catalog
+                        .check_epoch(tx, &descriptor.topic, descriptor.epoch)
+                        .await?;
+                }
                 let key = catalog.segment_key(&descriptor.topic, descriptor.base_offset);
                 if let Some(existing) = read::<SegmentDescriptor>(tx, &key).await? {
                     let same = existing.next_offset == descriptor.next_offset
@@ -122,12 +131,7 @@ impl Catalog {
 
     /// Every descriptor of `topic`, in offset order.
     pub async fn segments(&self, topic: &str) -> Result<Vec<SegmentDescriptor>> {
-        let range = self.segments_prefix(topic).range();
-        self.transact(|tx| {
-            let range = range.clone();
-            async move { read_all(tx, &range).await }.boxed()
-        })
-        .await
+        self.get_all(self.segments_prefix(topic).range()).await
     }
 
     /// Swaps the descriptors at `replaced` (base offsets) for `merged`, in
@@ -151,6 +155,9 @@ impl Catalog {
             let (catalog, topic) = (catalog.clone(), topic.clone());
             let (replaced, merged) = (replaced.to_vec(), merged.clone());
             async move {
+                if merged.epoch > 0 {
+                    catalog.check_epoch(tx, &topic, merged.epoch).await?;
+                }
                 let merged_key = catalog.segment_key(&topic, merged.base_offset);
                 let mut olds = Vec::with_capacity(replaced.len());
                 for base in &replaced {
@@ -256,6 +263,7 @@ mod tests {
                 byte_len: 90,
             }],
             uploaded_at_ms: 1,
+            epoch: 0,
         }
     }
 

@@ -11,7 +11,7 @@
 use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 
-use super::{Catalog, read, read_all, write};
+use super::{Catalog, write};
 use crate::error::Result;
 
 /// One subscription of one topic (or partition).
@@ -66,37 +66,18 @@ impl Catalog {
         topic: &str,
         name: &str,
     ) -> Result<Option<SubscriptionRecord>> {
-        let key = self.subscription_key(topic, name);
-        self.transact(|tx| {
-            let key = key.clone();
-            async move { read(tx, &key).await }.boxed()
-        })
-        .await
+        self.get(self.subscription_key(topic, name)).await
     }
 
     /// Every recorded subscription of `topic`, sorted by name.
     pub async fn subscriptions(&self, topic: &str) -> Result<Vec<SubscriptionRecord>> {
-        let range = self.subscriptions_range(topic);
-        self.transact(|tx| {
-            let range = range.clone();
-            async move { read_all(tx, &range).await }.boxed()
-        })
-        .await
+        self.get_all(self.subscriptions_range(topic)).await
     }
 
     /// Forgets subscription `name` of `topic`; nothing happens when it is
     /// not recorded.
     pub async fn delete_subscription(&self, topic: &str, name: &str) -> Result<()> {
-        let key = self.subscription_key(topic, name);
-        self.transact(|tx| {
-            let key = key.clone();
-            async move {
-                tx.clear(&key);
-                Ok(())
-            }
-            .boxed()
-        })
-        .await
+        self.clear_key(self.subscription_key(topic, name)).await
     }
 }
 

@@ -13,6 +13,7 @@ fn descriptor(base: u64, next: u64, object_bytes: u64) -> SegmentDescriptor {
         etag: None,
         row_groups: Vec::new(),
         uploaded_at_ms: 0,
+        epoch: 0,
     }
 }
 

@@ -24,6 +24,7 @@ pub fn small_config(segment_bytes: u64) -> LogConfig {
         segment_age: Duration::from_secs(3600),
         index_interval_bytes: 256,
         max_batch_bytes: 1024 * 1024,
+        first_offset: 0,
     }
 }
 
