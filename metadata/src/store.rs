@@ -25,6 +25,12 @@ use crate::error::{MetadataError, Result};
 /// How many times [`transact`] runs a transaction before giving up.
 pub const MAX_ATTEMPTS: u32 = 20;
 
+/// How long [`transact`] keeps retrying a store that cannot be reached (or
+/// whose commits end with unknown outcomes) before it returns the error, so
+/// callers hear about an outage in seconds and decide themselves (a client
+/// retries, a loop tries later).
+pub const UNAVAILABLE_BUDGET: Duration = Duration::from_secs(3);
+
 const FIRST_BACKOFF: Duration = Duration::from_millis(2);
 const MAX_BACKOFF: Duration = Duration::from_millis(200);
 
@@ -189,7 +195,8 @@ impl fmt::Debug for Watch {
 /// Each attempt begins a fresh transaction, so `body` must be idempotent: it
 /// may run again after an attempt whose commit did apply (`UnknownResult`).
 /// Retries back off exponentially with jitter, from 2 ms up to 200 ms, for at
-/// most [`MAX_ATTEMPTS`] attempts; then the last error is returned.
+/// most [`MAX_ATTEMPTS`] attempts, and no longer than [`UNAVAILABLE_BUDGET`]
+/// once the store could not be reached; then the last error is returned.
 ///
 /// The future `body` returns may borrow the transaction only, so move owned
 /// copies of other inputs into it:
@@ -218,13 +225,18 @@ where
     F: for<'a> FnMut(&'a mut dyn Transaction) -> BoxFuture<'a, Result<T>> + Send,
     T: Send,
 {
+    let started = std::time::Instant::now();
     let mut attempt = 1;
     loop {
         let error = match run_once(store, &mut body).await {
             Ok(value) => return Ok(value),
             Err(error) => error,
         };
-        if !error.is_retryable() || attempt >= MAX_ATTEMPTS {
+        // Conflicts resolve by retrying; an outage (unreachable, or every
+        // commit's outcome unknown) does not within the budget.
+        let out_of_time =
+            !matches!(error, MetadataError::Conflict) && started.elapsed() >= UNAVAILABLE_BUDGET;
+        if !error.is_retryable() || attempt >= MAX_ATTEMPTS || out_of_time {
             return Err(error);
         }
 

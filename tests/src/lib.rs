@@ -204,6 +204,11 @@ impl Broker {
         Ok(())
     }
 
+    /// Whether `GET /readyz` answers 200 now.
+    pub async fn is_ready(&self) -> bool {
+        is_ready(self.http_addr).await
+    }
+
     /// Sends `SIGTERM`, as an operator or systemd stopping the broker does;
     /// [`Broker::wait_exit`] waits for the exit.
     ///

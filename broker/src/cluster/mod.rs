@@ -89,6 +89,8 @@ pub struct Cluster {
     view: RwLock<Vec<BrokerRecord>>,
     /// Wakes the leader's placement loop.
     wake_leader: Notify,
+    /// Since when every renewal succeeded; `None` after a failed one.
+    renewing_since: std::sync::Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -121,7 +123,19 @@ impl Cluster {
             leader: AtomicBool::new(false),
             view: RwLock::new(Vec::new()),
             wake_leader: Notify::new(),
+            renewing_since: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Whether this broker's renewals have succeeded for a whole lease: only
+    /// then does it judge other brokers dead by their leases, which after a
+    /// store outage nobody could renew.
+    pub fn renewed_for_a_lease(&self) -> bool {
+        let since = *self
+            .renewing_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        since.is_some_and(|t| t.elapsed() >= Duration::from_millis(self.config.lease_ttl_ms))
     }
 
     pub fn lease(&self) -> &Arc<Lease> {
@@ -169,7 +183,20 @@ impl Cluster {
             registered_at_ms: self.registered_at_ms,
             load,
         };
-        let stored = self.catalog.renew_broker(&record).await?;
+        let stored = match self.catalog.renew_broker(&record).await {
+            Ok(stored) => stored,
+            Err(error) => {
+                *self
+                    .renewing_since
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = None;
+                return Err(error.into());
+            }
+        };
+        self.renewing_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(sent);
         // Stop a renewal interval early, so a clock a little ahead of the
         // others' does not let this broker write after they see it dead.
         let margin = Duration::from_millis(self.config.renew_interval_ms);

@@ -70,7 +70,10 @@ impl Cluster {
         for topic in self.catalog.unassigned(PASS_LIMIT).await? {
             work.push(topic);
         }
-        for dead in brokers.iter().filter(|b| !b.is_alive(now)) {
+        // After an outage of the store every lease looks expired; the
+        // others get a lease's time to renew before they count as dead.
+        let judge = self.renewed_for_a_lease();
+        for dead in brokers.iter().filter(|b| judge && !b.is_alive(now)) {
             for topic in self.catalog.owned_topics(&dead.id).await? {
                 work.push(topic);
             }
@@ -90,11 +93,14 @@ impl Cluster {
         let mut placed = 0;
         for topic in work {
             let current = self.catalog.ownership(&topic).await?;
-            if let Some(owner) = current.as_ref().and_then(|o| o.owner.as_deref())
-                && alive(owner)
-            {
-                self.catalog.forget_request(&topic).await?;
-                continue;
+            if let Some(owner) = current.as_ref().and_then(|o| o.owner.as_deref()) {
+                if alive(owner) {
+                    self.catalog.forget_request(&topic).await?;
+                    continue;
+                }
+                if !judge {
+                    continue;
+                }
             }
             let epoch = current.as_ref().map_or(0, |o| o.epoch);
             let Some(target) = least_loaded(&loads) else {

@@ -168,7 +168,12 @@ impl PartitionTask {
                 biased;
 
                 response = next_response(&mut connection) => match response {
-                    Ok(Some(response)) => self.on_response(response),
+                    Ok(Some(response)) => {
+                        if let Some(error) = self.on_response(response) {
+                            connection = None;
+                            retry_at = self.broken(&error, &mut backoff);
+                        }
+                    }
                     Ok(None) => {
                         connection = None;
                         let error = Error::Protocol("the broker ended the publish stream".into());
@@ -253,9 +258,22 @@ impl PartitionTask {
         Ok(())
     }
 
-    fn on_response(&mut self, response: PublishResponse) {
+    /// Settles what `response` answers. Returns why the stream must be
+    /// reopened when the broker refused a batch for now (the topic moves,
+    /// or the broker cannot take messages): the batch stays in flight and
+    /// goes again, in order, on the new stream after a fresh lookup.
+    fn on_response(&mut self, response: PublishResponse) -> Option<Error> {
         let outcome = match response.response {
             Some(Response::Ack(ack)) => self.in_flight.on_ack(&ack, &self.settings.partition),
+            Some(Response::Error(refusal))
+                if tonic::Code::from(refusal.code) == tonic::Code::Unavailable =>
+            {
+                return Some(Error::Rejected {
+                    kind: sava_proto::ErrorKind::Unavailable,
+                    message: refusal.message,
+                    message_index: refusal.message_index,
+                });
+            }
             Some(Response::Error(refusal)) => self.in_flight.on_error(refusal),
             Some(Response::Opened(_)) => Err(Error::Protocol("a second `opened`".into())),
             None => Err(Error::Protocol("an empty publish response".into())),
@@ -263,6 +281,7 @@ impl PartitionTask {
         if let Err(error) = outcome {
             warn!(topic = %self.settings.partition, %error, "ignoring a publish answer");
         }
+        None
     }
 
     /// Looks the topic up again, reopens the stream and replays the batches

@@ -55,7 +55,7 @@ const PAGE_KEYS: usize = 256;
 /// The largest response accepted: a full page of the largest values.
 const MAX_RESPONSE_BYTES: usize = PAGE_KEYS * (ETCD_MAX_VALUE_BYTES + 64 * 1024);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -162,6 +162,12 @@ impl EtcdTestServer {
         }
     }
 
+    /// The process id, for tests that pause the server (`SIGSTOP`) to make
+    /// the store unreachable.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The client address, `127.0.0.1:port`.
     pub fn endpoint(&self) -> &str {
         &self.endpoint
