@@ -60,6 +60,11 @@ pub struct ClusterSection {
     /// The admin URL other brokers and tools are told; derived from
     /// `broker.admin_addr` and the advertised host when empty.
     pub advertised_admin_url: String,
+    /// Whether Danube clients that looked a topic up on a broker that does
+    /// not own it send their calls through that broker (one more hop), so
+    /// they find the new owner after the owner dies; see
+    /// `api::danube_proxy`. Off, they are redirected to the owner.
+    pub proxy_danube_clients: bool,
 }
 
 impl Default for ClusterSection {
@@ -70,6 +75,7 @@ impl Default for ClusterSection {
             assignment_timeout_ms: 5000,
             drain_timeout_secs: 30,
             advertised_admin_url: String::new(),
+            proxy_danube_clients: true,
         }
     }
 }

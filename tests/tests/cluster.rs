@@ -266,9 +266,13 @@ async fn lookups_through_any_broker_land_on_the_owner_and_partitions_spread() {
             topic: partition.clone(),
         };
         let answer = discovery.topic_lookup(request).await.unwrap().into_inner();
-        assert_eq!(answer.connect_url, owners[0]);
+        assert_eq!(answer.broker_url, owners[0]);
         let connect = broker.service_url() == owners[0];
         assert_eq!(answer.response_type, if connect { 1 } else { 0 });
+        // Danube clients send through the broker they asked, which passes
+        // their calls on to the owner.
+        assert_eq!(answer.proxy, !connect);
+        assert_eq!(answer.connect_url, broker.service_url());
     }
 
     // The client writes each partition on its owner, and reads them back.
@@ -393,40 +397,8 @@ async fn danube_clients_follow_a_topic_that_moves_off_a_drained_broker() {
     let cluster = Cluster::start(2, "danube").await;
     let topic = "/default/danube-moves";
     let (owner, other, _) = cluster.reliable_topic(topic).await;
-
-    let danube = DanubeClient::builder()
-        .service_url(cluster.brokers[other].service_url())
-        .build()
-        .await
-        .unwrap();
-    let mut producer = danube
-        .new_producer()
-        .with_topic(topic)
-        .with_name("mover")
-        .with_reliable_dispatch()
-        .build()
-        .unwrap();
-    producer.create().await.unwrap();
-    let mut consumer = danube
-        .new_consumer()
-        .with_topic(topic)
-        .with_consumer_name("follower")
-        .with_subscription("follow")
-        .with_subscription_type(SubType::Exclusive)
-        .build()
-        .unwrap();
-    consumer.subscribe().await.unwrap();
-    let mut stream = consumer.receive().await.unwrap();
-    sleep(Duration::from_millis(300)).await;
-
-    let mut sent = BTreeSet::new();
-    for index in 1..21 {
-        producer
-            .send(payload(index).into_bytes(), None)
-            .await
-            .unwrap();
-        sent.insert(index);
-    }
+    let mut danube = DanubePair::open(&cluster.brokers[other], topic).await;
+    danube.send(1..21).await;
 
     // An operator drains the owner through the other broker's admin API.
     let id = cluster.brokers[owner].service_url().replace("http://", "");
@@ -441,29 +413,8 @@ async fn danube_clients_follow_a_topic_that_moves_off_a_drained_broker() {
     }
 
     // The producer's next sends reach the new owner after its retries.
-    for index in 21..41 {
-        let sent_in_time = timeout(
-            Duration::from_secs(30),
-            producer.send(payload(index).into_bytes(), None),
-        )
-        .await;
-        sent_in_time
-            .expect("a send succeeds after the move")
-            .unwrap();
-        sent.insert(index);
-    }
-
-    let mut received = BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !sent.is_subset(&received) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let message = timeout(left, stream.recv())
-            .await
-            .unwrap_or_else(|_| panic!("missing {:?}", sent.difference(&received)))
-            .expect("the stream stays open");
-        received.insert(index_of(&message.payload));
-        consumer.ack(&message).await.unwrap();
-    }
+    danube.send(21..41).await;
+    danube.receive_everything_sent().await;
 
     let drained = cluster.brokers[other].admin_json(&["brokers", "describe", &id]);
     assert_eq!(drained["state"], "draining");
@@ -471,4 +422,109 @@ async fn danube_clients_follow_a_topic_that_moves_off_a_drained_broker() {
     cluster.brokers[other].admin_ok(&["brokers", "activate", &id]);
     let active = cluster.brokers[other].admin_json(&["brokers", "describe", &id]);
     assert_eq!(active["state"], "active");
+}
+
+#[tokio::test]
+async fn danube_clients_carry_on_after_the_owner_is_killed() {
+    let mut cluster = Cluster::start(3, "danube-kill").await;
+    let topic = "/default/danube-survives";
+    let (owner, survivor, _) = cluster.reliable_topic(topic).await;
+    let mut danube = DanubePair::open(&cluster.brokers[survivor], topic).await;
+    danube.send(1..51).await;
+    // An append after the seal age seals the segment, so it all offloads.
+    sleep(Duration::from_millis(1100)).await;
+    danube.send(51..52).await;
+    wait_offloaded(&cluster.brokers[survivor], topic, 52).await;
+
+    cluster.brokers[owner].kill().unwrap();
+    danube.send(52..72).await;
+    danube.receive_everything_sent().await;
+}
+
+/// A Danube producer and exclusive consumer on one topic, and what the
+/// producer sent.
+struct DanubePair {
+    producer: danube_client::Producer,
+    consumer: danube_client::Consumer,
+    stream: tokio::sync::mpsc::Receiver<danube_core::message::StreamMessage>,
+    sent: BTreeSet<u64>,
+}
+
+impl DanubePair {
+    /// Opens both through `broker`'s service URL.
+    async fn open(broker: &Broker, topic: &str) -> DanubePair {
+        let danube = DanubeClient::builder()
+            .service_url(broker.service_url())
+            .build()
+            .await
+            .unwrap();
+        let mut producer = danube
+            .new_producer()
+            .with_topic(topic)
+            .with_name("mover")
+            .with_reliable_dispatch()
+            .build()
+            .unwrap();
+        producer.create().await.unwrap();
+        let mut consumer = danube
+            .new_consumer()
+            .with_topic(topic)
+            .with_consumer_name("follower")
+            .with_subscription("follow")
+            .with_subscription_type(SubType::Exclusive)
+            .build()
+            .unwrap();
+        consumer.subscribe().await.unwrap();
+        let stream = consumer.receive().await.unwrap();
+        // The receive loop opens its stream in the background.
+        sleep(Duration::from_millis(300)).await;
+        DanubePair {
+            producer,
+            consumer,
+            stream,
+            sent: BTreeSet::new(),
+        }
+    }
+
+    /// Sends the messages numbered `indexes`, each within 30 s. The client
+    /// retries UNAVAILABLE and looks the topic up again while it moves; a
+    /// send that fails because the broker died is sent again, as an
+    /// application does.
+    async fn send(&mut self, indexes: std::ops::Range<u64>) {
+        for index in indexes {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let sending = self.producer.send(payload(index).into_bytes(), None);
+                let left = deadline.saturating_duration_since(Instant::now());
+                match timeout(left, sending).await {
+                    Ok(Ok(_)) => break,
+                    Ok(Err(error)) => {
+                        assert!(Instant::now() < deadline, "message {index}: {error}");
+                        sleep(Duration::from_millis(200)).await;
+                    }
+                    Err(_) => panic!("message {index} was not sent within 30 s"),
+                }
+            }
+            self.sent.insert(index);
+        }
+    }
+
+    /// Receives (and acks) until every message sent arrived at least once.
+    async fn receive_everything_sent(&mut self) {
+        let mut received = BTreeSet::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.sent.is_subset(&received) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let message = timeout(left, self.stream.recv())
+                .await
+                .unwrap_or_else(|_| panic!("missing {:?}", self.sent.difference(&received)))
+                .expect("the stream stays open");
+            received.insert(index_of(&message.payload));
+            // An ack can fail while the topic moves; the message then comes
+            // again, which at-least-once allows.
+            if let Err(error) = self.consumer.ack(&message).await {
+                eprintln!("ack of {} failed: {error}", message.msg_id.topic_offset);
+            }
+        }
+    }
 }

@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, info};
 
 use super::ResponseStream;
+use super::danube_proxy::{DanubeProxy, is_unreachable, passed_on, unreachable, wait_out_lease};
 use super::session::{SessionGuard, one_by_one};
 use crate::broker::{Broker, ProducerSpec, SchemaSpec, SubscribeSpec, VersionRef};
 use crate::dispatch::SubscriptionType;
@@ -26,12 +27,48 @@ use crate::message::IncomingMessage;
 #[derive(Clone, Debug)]
 pub struct DanubeApi {
     broker: Arc<Broker>,
+    proxy: Arc<DanubeProxy>,
 }
 
 impl DanubeApi {
     pub fn new(broker: Arc<Broker>) -> DanubeApi {
-        DanubeApi { broker }
+        DanubeApi {
+            broker,
+            proxy: Arc::new(DanubeProxy::default()),
+        }
     }
+
+    /// The answer to a call the owner did not take: when it could not be
+    /// reached, UNAVAILABLE once its lease ran out (see
+    /// [`super::danube_proxy::wait_out_lease`]).
+    async fn owner_failed(&self, owner: &str, status: Status) -> Status {
+        if is_unreachable(&status) {
+            let limit = Duration::from_millis(self.broker.config.cluster.lease_ttl_ms);
+            wait_out_lease(&self.broker.cluster.brokers(), owner, limit).await;
+        }
+        unreachable(owner, status)
+    }
+}
+
+type ProducerClient = pb::producer_service_client::ProducerServiceClient<tonic::transport::Channel>;
+type ConsumerClient = pb::consumer_service_client::ConsumerServiceClient<tonic::transport::Channel>;
+
+/// Passes a call that names another broker as the owner on to it (see
+/// [`super::danube_proxy`]): `pass_on!(self, request, Client, method)`
+/// returns the owner's answer.
+macro_rules! pass_on {
+    ($api:ident, $request:ident, $client:ty, $method:ident) => {
+        if let Some((owner, channel)) = $api.proxy.target(&$request, &$api.broker.advertised_url) {
+            let mut client = <$client>::new(channel);
+            return match client
+                .$method(passed_on($request.into_inner(), &owner))
+                .await
+            {
+                Ok(answer) => Ok(answer),
+                Err(status) => Err($api.owner_failed(&owner, status).await),
+            };
+        }
+    };
 }
 
 #[tonic::async_trait]
@@ -40,6 +77,7 @@ impl pb::producer_service_server::ProducerService for DanubeApi {
         &self,
         request: Request<pb::ProducerRequest>,
     ) -> Result<Response<pb::ProducerResponse>, Status> {
+        pass_on!(self, request, ProducerClient, create_producer);
         let request = request.into_inner();
         let dispatch_mode = match pb::DispatchStrategy::try_from(request.dispatch_strategy) {
             Ok(pb::DispatchStrategy::Reliable) => DispatchMode::Reliable,
@@ -85,6 +123,7 @@ impl pb::producer_service_server::ProducerService for DanubeApi {
         &self,
         request: Request<pb::StreamMessage>,
     ) -> Result<Response<pb::MessageResponse>, Status> {
+        pass_on!(self, request, ProducerClient, send_message);
         let message = request.into_inner();
         let producer_id = message.msg_id.as_ref().map_or(0, |id| id.producer_id);
         let (topic, producer) = self.broker.producer(producer_id)?;
@@ -121,6 +160,7 @@ impl pb::consumer_service_server::ConsumerService for DanubeApi {
         &self,
         request: Request<pb::ConsumerRequest>,
     ) -> Result<Response<pb::ConsumerResponse>, Status> {
+        pass_on!(self, request, ConsumerClient, subscribe);
         let request = request.into_inner();
         let kind = match PbSubscriptionType::try_from(request.subscription_type) {
             Ok(PbSubscriptionType::Exclusive) => SubscriptionType::Exclusive,
@@ -157,6 +197,20 @@ impl pb::consumer_service_server::ConsumerService for DanubeApi {
         &self,
         request: Request<pb::ReceiveRequest>,
     ) -> Result<Response<Self::ReceiveMessagesStream>, Status> {
+        if let Some((owner, channel)) = self.proxy.target(&request, &self.broker.advertised_url) {
+            let mut client =
+                sava_proto::danube::consumer_service_client::ConsumerServiceClient::new(channel);
+            let opened = client
+                .receive_messages(passed_on(request.into_inner(), &owner))
+                .await;
+            let stream = match opened {
+                Ok(stream) => stream,
+                Err(status) => return Err(self.owner_failed(&owner, status).await),
+            }
+            .into_inner()
+            .map(move |item| item.map_err(|status| unreachable(&owner, status)));
+            return Ok(Response::new(Box::pin(stream)));
+        }
         let entry = self.broker.consumer(request.into_inner().consumer_id)?;
         let topic = entry.topic.name.to_string();
         let subscription = entry.subscription.name.clone();
@@ -190,6 +244,7 @@ impl pb::consumer_service_server::ConsumerService for DanubeApi {
         &self,
         request: Request<pb::AckRequest>,
     ) -> Result<Response<pb::AckResponse>, Status> {
+        pass_on!(self, request, ConsumerClient, ack);
         let request = request.into_inner();
         let id = request.msg_id.ok_or_else(|| missing("msg_id"))?;
         let subscription = self
@@ -205,6 +260,7 @@ impl pb::consumer_service_server::ConsumerService for DanubeApi {
         &self,
         request: Request<pb::NackRequest>,
     ) -> Result<Response<pb::NackResponse>, Status> {
+        pass_on!(self, request, ConsumerClient, nack);
         let request = request.into_inner();
         let id = request.msg_id.ok_or_else(|| missing("msg_id"))?;
         let subscription = self
@@ -254,16 +310,20 @@ impl pb::discovery_server::Discovery for DanubeApi {
         // Ownership does not need the topic to exist: the producer that
         // follows creates it on the broker that will own it.
         let owner = self.broker.cluster.owner(&request.topic).await?;
-        let response_type = match owner.broker_id == self.broker.broker_id {
-            true => LookupType::Connect,
-            false => LookupType::Redirect,
-        };
+        let here = owner.broker_id == self.broker.broker_id;
+        let proxy = !here && self.broker.config.cluster.proxy_danube_clients;
         Ok(Response::new(pb::TopicLookupResponse {
             request_id: request.request_id,
-            response_type: response_type as i32,
-            connect_url: owner.client_url.clone(),
+            response_type: match here {
+                true => LookupType::Connect as i32,
+                false => LookupType::Redirect as i32,
+            },
+            connect_url: match proxy {
+                true => self.broker.advertised_url.clone(),
+                false => owner.client_url.clone(),
+            },
             broker_url: owner.client_url,
-            proxy: false,
+            proxy,
         }))
     }
 
@@ -286,6 +346,21 @@ impl pb::health_check_server::HealthCheck for DanubeApi {
         &self,
         request: Request<pb::HealthCheckRequest>,
     ) -> Result<Response<pb::HealthCheckResponse>, Status> {
+        if let Some((owner, channel)) = self.proxy.target(&request, &self.broker.advertised_url) {
+            let mut client =
+                sava_proto::danube::health_check_client::HealthCheckClient::new(channel);
+            // An owner that cannot be reached closes the client's producer
+            // or consumer, which then looks the topic up again.
+            let answer = client
+                .health_check(passed_on(request.into_inner(), &owner))
+                .await
+                .unwrap_or_else(|_| {
+                    Response::new(pb::HealthCheckResponse {
+                        status: ClientStatus::Close as i32,
+                    })
+                });
+            return Ok(answer);
+        }
         let request = request.into_inner();
         let alive = match ClientType::try_from(request.client) {
             Ok(ClientType::Producer) => match self.broker.producer(request.id) {
