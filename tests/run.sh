@@ -45,6 +45,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 log "type-check the FoundationDB metadata backend (it cannot link here)"
 cargo check -p sava-metadata --all-targets --features foundationdb --locked
+cargo check -p sava-broker --features foundationdb --locked
 
 log "build binaries for the end-to-end tests"
 cargo build --workspace --bins --locked

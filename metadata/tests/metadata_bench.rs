@@ -4,7 +4,9 @@
 //!
 //! - cursor updates: one transaction reading and rewriting one small value;
 //! - cursor batches: one transaction blindly writing 100 cursors;
-//! - point reads: one transaction reading one key.
+//! - point reads: one transaction reading one key;
+//! - topic lookups: what a broker reads to answer a lookup (the topic's
+//!   record and its ownership, two transactions through the catalog).
 //!
 //! `cargo test -p sava-metadata --test metadata_bench -- --ignored --nocapture`
 //! measures for `SAVA_BENCH_SECONDS` (3) seconds each with `SAVA_BENCH_TASKS`
@@ -17,7 +19,10 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use sava_metadata::etcd::test_server::EtcdTestServer;
-use sava_metadata::{EmbeddedStore, EtcdStore, MetadataStore, Result, transact};
+use sava_metadata::{
+    Catalog, DispatchMode, EmbeddedStore, EtcdStore, MetadataError, MetadataStore, Result,
+    TopicRecord, transact,
+};
 
 const BATCH: usize = 100;
 
@@ -25,6 +30,7 @@ struct Figures {
     cursor_updates: f64,
     cursor_batches: f64,
     point_reads: f64,
+    topic_lookups: f64,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,9 +84,25 @@ async fn cursor_updates_batches_and_point_reads_per_second_on_embedded_and_etcd(
             embedded.point_reads,
             etcd.point_reads,
         ),
+        (
+            "topic lookups (record + owner)",
+            embedded.topic_lookups,
+            etcd.topic_lookups,
+        ),
     ];
     for (name, embedded, etcd) in rows {
         println!("{name:<34} {embedded:>12.0} {etcd:>12.0}");
+    }
+}
+
+fn topic_record(name: &str) -> TopicRecord {
+    TopicRecord {
+        name: name.to_owned(),
+        partitions: 0,
+        partition_of: None,
+        dispatch_mode: DispatchMode::Reliable,
+        schema: None,
+        created_at_ms: 0,
     }
 }
 
@@ -114,10 +136,33 @@ async fn measure_all(
     })
     .await?;
 
+    let catalog = Catalog::new(Arc::clone(&store));
+    catalog.ensure_namespace("default").await?;
+    for task in 0..tasks {
+        let name = format!("/default/bench-{task}");
+        match catalog.create_topic(topic_record(&name)).await {
+            Ok(_) | Err(MetadataError::AlreadyExists { .. }) => {}
+            Err(error) => return Err(error),
+        }
+        let epoch = catalog.ownership(&name).await?.map_or(0, |o| o.epoch);
+        catalog.assign(&name, "bench-broker", epoch).await?;
+    }
+    let topic_lookups = measure(duration, tasks, move |task, _| {
+        let catalog = catalog.clone();
+        async move {
+            let name = format!("/default/bench-{task}");
+            catalog.topic(&name).await?;
+            catalog.ownership(&name).await?;
+            Ok(())
+        }
+    })
+    .await?;
+
     Ok(Figures {
         cursor_updates,
         cursor_batches,
         point_reads,
+        topic_lookups,
     })
 }
 

@@ -528,3 +528,112 @@ impl DanubePair {
         }
     }
 }
+
+/// A benchmark, ignored by default: the time from a broker kill to the
+/// first acknowledged produce on the new owner over several kills, and the
+/// latency of lookups answered by the owner and by another broker.
+///
+/// `cargo test -p sava-tests --test cluster -- --ignored --nocapture`
+/// (`SAVA_BENCH_KILLS`, default 5).
+#[tokio::test]
+#[ignore = "a benchmark: run it with --ignored --nocapture"]
+async fn failover_and_lookup_latency() {
+    let kills: usize = std::env::var("SAVA_BENCH_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let mut cluster = Cluster::start(3, "bench").await;
+
+    let topic = "/default/lookups";
+    let (owner, other, _) = cluster.reliable_topic(topic).await;
+    let on_owner = lookup_latencies(&cluster.brokers[owner], topic, 300).await;
+    let redirected = lookup_latencies(&cluster.brokers[other], topic, 300).await;
+    let danube = danube_lookup_latencies(&cluster.brokers[other], topic, 300).await;
+
+    let mut failovers = Vec::new();
+    for round in 0..kills {
+        let topic = format!("/default/failover-{round}");
+        let (owner, survivor, client) = cluster.reliable_topic(&topic).await;
+        let producer = client
+            .producer(&topic)
+            .reliable(true)
+            .create()
+            .await
+            .unwrap();
+        producer
+            .send(Message::new("before"))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        cluster.brokers[owner].kill().unwrap();
+        let killed = Instant::now();
+        let ack = producer.send(Message::new("after")).await.unwrap();
+        timeout(Duration::from_secs(30), ack)
+            .await
+            .unwrap()
+            .unwrap();
+        failovers.push(killed.elapsed());
+        cluster.brokers[owner].restart().await.unwrap();
+        cluster.wait_for_members(3).await;
+        drop(survivor);
+    }
+
+    println!("lookup latency (ms)          median      p99");
+    for (what, mut samples) in [
+        ("native, on the owner", on_owner),
+        ("native, answering redirect", redirected),
+        ("danube, answering redirect", danube),
+    ] {
+        samples.sort();
+        println!(
+            "{what:<28} {:>7.2} {:>8.2}",
+            ms(samples[samples.len() / 2]),
+            ms(samples[samples.len() * 99 / 100])
+        );
+    }
+    failovers.sort();
+    println!(
+        "kill to first acknowledged produce over {kills} kills: median {:.2} s, max {:.2} s",
+        failovers[failovers.len() / 2].as_secs_f64(),
+        failovers[failovers.len() - 1].as_secs_f64()
+    );
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+async fn lookup_latencies(broker: &Broker, topic: &str, count: usize) -> Vec<Duration> {
+    let mut stub = SavaClientClient::connect(broker.service_url())
+        .await
+        .unwrap();
+    let mut samples = Vec::with_capacity(count);
+    for _ in 0..count {
+        let request = LookupRequest {
+            topic: topic.to_owned(),
+            create: None,
+        };
+        let started = Instant::now();
+        stub.lookup(request).await.unwrap();
+        samples.push(started.elapsed());
+    }
+    samples
+}
+
+async fn danube_lookup_latencies(broker: &Broker, topic: &str, count: usize) -> Vec<Duration> {
+    let mut discovery = DiscoveryClient::connect(broker.service_url())
+        .await
+        .unwrap();
+    let mut samples = Vec::with_capacity(count);
+    for id in 0..count as u64 {
+        let request = TopicLookupRequest {
+            request_id: id,
+            topic: topic.to_owned(),
+        };
+        let started = Instant::now();
+        discovery.topic_lookup(request).await.unwrap();
+        samples.push(started.elapsed());
+    }
+    samples
+}
