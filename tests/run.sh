@@ -10,6 +10,8 @@ log() { printf '\n==> %s\n' "$*"; }
 need_apt=()
 command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
 command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
+# scrapes a broker in the metrics tests and checks the deploy/ configs.
+command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 # bindgen, for type-checking the FoundationDB backend.
 dpkg -s libclang-dev >/dev/null 2>&1 || need_apt+=(libclang-dev)
 # venvs for the S3 servers of localstack/ and for pyarrow.
@@ -42,6 +44,9 @@ cargo fmt --all -- --check
 
 log "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+log "check the syntax of deploy/: dashboards, compose, Prometheus, systemd"
+bash deploy/check.sh
 
 log "type-check the FoundationDB metadata backend (it cannot link here)"
 cargo check -p sava-metadata --all-targets --features foundationdb --locked

@@ -21,6 +21,7 @@ use crate::dispatch::reliable::{
 };
 use crate::error::BrokerError;
 use crate::log::TopicLog;
+use crate::metrics::BrokerMetrics;
 use crate::names::{TopicName, check_label};
 use crate::schema::{PayloadCheck, normalize_type};
 use crate::subscription::{JoinRequest, Subscription};
@@ -134,6 +135,8 @@ pub struct Broker {
     pub(crate) offload_backoff: crate::offload::Backoff,
     /// Membership, leadership and topic ownership.
     pub cluster: Arc<Cluster>,
+    /// The figures only the broker keeps, for `/metrics`.
+    pub metrics: Arc<BrokerMetrics>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -145,11 +148,16 @@ impl std::fmt::Debug for Broker {
 }
 
 impl Broker {
-    /// A broker over `catalog`, with the `default` namespace in place.
-    pub async fn new(config: Config, catalog: Catalog) -> Result<Arc<Broker>, BrokerError> {
+    /// A broker over `catalog`, with the `default` namespace in place,
+    /// keeping its own figures in `metrics`.
+    pub async fn new(
+        config: Config,
+        catalog: Catalog,
+        metrics: Arc<BrokerMetrics>,
+    ) -> Result<Arc<Broker>, BrokerError> {
         catalog.ensure_namespace("default").await?;
         let storage = &config.storage;
-        let committer = GroupCommitter::start(CommitConfig {
+        let commit = CommitConfig {
             mode: match storage.fsync {
                 FsyncSetting::Always => FsyncMode::Always,
                 FsyncSetting::Never => FsyncMode::Never,
@@ -157,8 +165,9 @@ impl Broker {
             flush_interval: Duration::from_millis(storage.flush_interval_ms),
             flush_bytes: storage.flush_bytes,
             ..CommitConfig::default()
-        })
-        .map_err(BrokerError::Storage)?;
+        };
+        let committer = GroupCommitter::start_with_observer(commit, Some(metrics.flush_observer()))
+            .map_err(BrokerError::Storage)?;
         let tier = crate::offload::open_tier(&config, &catalog)?;
         let advertised_url = config.advertised_url();
         let broker_id = advertised_url
@@ -174,6 +183,7 @@ impl Broker {
             format!("http://{}", config.broker.http_addr),
         ));
         Ok(Arc::new_cyclic(|me| Broker {
+            metrics,
             tier,
             offload_backoff: crate::offload::Backoff::default(),
             me: std::sync::Weak::clone(me),
@@ -846,6 +856,21 @@ impl Broker {
             .unwrap_or_else(|p| p.into_inner())
             .insert(producer.id, (Arc::clone(&topic), Arc::clone(&producer)));
         Ok((topic, producer))
+    }
+
+    /// How many producers are attached and consumers registered.
+    pub fn client_counts(&self) -> (usize, usize) {
+        let producers = self
+            .producers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .len();
+        let consumers = self
+            .consumers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .len();
+        (producers, consumers)
     }
 
     pub fn producer(&self, id: u64) -> Result<AttachedProducer, BrokerError> {

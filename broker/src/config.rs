@@ -38,6 +38,48 @@ pub struct Config {
     pub s3: sava_storage::ObjectStoreConfig,
     pub limits: LimitsSection,
     pub cluster: ClusterSection,
+    pub metrics: MetricsSection,
+    pub telemetry: TelemetrySection,
+}
+
+/// What `/metrics` exports.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Series per topic and per subscription (labels `topic` and
+    /// `subscription`). Off for clusters with very many topics: the broker
+    /// totals stay.
+    pub per_topic: bool,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection { per_topic: true }
+    }
+}
+
+/// Export of traces through OpenTelemetry (OTLP over gRPC).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySection {
+    /// Where spans go, e.g. `http://otel-collector:4317`; empty: no export
+    /// (unless `OTEL_EXPORTER_OTLP_ENDPOINT` names one).
+    pub otlp_endpoint: String,
+    /// The `service.name` of the spans; `OTEL_SERVICE_NAME` overrides it.
+    pub service_name: String,
+    /// The share of traces recorded, from 0.0 to 1.0; a trace continued
+    /// from a client keeps the client's decision.
+    pub sampling_ratio: f64,
+}
+
+impl Default for TelemetrySection {
+    fn default() -> Self {
+        TelemetrySection {
+            otlp_endpoint: String::new(),
+            service_name: "sava-broker".to_string(),
+            sampling_ratio: 1.0,
+        }
+    }
 }
 
 /// Membership, leadership and topic hand-over between brokers.
@@ -299,6 +341,11 @@ impl Config {
         if self.offload.interval_ms == 0 || self.offload.row_group_bytes == 0 {
             return Err(ConfigError::Invalid(
                 "offload.interval_ms and offload.row_group_bytes must be above 0".into(),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.telemetry.sampling_ratio) {
+            return Err(ConfigError::Invalid(
+                "telemetry.sampling_ratio must be between 0.0 and 1.0".into(),
             ));
         }
         let cluster = &self.cluster;

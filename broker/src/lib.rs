@@ -18,6 +18,7 @@ pub mod error;
 pub mod http;
 pub mod log;
 pub mod message;
+pub mod metrics;
 pub mod names;
 pub mod offload;
 pub mod schema;

@@ -35,10 +35,16 @@ impl Message {
         self.key.as_deref().unwrap_or(&self.producer_name)
     }
 
+    /// Bytes of the message as produced: payload, key and attributes, as
+    /// the topic's bytes-in counter counts them.
+    pub fn message_bytes(&self) -> usize {
+        let attributes: usize = self.attributes.iter().map(|(k, v)| k.len() + v.len()).sum();
+        self.payload.len() + self.key.as_ref().map_or(0, String::len) + attributes
+    }
+
     /// Bytes this message holds in memory, roughly.
     pub fn size(&self) -> usize {
-        let attributes: usize = self.attributes.iter().map(|(k, v)| k.len() + v.len()).sum();
-        self.payload.len() + self.key.as_ref().map_or(0, String::len) + attributes + 64
+        self.message_bytes() + 64
     }
 }
 

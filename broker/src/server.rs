@@ -65,12 +65,14 @@ pub async fn run(
                 url: metadata_url.clone(),
                 source,
             })?;
+    let metrics = Arc::new(crate::metrics::BrokerMetrics::default());
+    let store = crate::metrics::TimedStore::wrap(store, Arc::clone(&metrics));
     let catalog = Catalog::with_cluster(store, &config.broker.cluster);
 
     let client_listener = bind("client API", config.broker.client_addr).await?;
     let admin_listener = bind("admin API", config.broker.admin_addr).await?;
     let http_listener = bind("HTTP", config.broker.http_addr).await?;
-    let broker = Broker::new(config.clone(), catalog).await?;
+    let broker = Broker::new(config.clone(), catalog, metrics).await?;
     info!(
         client = %client_listener.local_addr().map_or(config.broker.client_addr, |a| a),
         admin = %admin_listener.local_addr().map_or(config.broker.admin_addr, |a| a),

@@ -83,6 +83,7 @@ pub struct Subscription {
     wake: Arc<Notify>,
     consumers: Mutex<HashMap<u64, Arc<ConsumerHandle>>>,
     delivered: Arc<AtomicU64>,
+    delivered_bytes: Arc<AtomicU64>,
     policy: Mutex<DeliveryPolicy>,
 }
 
@@ -103,6 +104,7 @@ impl Subscription {
             wake,
             consumers: Mutex::new(HashMap::new()),
             delivered: Arc::new(AtomicU64::new(0)),
+            delivered_bytes: Arc::new(AtomicU64::new(0)),
             policy: Mutex::new(policy),
         }
     }
@@ -145,6 +147,7 @@ impl Subscription {
             credit_flow: request.credit_flow,
             capacity: request.capacity,
             delivered_counter: Arc::clone(&self.delivered),
+            delivered_bytes: Arc::clone(&self.delivered_bytes),
         };
         let consumer = Arc::new(ConsumerHandle::new(spec, Arc::clone(&self.wake)));
         self.route_to(Arc::clone(&consumer))?;
@@ -192,6 +195,11 @@ impl Subscription {
     }
 
     /// Messages handed to this subscription's consumers' streams.
+    /// Message bytes handed to consumers (payload, key and attributes).
+    pub fn delivered_bytes(&self) -> u64 {
+        self.delivered_bytes.load(Ordering::Relaxed)
+    }
+
     pub fn delivered(&self) -> u64 {
         self.delivered.load(Ordering::Relaxed)
     }

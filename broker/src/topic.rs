@@ -438,6 +438,14 @@ impl Topic {
         self.subscriptions().iter().map(|s| s.delivered()).sum()
     }
 
+    /// Message bytes handed to consumers over every subscription.
+    pub fn bytes_out(&self) -> u64 {
+        self.subscriptions()
+            .iter()
+            .map(|s| s.delivered_bytes())
+            .sum()
+    }
+
     /// Updates the rates from the counters, `elapsed` after the last call.
     pub fn sample_rates(&self, elapsed: std::time::Duration) {
         let seconds = elapsed.as_secs_f64().max(0.001);

@@ -64,7 +64,8 @@ pub use etcd::{ETCD_MAX_VALUE_BYTES, EtcdStore, LeaseId};
 pub use fdb::{FDB_MAX_VALUE_BYTES, FdbStore};
 pub use keys::{Key, prefix_range};
 pub use store::{
-    KeyValue, MAX_ATTEMPTS, MetadataStore, RangeOptions, Transaction, Watch, transact,
+    KeyValue, MAX_ATTEMPTS, MetadataStore, RangeOptions, Transaction, UNAVAILABLE_BUDGET, Watch,
+    transact,
 };
 
 const ACCEPTED_SCHEMES: &str = "expected embedded:///path, etcd://host:port or fdb:///cluster-file";

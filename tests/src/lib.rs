@@ -23,6 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+pub mod clients;
 mod s3;
 pub use s3::{BUCKET, S3Server, S3ServerKind};
 
@@ -202,6 +203,15 @@ impl Broker {
         }
         child.wait().context("cannot reap sava-broker")?;
         Ok(())
+    }
+
+    /// `GET path` on the broker's HTTP port: the status code and the body.
+    ///
+    /// # Errors
+    ///
+    /// When the broker does not answer within 5 s.
+    pub async fn http_get(&self, path: &str) -> Result<(u16, String)> {
+        http_get(self.http_addr, path).await
     }
 
     /// Whether `GET /readyz` answers 200 now.
@@ -489,6 +499,32 @@ fn free_addrs() -> Result<[SocketAddr; 3]> {
 
 fn bind_any() -> Result<TcpListener> {
     TcpListener::bind("127.0.0.1:0").context("cannot find a free port on 127.0.0.1")
+}
+
+/// `GET path` from `addr` over HTTP/1.0 (so the body ends with the
+/// connection): the status code and the body.
+///
+/// # Errors
+///
+/// When the server does not answer within 5 s or the answer is not HTTP.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        Ok::<_, std::io::Error>(response)
+    };
+    let response = tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .with_context(|| format!("GET http://{addr}{path} timed out"))?
+        .with_context(|| format!("GET http://{addr}{path}"))?;
+    let status =
+        status_code(&response).with_context(|| format!("GET http://{addr}{path}: not HTTP"))?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    Ok((status, body.to_owned()))
 }
 
 /// Whether `GET /readyz` answers 200, within a second.

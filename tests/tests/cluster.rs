@@ -17,6 +17,7 @@ use sava_proto::danube::discovery_client::DiscoveryClient;
 use sava_proto::sava::v1::LookupRequest;
 use sava_proto::sava::v1::sava_client_client::SavaClientClient;
 use sava_tests::Broker;
+use sava_tests::clients::{client_of, consumer_from_earliest, reliable_producer};
 use tempfile::TempDir;
 use tokio::time::{Instant, sleep, timeout};
 
@@ -100,10 +101,7 @@ impl Cluster {
     }
 
     async fn client_of(&self, broker: usize) -> Client {
-        Client::builder(self.brokers[broker].service_url())
-            .build()
-            .await
-            .unwrap()
+        client_of(&self.brokers[broker]).await
     }
 
     /// The end of every broker's log, for a failure message.
@@ -159,12 +157,7 @@ fn index_of(payload: &[u8]) -> u64 {
 /// Publishes `count` reliable messages from `first` on, waiting for each
 /// ack; returns the offsets the broker assigned.
 async fn produce(client: &Client, topic: &str, first: u64, count: u64) -> Vec<u64> {
-    let producer = client
-        .producer(topic)
-        .reliable(true)
-        .create()
-        .await
-        .unwrap();
+    let producer = reliable_producer(client, topic).await;
     let mut offsets = Vec::new();
     for index in first..first + count {
         let ack = producer.send(Message::new(payload(index))).await.unwrap();
@@ -183,12 +176,7 @@ async fn read_all(
     subscription: &str,
     count: usize,
 ) -> Vec<(u64, u64)> {
-    let mut consumer = client
-        .consumer(topic, subscription)
-        .start(StartPosition::Earliest)
-        .subscribe()
-        .await
-        .unwrap();
+    let mut consumer = consumer_from_earliest(client, topic, subscription).await;
     let mut read = Vec::with_capacity(count);
     while read.len() < count {
         let message = timeout(Duration::from_secs(30), consumer.recv())

@@ -7,9 +7,10 @@
 use std::process::Command;
 use std::time::Duration;
 
-use sava_client::{Client, ErrorKind, Message, StartPosition};
+use sava_client::{ErrorKind, Message};
 use sava_metadata::etcd::test_server::EtcdTestServer;
 use sava_tests::Broker;
+use sava_tests::clients::{client_of, consumer_from_earliest, next_message, reliable_producer};
 use tokio::time::{Instant, sleep, timeout};
 
 fn signal(pid: u32, name: &str) {
@@ -32,20 +33,10 @@ async fn an_unreachable_store_pauses_writes_and_the_broker_recovers_by_itself() 
     let broker = Broker::start_with_env(["--metadata", url.as_str()], &env)
         .await
         .unwrap();
-    let client = Client::builder(broker.service_url()).build().await.unwrap();
+    let client = client_of(&broker).await;
     let topic = "/default/ledger";
-    let producer = client
-        .producer(topic)
-        .reliable(true)
-        .create()
-        .await
-        .unwrap();
-    let mut consumer = client
-        .consumer(topic, "books")
-        .start(StartPosition::Earliest)
-        .subscribe()
-        .await
-        .unwrap();
+    let producer = reliable_producer(&client, topic).await;
+    let mut consumer = consumer_from_earliest(&client, topic, "books").await;
     for index in 0..10 {
         let message = Message::new(format!("entry {index}"));
         producer.send(message).await.unwrap().await.unwrap();
@@ -74,11 +65,7 @@ async fn an_unreachable_store_pauses_writes_and_the_broker_recovers_by_itself() 
 
     // The consumer it had keeps its messages.
     for index in 0..10u64 {
-        let message = timeout(Duration::from_secs(10), consumer.recv())
-            .await
-            .expect("delivered during the outage")
-            .unwrap()
-            .unwrap();
+        let message = next_message(&mut consumer, Duration::from_secs(10)).await;
         assert_eq!(message.offset, index);
         consumer.ack(&message).unwrap();
     }
@@ -89,11 +76,7 @@ async fn an_unreachable_store_pauses_writes_and_the_broker_recovers_by_itself() 
         .expect("the send completes once the store is back")
         .unwrap();
     assert_eq!(acked.offset, 10);
-    let message = timeout(Duration::from_secs(10), consumer.recv())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let message = next_message(&mut consumer, Duration::from_secs(10)).await;
     assert_eq!(
         (message.offset, &message.payload[..]),
         (10, &b"entry 10"[..])

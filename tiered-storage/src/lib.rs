@@ -23,6 +23,7 @@ pub mod error;
 pub mod group_commit;
 mod index;
 pub mod log;
+pub mod metrics;
 pub mod objects;
 pub mod record;
 pub mod recovery;

@@ -29,6 +29,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::metrics::Histogram;
 
 /// Objects above this are uploaded in parts.
 pub const MULTIPART_THRESHOLD: usize = 16 * 1024 * 1024;
@@ -63,6 +64,62 @@ pub struct ObjectTier {
     store: Arc<dyn ObjectStore>,
     prefix: String,
     url: String,
+    requests: Arc<RequestStats>,
+}
+
+/// Latency and failures of the object store requests, by operation.
+#[derive(Debug, Default)]
+pub struct RequestStats {
+    pub put: OperationStats,
+    pub get: OperationStats,
+    pub delete: OperationStats,
+    pub list: OperationStats,
+}
+
+impl RequestStats {
+    /// Each operation's name (as a metric label) and figures.
+    pub fn by_operation(&self) -> [(&'static str, &OperationStats); 4] {
+        [
+            ("put", &self.put),
+            ("get", &self.get),
+            ("delete", &self.delete),
+            ("list", &self.list),
+        ]
+    }
+}
+
+/// One operation's request latency (whole calls, multipart uploads
+/// included) and failures.
+#[derive(Debug)]
+pub struct OperationStats {
+    pub latency: Histogram,
+    pub errors: std::sync::atomic::AtomicU64,
+}
+
+impl Default for OperationStats {
+    fn default() -> Self {
+        OperationStats {
+            latency: Histogram::latency(),
+            errors: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl OperationStats {
+    /// Runs `request`, recording its latency and whether it failed.
+    async fn time<T, E>(
+        &self,
+        request: impl Future<Output = std::result::Result<T, E>>,
+    ) -> std::result::Result<T, E> {
+        let started = std::time::Instant::now();
+        let result = request.await;
+        self.latency.observe_duration(started.elapsed());
+        if result.is_err() {
+            self.errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        result
+    }
 }
 
 impl ObjectTier {
@@ -104,6 +161,7 @@ impl ObjectTier {
             store,
             prefix,
             url: url.to_owned(),
+            requests: Arc::new(RequestStats::default()),
         })
     }
 
@@ -152,8 +210,18 @@ impl ObjectTier {
         format!("{root}{cluster}/{namespace}/{base}/partition={partition}/")
     }
 
+    /// Latency and failures of this store's requests.
+    pub fn requests(&self) -> &Arc<RequestStats> {
+        &self.requests
+    }
+
     /// Uploads `bytes` to `key` (in parts when large), returning the etag.
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<Option<String>> {
+        let requests = Arc::clone(&self.requests);
+        requests.put.time(self.put_untimed(key, bytes)).await
+    }
+
+    async fn put_untimed(&self, key: &str, bytes: Bytes) -> Result<Option<String>> {
         let path = Path::from(key);
         let failed = |source| Error::ObjectStore {
             operation: "upload",
@@ -176,8 +244,10 @@ impl ObjectTier {
 
     /// Bytes `range` of `key`.
     pub async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
-        self.store
-            .get_range(&Path::from(key), range)
+        let path = Path::from(key);
+        self.requests
+            .get
+            .time(self.store.get_range(&path, range))
             .await
             .map_err(|source| Error::ObjectStore {
                 operation: "get",
@@ -193,13 +263,21 @@ impl ObjectTier {
             key: key.to_owned(),
             source,
         };
-        let result = self.store.get(&Path::from(key)).await.map_err(failed)?;
-        result.bytes().await.map_err(failed)
+        let path = Path::from(key);
+        let whole = async { self.store.get(&path).await?.bytes().await };
+        self.requests.get.time(whole).await.map_err(failed)
     }
 
     /// Deletes `key`; a missing object is not an error.
     pub async fn delete(&self, key: &str) -> Result<()> {
-        match self.store.delete(&Path::from(key)).await {
+        let path = Path::from(key);
+        let deleted = self.requests.delete.time(async {
+            match self.store.delete(&path).await {
+                Err(object_store::Error::NotFound { .. }) => Ok(()),
+                other => other,
+            }
+        });
+        match deleted.await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(source) => Err(Error::ObjectStore {
                 operation: "delete",
@@ -212,10 +290,11 @@ impl ObjectTier {
     /// Every object under `prefix`, with its size and last change.
     pub async fn list(&self, prefix: &str) -> Result<Vec<StoredObject>> {
         let path = Path::from(prefix.trim_end_matches('/'));
+        let listing = self.store.list(Some(&path)).try_collect::<Vec<_>>();
         let objects: Vec<_> =
-            self.store
-                .list(Some(&path))
-                .try_collect()
+            self.requests
+                .list
+                .time(listing)
                 .await
                 .map_err(|source| Error::ObjectStore {
                     operation: "list",

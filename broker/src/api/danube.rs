@@ -22,6 +22,7 @@ use crate::dispatch::SubscriptionType;
 use crate::dispatch::reliable::StartPosition;
 use crate::error::BrokerError;
 use crate::message::IncomingMessage;
+use crate::metrics::LookupAnswer;
 
 /// Serves every `danube` service over one broker.
 #[derive(Clone, Debug)]
@@ -309,8 +310,18 @@ impl pb::discovery_server::Discovery for DanubeApi {
         }
         // Ownership does not need the topic to exist: the producer that
         // follows creates it on the broker that will own it.
-        let owner = self.broker.cluster.owner(&request.topic).await?;
+        let owner = match self.broker.cluster.owner(&request.topic).await {
+            Ok(owner) => owner,
+            Err(error) => {
+                self.broker.metrics.count_lookup(LookupAnswer::Error);
+                return Err(error.into());
+            }
+        };
         let here = owner.broker_id == self.broker.broker_id;
+        self.broker.metrics.count_lookup(match here {
+            true => LookupAnswer::Connect,
+            false => LookupAnswer::Redirect,
+        });
         let proxy = !here && self.broker.config.cluster.proxy_danube_clients;
         Ok(Response::new(pb::TopicLookupResponse {
             request_id: request.request_id,

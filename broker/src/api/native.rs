@@ -20,6 +20,7 @@ use crate::dispatch::SubscriptionType;
 use crate::dispatch::reliable::StartPosition;
 use crate::error::BrokerError;
 use crate::message::IncomingMessage;
+use crate::metrics::LookupAnswer;
 
 /// Responses a publish stream may queue before the broker stops reading
 /// further batches from it.
@@ -52,7 +53,21 @@ impl pb::sava_client_server::SavaClient for NativeApi {
             Some(settings) => Some(topic_spec(settings)?),
             None => None,
         };
-        let lookup = self.broker.lookup(&request.topic, create.as_ref()).await?;
+        let lookup = match self.broker.lookup(&request.topic, create.as_ref()).await {
+            Ok(lookup) => lookup,
+            Err(error) => {
+                self.broker.metrics.count_lookup(LookupAnswer::Error);
+                return Err(error.into());
+            }
+        };
+        let here = lookup
+            .owners
+            .iter()
+            .all(|o| o.broker_id == self.broker.broker_id);
+        self.broker.metrics.count_lookup(match here {
+            true => LookupAnswer::Connect,
+            false => LookupAnswer::Redirect,
+        });
         let owners: Vec<String> = lookup.owners.into_iter().map(|o| o.client_url).collect();
         Ok(Response::new(pb::LookupResponse {
             partitions: lookup.partitions,

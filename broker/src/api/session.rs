@@ -72,7 +72,7 @@ pub fn one_by_one(
     futures::stream::unfold(state, |(mut receiver, mut queue, guard)| async move {
         if queue.is_empty() {
             let chunk = receiver.recv().await?;
-            guard.entry.handle.taken(chunk.len());
+            guard.entry.handle.taken(&chunk);
             queue.extend(chunk);
         }
         let delivery = queue.pop_front()?;
@@ -102,7 +102,7 @@ pub fn batched(
         let handle = &guard.entry.handle;
         let allowed = handle.take_credits(queue.len().min(max)).await;
         let batch: Vec<Delivery> = queue.drain(..allowed).collect();
-        handle.taken(batch.len());
+        handle.taken(&batch);
         let dropped = handle.take_dropped();
         Some(((batch, dropped), (receiver, queue, guard)))
     })

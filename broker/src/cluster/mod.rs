@@ -89,6 +89,8 @@ pub struct Cluster {
     view: RwLock<Vec<BrokerRecord>>,
     /// Wakes the leader's placement loop.
     wake_leader: Notify,
+    /// How many topics the store listed as this broker's, last time.
+    owned_count: AtomicU64,
     /// Since when every renewal succeeded; `None` after a failed one.
     renewing_since: std::sync::Mutex<Option<Instant>>,
 }
@@ -124,7 +126,14 @@ impl Cluster {
             view: RwLock::new(Vec::new()),
             wake_leader: Notify::new(),
             renewing_since: std::sync::Mutex::new(None),
+            owned_count: AtomicU64::new(0),
         }
+    }
+
+    /// How many topics the store listed as this broker's at the last lease
+    /// renewal.
+    pub fn owned_count(&self) -> u64 {
+        self.owned_count.load(Ordering::Relaxed)
     }
 
     /// Whether this broker's renewals have succeeded for a whole lease: only
@@ -350,12 +359,15 @@ impl Cluster {
 
     /// The topics the store says this broker owns.
     pub async fn owned(&self) -> Result<HashSet<String>, BrokerError> {
-        Ok(self
+        let owned: HashSet<String> = self
             .catalog
             .owned_topics(&self.id)
             .await?
             .into_iter()
-            .collect())
+            .collect();
+        self.owned_count
+            .store(owned.len() as u64, Ordering::Relaxed);
+        Ok(owned)
     }
 
     /// Releases `topic` (held in `epoch`, its log at `next_offset`) for the

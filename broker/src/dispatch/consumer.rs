@@ -39,6 +39,7 @@ pub struct ConsumerHandle {
     dropped_total: AtomicU64,
     delivered: AtomicU64,
     delivered_counter: Arc<AtomicU64>,
+    delivered_bytes: Arc<AtomicU64>,
     session: Mutex<Session>,
     /// Woken when room grows, so a waiting reliable dispatcher sends more.
     room_changed: Arc<Notify>,
@@ -65,6 +66,9 @@ pub struct ConsumerSpec {
     pub capacity: usize,
     /// The subscription's count of delivered messages, shared by its consumers.
     pub delivered_counter: Arc<AtomicU64>,
+    /// The subscription's count of delivered message bytes (payload, key
+    /// and attributes, as counted in), shared by its consumers.
+    pub delivered_bytes: Arc<AtomicU64>,
 }
 
 impl ConsumerHandle {
@@ -85,6 +89,7 @@ impl ConsumerHandle {
             dropped_total: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             delivered_counter: spec.delivered_counter,
+            delivered_bytes: spec.delivered_bytes,
             session: Mutex::new(Session {
                 id: 1,
                 sender: Some(sender),
@@ -154,11 +159,15 @@ impl ConsumerHandle {
     }
 
     /// Called by the stream task for the messages it moved onto the wire.
-    pub fn taken(&self, count: usize) {
+    pub fn taken(&self, deliveries: &[Delivery]) {
+        let count = deliveries.len();
+        let bytes: usize = deliveries.iter().map(|d| d.message.message_bytes()).sum();
         self.buffered.fetch_sub(count, Ordering::AcqRel);
         self.delivered.fetch_add(count as u64, Ordering::Relaxed);
         self.delivered_counter
             .fetch_add(count as u64, Ordering::Relaxed);
+        self.delivered_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
         self.room_changed.notify_one();
     }
 

@@ -135,6 +135,7 @@ mod tests {
             key_filters: vec![],
             credit_flow: false,
             delivered_counter: Default::default(),
+            delivered_bytes: Default::default(),
             capacity,
         };
         Arc::new(ConsumerHandle::new(spec, Arc::new(Notify::new())))

@@ -856,6 +856,7 @@ mod tests {
             key_filters: vec![],
             credit_flow: false,
             delivered_counter: Default::default(),
+            delivered_bytes: Default::default(),
             capacity: 1000,
         };
         let handle = Arc::new(ConsumerHandle::new(spec, Arc::clone(wake)));
