@@ -299,6 +299,18 @@ async fn the_broker_lists_itself_as_leader_and_describes_itself_by_id() {
 
     let missing = admin.refused("brokers describe broker-9");
     assert_eq!(missing, "broker broker-9 is not part of this cluster");
+    let missing = admin.refused("brokers drain broker-9");
+    assert_eq!(missing, "broker broker-9 is not part of this cluster");
+
+    // A drained broker takes no topics until it is activated again.
+    let drained = admin.json(&format!("brokers drain {id}"));
+    assert_eq!(drained["state"], "draining");
+    assert!(drained["owned_topic_names"].is_array());
+    let active = admin.json(&format!("brokers activate {id}"));
+    assert_eq!(active["state"], "active");
+    admin.ok("topics create /default/after-the-drain");
+    let stats = admin.json("topics stats /default/after-the-drain");
+    assert_eq!(stats["name"], "/default/after-the-drain");
 }
 
 #[tokio::test]
@@ -790,6 +802,8 @@ fn every_command_explains_its_flags_and_arguments_in_its_help() {
         ),
         ("brokers leader", &["--output"]),
         ("brokers describe", &["<ID>", "brokers list"]),
+        ("brokers drain", &["<ID>", "activated"]),
+        ("brokers activate", &["<ID>", "drained"]),
         ("namespaces list", &["--output"]),
         ("namespaces create", &["<NAMESPACE>", "letters, digits"]),
         ("namespaces delete", &["<NAMESPACE>", "--force"]),
