@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/danube.proto",
         "proto/danube_schema.proto",
+        "proto/danube_admin.proto",
         "proto/sava/v1/client.proto",
         "proto/sava/v1/admin.proto",
     ];

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use sava_broker::config::Config;
-use tracing_subscriber::EnvFilter;
+use sava_proto::telemetry::ExportConfig;
 
 /// Runs a Sava broker. With no configuration it runs a single node with its
 /// data in ./sava-data.
@@ -40,13 +40,6 @@ struct Args {
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("info,h2=warn,tower=warn,hyper=warn")),
-        )
-        .init();
-
     let args = Args::parse();
     let config = match load(&args) {
         Ok(config) => config,
@@ -55,7 +48,26 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    if let Err(error) = sava_broker::server::run(config, shutdown_signal()).await {
+    let telemetry = &config.telemetry;
+    let export = ExportConfig {
+        endpoint: telemetry.otlp_endpoint.clone(),
+        service_name: telemetry.service_name.clone(),
+        sampling_ratio: telemetry.sampling_ratio,
+        default_log_filter: "info,h2=warn,tower=warn,hyper=warn".into(),
+        logs_on_stderr: false,
+    };
+    let telemetry = match sava_proto::telemetry::init(&export) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("sava-broker: {error}");
+            std::process::exit(2);
+        }
+    };
+    let outcome = sava_broker::server::run(config, shutdown_signal()).await;
+    // Flushes the spans still queued before the process ends, off the
+    // runtime's workers, which carry the export.
+    let _ = tokio::task::spawn_blocking(move || drop(telemetry)).await;
+    if let Err(error) = outcome {
         eprintln!("sava-broker: {error}");
         std::process::exit(1);
     }

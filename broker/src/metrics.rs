@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use tracing::Instrument;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 use sava_metadata::{KeyValue, MetadataError, MetadataStore, RangeOptions, Transaction, Watch};
@@ -100,6 +102,7 @@ impl MetadataStore for TimedStore {
         Ok(Box::new(TimedTransaction {
             inner,
             started,
+            writes: 0,
             metrics: Arc::clone(&self.metrics),
         }))
     }
@@ -116,6 +119,8 @@ impl MetadataStore for TimedStore {
 struct TimedTransaction {
     inner: Box<dyn Transaction>,
     started: Instant,
+    /// Mutations made, counted for the span of a writing commit.
+    writes: u32,
     metrics: Arc<BrokerMetrics>,
 }
 
@@ -135,18 +140,22 @@ impl Transaction for TimedTransaction {
     }
 
     fn set(&mut self, key: &[u8], value: &[u8]) {
+        self.writes += 1;
         self.inner.set(key, value);
     }
 
     fn clear(&mut self, key: &[u8]) {
+        self.writes += 1;
         self.inner.clear(key);
     }
 
     fn clear_range(&mut self, begin: &[u8], end: &[u8]) {
+        self.writes += 1;
         self.inner.clear_range(begin, end);
     }
 
     fn atomic_add(&mut self, key: &[u8], delta: i64) {
+        self.writes += 1;
         self.inner.atomic_add(key, delta);
     }
 
@@ -154,9 +163,17 @@ impl Transaction for TimedTransaction {
         let TimedTransaction {
             inner,
             started,
+            writes,
             metrics,
         } = *self;
-        let result = inner.commit().await;
+        // Read-only commits (most lookups) get no span of their own.
+        let result = match writes {
+            0 => inner.commit().await,
+            _ => {
+                let span = tracing::info_span!("metadata.commit", writes);
+                inner.commit().instrument(span).await
+            }
+        };
         metrics.metadata_seconds.observe_duration(started.elapsed());
         if matches!(result, Err(MetadataError::Conflict)) {
             metrics.metadata_conflicts.fetch_add(1, Ordering::Relaxed);

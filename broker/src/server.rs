@@ -8,6 +8,9 @@ use sava_proto::danube::{
     consumer_service_server::ConsumerServiceServer, discovery_server::DiscoveryServer,
     health_check_server::HealthCheckServer, producer_service_server::ProducerServiceServer,
 };
+use sava_proto::danube_admin::broker_admin_server::BrokerAdminServer;
+use sava_proto::danube_admin::namespace_admin_server::NamespaceAdminServer;
+use sava_proto::danube_admin::topic_admin_server::TopicAdminServer;
 use sava_proto::danube_schema::schema_registry_server::SchemaRegistryServer;
 use sava_proto::sava::v1::admin_server::AdminServer;
 use sava_proto::sava::v1::sava_client_server::SavaClientServer;
@@ -17,6 +20,7 @@ use tracing::info;
 
 use crate::api::admin::AdminApi;
 use crate::api::danube::DanubeApi;
+use crate::api::danube_admin::DanubeAdminApi;
 use crate::api::native::NativeApi;
 use crate::api::schema::SchemaRegistryApi;
 use crate::broker::Broker;
@@ -112,12 +116,16 @@ pub async fn run(
     let admin = tokio::spawn({
         let mut stop = stop_rx.clone();
         let broker = Arc::clone(&broker);
+        let danube_admin = DanubeAdminApi::new(Arc::clone(&broker));
         async move {
             let stopped = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
             tonic::transport::Server::builder()
                 .add_service(AdminServer::new(AdminApi::new(Arc::clone(&broker))))
+                .add_service(BrokerAdminServer::new(danube_admin.clone()))
+                .add_service(NamespaceAdminServer::new(danube_admin.clone()))
+                .add_service(TopicAdminServer::new(danube_admin))
                 .add_service(SchemaRegistryServer::new(SchemaRegistryApi::new(broker)))
                 .serve_with_incoming_shutdown(TcpListenerStream::new(admin_listener), stopped)
                 .await

@@ -13,6 +13,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use sava_metadata::{DispatchMode, TopicRecord};
 use tokio::sync::Notify;
+use tracing::Instrument;
 
 use crate::dispatch::SubscriptionType;
 use crate::dispatch::push::PushDispatcher;
@@ -81,7 +82,14 @@ impl Published {
     /// then lets the topic's subscriptions deliver it.
     pub async fn durable(self, topic: &Topic) -> Result<Receipt, BrokerError> {
         if let Some(ack) = self.durable {
-            ack.await.map_err(BrokerError::Storage)?;
+            // The wait for the group commit whose fsync covers the batch.
+            let span = tracing::info_span!(
+                "storage.commit",
+                topic = %topic.name,
+                offset = self.receipt.first_offset,
+                count = self.receipt.count,
+            );
+            ack.instrument(span).await.map_err(BrokerError::Storage)?;
             for subscription in topic.subscriptions() {
                 subscription.on_publish(&[]);
             }
@@ -184,6 +192,32 @@ impl Topic {
             producers: Mutex::new(Producers::default()),
             subscriptions: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// The span of publishing `messages` here, in the OpenTelemetry
+    /// messaging conventions, continuing the trace the first message
+    /// carries in its `traceparent` attribute. Once the batch is stored,
+    /// record its first offset as `messaging.message.id`.
+    pub fn publish_span(&self, messages: &[IncomingMessage]) -> tracing::Span {
+        let span = tracing::info_span!(
+            "broker.publish",
+            otel.kind = "server",
+            messaging.system = "sava",
+            messaging.operation.name = "publish",
+            messaging.operation.type = "send",
+            messaging.destination.name = %self.name,
+            messaging.destination.partition.id = self.partition,
+            messaging.batch.message_count = messages.len(),
+            messaging.message.id = tracing::field::Empty,
+        );
+        if let Some(first) = messages.first() {
+            let attributes = first
+                .attributes
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()));
+            sava_proto::telemetry::continue_trace(&span, attributes);
+        }
+        span
     }
 
     /// Refuses every later publish ([`BrokerError::Moving`]); returns once

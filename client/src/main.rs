@@ -2,23 +2,20 @@
 //!
 //! Errors go to stderr on one line that names the problem; the exit status
 //! is 0 only on success. Logs go to stderr too, at the level `RUST_LOG`
-//! sets (warnings by default).
+//! sets (warnings by default). With `OTEL_EXPORTER_OTLP_ENDPOINT` set, its
+//! spans (sends, receives, processing) go there over OTLP/gRPC, named by
+//! `OTEL_SERVICE_NAME` (default `sava`), in the traces the brokers and
+//! other clients share.
 
 mod cli;
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
+use sava_proto::telemetry::ExportConfig;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -30,8 +27,28 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let export = ExportConfig {
+        endpoint: String::new(),
+        service_name: "sava".into(),
+        sampling_ratio: 1.0,
+        default_log_filter: "warn".into(),
+        logs_on_stderr: true,
+    };
+    // The exporter's channel lives on the runtime.
+    let telemetry = match runtime.block_on(async { sava_proto::telemetry::init(&export) }) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
 
-    match runtime.block_on(cli::run(cli)) {
+    let outcome = runtime.block_on(cli::run(cli));
+    // Flushes the spans still queued, through the runtime's gRPC channel.
+    runtime.block_on(async move {
+        let _ = tokio::task::spawn_blocking(move || drop(telemetry)).await;
+    });
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {}", one_line(&error));

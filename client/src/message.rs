@@ -117,6 +117,27 @@ pub struct ReceivedMessage {
 }
 
 impl ReceivedMessage {
+    /// A span for processing this message, in the OpenTelemetry messaging
+    /// conventions, that continues the trace its producer started (through
+    /// the `traceparent` attribute). Enter it while processing.
+    pub fn process_span(&self) -> tracing::Span {
+        let span = tracing::info_span!(
+            "client.process",
+            otel.kind = "consumer",
+            messaging.system = "sava",
+            messaging.operation.name = "process",
+            messaging.operation.type = "process",
+            messaging.destination.name = %self.topic,
+            messaging.message.id = self.offset,
+        );
+        let attributes = self
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()));
+        sava_proto::telemetry::continue_trace(&span, attributes);
+        span
+    }
+
     pub(crate) fn from_delivery(
         delivery: proto::Delivery,
         topic: &Arc<str>,

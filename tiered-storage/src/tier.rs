@@ -27,6 +27,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use sava_metadata::{Catalog, RowGroupDescriptor, SegmentDescriptor};
+use sava_proto::telemetry::TRACEPARENT;
 use tracing::Instrument;
 
 use crate::columnar::{self, FOOTER_FETCH_BYTES, PartialObject};
@@ -180,7 +181,7 @@ impl Tier {
         let (base, next) = (segment.base_offset, segment.next_offset);
         let row_group_bytes = self.config.row_group_bytes;
         let read_bytes = segment.bytes as usize + 1;
-        let encoded = tokio::task::spawn_blocking(move || {
+        let (encoded, traceparent) = tokio::task::spawn_blocking(move || {
             // A read may stop short of its budget; read until the end.
             let mut records = Vec::with_capacity((next - base) as usize);
             while records.last().map_or(base, |r: &Record| r.offset + 1) < next {
@@ -194,7 +195,15 @@ impl Tier {
                 }
                 records.extend(chunk.into_iter().filter(|r| r.offset < next));
             }
-            columnar::encode_segment(&records, row_group_bytes)
+            // The upload joins the trace of the first traced message.
+            let traceparent = records.iter().find_map(|record| {
+                let mut attributes = record.attributes.iter();
+                attributes
+                    .find(|(key, _)| key == TRACEPARENT)
+                    .map(|(_, value)| value.clone())
+            });
+            let encoded = columnar::encode_segment(&records, row_group_bytes)?;
+            Ok::<_, Error>((encoded, traceparent))
         })
         .await
         .map_err(|_| Error::Closed)??;
@@ -202,9 +211,20 @@ impl Tier {
         let key = self
             .objects
             .segment_key(&self.config.cluster, topic, base, next, epoch);
+        let upload = tracing::info_span!(
+            "storage.upload",
+            topic,
+            object = %key,
+            messaging.batch.message_count = next - base,
+        );
+        if let Some(traceparent) = &traceparent {
+            let attribute = std::iter::once((TRACEPARENT, traceparent.as_str()));
+            sava_proto::telemetry::continue_trace(&upload, attribute);
+        }
         let started = Instant::now();
         let object_bytes = encoded.bytes.len() as u64;
-        let etag = match self.objects.put(&key, encoded.bytes.clone()).await {
+        let put = self.objects.put(&key, encoded.bytes.clone());
+        let etag = match put.instrument(upload.clone()).await {
             Ok(etag) => etag,
             Err(error) => {
                 self.stats.upload_errors.fetch_add(1, Ordering::Relaxed);
@@ -223,7 +243,8 @@ impl Tier {
             .fetch_add(micros, Ordering::Relaxed);
 
         let descriptor = descriptor_of(topic, &encoded, key, etag, epoch);
-        self.catalog.commit_segment(&descriptor).await?;
+        let commit = self.catalog.commit_segment(&descriptor);
+        commit.instrument(upload).await?;
 
         self.stats
             .segments_offloaded

@@ -269,17 +269,27 @@ impl AdminApi {
         topic: &str,
         name: &str,
     ) -> Result<(Arc<crate::topic::Topic>, Arc<Subscription>), BrokerError> {
-        let topic_name = TopicName::parse(topic)?;
-        let topic = self.broker.topic(&topic_name, None).await?;
-        let subscription =
-            topic
-                .existing_subscription(name)
-                .ok_or_else(|| BrokerError::SubscriptionNotFound {
-                    topic: topic_name.to_string(),
-                    subscription: name.to_string(),
-                })?;
-        Ok((topic, subscription))
+        loaded_subscription(&self.broker, topic, name).await
     }
+}
+
+/// Subscription `name` of `topic` (a partition or a topic that is not
+/// partitioned), loading the topic on `broker`.
+pub(super) async fn loaded_subscription(
+    broker: &Broker,
+    topic: &str,
+    name: &str,
+) -> Result<(Arc<crate::topic::Topic>, Arc<Subscription>), BrokerError> {
+    let topic_name = TopicName::parse(topic)?;
+    let topic = broker.topic(&topic_name, None).await?;
+    let subscription =
+        topic
+            .existing_subscription(name)
+            .ok_or_else(|| BrokerError::SubscriptionNotFound {
+                topic: topic_name.to_string(),
+                subscription: name.to_string(),
+            })?;
+    Ok((topic, subscription))
 }
 
 #[tonic::async_trait]

@@ -23,6 +23,7 @@ use crate::dispatch::reliable::StartPosition;
 use crate::error::BrokerError;
 use crate::message::IncomingMessage;
 use crate::metrics::LookupAnswer;
+use tracing::Instrument;
 
 /// Serves every `danube` service over one broker.
 #[derive(Clone, Debug)]
@@ -138,15 +139,15 @@ impl pb::producer_service_server::ProducerService for DanubeApi {
             .into());
         }
 
-        let incoming = IncomingMessage {
+        let incoming = vec![IncomingMessage {
             payload: message.payload,
             key: message.routing_key,
             attributes: message.attributes.into_iter().collect(),
-        };
-        topic
-            .publish(&producer, vec![incoming])?
-            .durable(&topic)
-            .await?;
+        }];
+        let span = topic.publish_span(&incoming);
+        let published = span.in_scope(|| topic.publish(&producer, incoming))?;
+        let receipt = published.durable(&topic).instrument(span.clone()).await?;
+        span.record("messaging.message.id", receipt.first_offset);
         Ok(Response::new(pb::MessageResponse {
             request_id: message.request_id,
         }))

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod danube;
+pub mod danube_admin;
 pub mod danube_proxy;
 pub mod forward;
 pub mod native;

@@ -73,6 +73,7 @@ pub fn one_by_one(
         if queue.is_empty() {
             let chunk = receiver.recv().await?;
             guard.entry.handle.taken(&chunk);
+            dispatched(&guard.entry, &chunk);
             queue.extend(chunk);
         }
         let delivery = queue.pop_front()?;
@@ -103,7 +104,34 @@ pub fn batched(
         let allowed = handle.take_credits(queue.len().min(max)).await;
         let batch: Vec<Delivery> = queue.drain(..allowed).collect();
         handle.taken(&batch);
+        dispatched(&guard.entry, &batch);
         let dropped = handle.take_dropped();
         Some(((batch, dropped), (receiver, queue, guard)))
     })
+}
+
+/// Marks the hand-over of `batch` to a consumer's stream with a span in the
+/// trace its first message carries (the `traceparent` attribute).
+fn dispatched(entry: &ConsumerEntry, batch: &[Delivery]) {
+    let Some(first) = batch.first() else {
+        return;
+    };
+    let span = tracing::info_span!(
+        "broker.dispatch",
+        otel.kind = "producer",
+        messaging.system = "sava",
+        messaging.operation.name = "deliver",
+        messaging.operation.type = "send",
+        messaging.destination.name = %entry.topic.name,
+        messaging.consumer.group.name = %entry.subscription.name,
+        messaging.message.id = first.message.offset,
+        messaging.batch.message_count = batch.len(),
+        consumer = %entry.handle.name,
+    );
+    let attributes = first
+        .message
+        .attributes
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()));
+    sava_proto::telemetry::continue_trace(&span, attributes);
 }

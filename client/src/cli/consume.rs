@@ -96,6 +96,10 @@ pub(crate) async fn run(client: &Client, args: ConsumeArgs) -> Result<()> {
             None => bail!("the consumer of {} stopped", args.topic),
         };
 
+        // Printing is this consumer's processing: its span continues the
+        // producer's trace.
+        let span = message.process_span();
+        let processing = span.enter();
         let line = match args.output {
             OutputArg::Text => String::from_utf8_lossy(&message.payload).into_owned(),
             OutputArg::Json => json_line(&message)?,
@@ -104,6 +108,7 @@ pub(crate) async fn run(client: &Client, args: ConsumeArgs) -> Result<()> {
             .and_then(|()| out.flush())
             .context("cannot write to stdout")?;
         consumer.ack(&message)?;
+        drop(processing);
         printed += 1;
     }
 

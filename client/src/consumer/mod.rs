@@ -309,6 +309,7 @@ impl Consumer {
         loop {
             if let Some(message) = self.current.next() {
                 self.count_taken(message.partition);
+                received_span(&message);
                 return Some(Ok(message));
             }
             match self.events.recv().await? {
@@ -382,6 +383,7 @@ impl Consumer {
                     message.offset, message.topic, self.name
                 ))
             })?;
+        settled_span(message, &control);
         sender.send(control).map_err(|_| Error::Closed)
     }
 
@@ -408,4 +410,49 @@ impl Consumer {
 /// A consumer name no other consumer is likely to have.
 fn generated_name() -> String {
     format!("consumer-{:016x}", rand::random::<u64>())
+}
+
+/// Marks the ack or nack of `message` with a span in the OpenTelemetry
+/// messaging conventions (operation type `settle`), in the trace its
+/// producer started.
+fn settled_span(message: &ReceivedMessage, control: &Control) {
+    let operation = match control {
+        Control::Ack(_) => "ack",
+        Control::AckCumulative(_) => "ack_cumulative",
+        Control::Nack { .. } => "nack",
+        _ => return,
+    };
+    let span = tracing::info_span!(
+        "client.settle",
+        otel.kind = "consumer",
+        messaging.system = "sava",
+        messaging.operation.name = operation,
+        messaging.operation.type = "settle",
+        messaging.destination.name = %message.topic,
+        messaging.message.id = message.offset,
+    );
+    let attributes = message
+        .attributes
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()));
+    sava_proto::telemetry::continue_trace(&span, attributes);
+}
+
+/// Marks the receipt of `message` with a span in the OpenTelemetry
+/// messaging conventions, in the trace its producer started.
+fn received_span(message: &ReceivedMessage) {
+    let span = tracing::info_span!(
+        "client.receive",
+        otel.kind = "consumer",
+        messaging.system = "sava",
+        messaging.operation.name = "receive",
+        messaging.operation.type = "receive",
+        messaging.destination.name = %message.topic,
+        messaging.message.id = message.offset,
+    );
+    let attributes = message
+        .attributes
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()));
+    sava_proto::telemetry::continue_trace(&span, attributes);
 }
