@@ -449,6 +449,14 @@ fn scalar(value: &str) -> toml::Value {
     if let Ok(number) = value.parse::<i64>() {
         return toml::Value::Integer(number);
     }
+    // Decimals such as `0.01`; words `parse` also takes (`inf`, `nan`)
+    // stay strings.
+    let decimal = value
+        .bytes()
+        .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-');
+    if decimal && let Ok(number) = value.parse::<f64>() {
+        return toml::Value::Float(number);
+    }
     match value {
         "true" => toml::Value::Boolean(true),
         "false" => toml::Value::Boolean(false),
@@ -459,6 +467,16 @@ fn scalar(value: &str) -> toml::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_decimal_in_a_variable_sets_a_ratio() {
+        let env = [(
+            "SAVA_TELEMETRY__SAMPLING_RATIO".to_string(),
+            "0.01".to_string(),
+        )];
+        let config = Config::load(None, env).unwrap();
+        assert_eq!(config.telemetry.sampling_ratio, 0.01);
+    }
 
     #[test]
     fn no_config_at_all_gives_the_single_node_defaults() {

@@ -55,6 +55,7 @@ async fn main() {
         sampling_ratio: telemetry.sampling_ratio,
         default_log_filter: "info,h2=warn,tower=warn,hyper=warn".into(),
         logs_on_stderr: false,
+        caller_samples: false,
     };
     let telemetry = match sava_proto::telemetry::init(&export) {
         Ok(telemetry) => telemetry,

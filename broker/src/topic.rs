@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use sava_metadata::{DispatchMode, TopicRecord};
+use sava_proto::telemetry::{carries_trace, pairs};
 use tokio::sync::Notify;
 use tracing::Instrument;
 
@@ -195,8 +196,8 @@ impl Topic {
     }
 
     /// The span of publishing `messages` here, in the OpenTelemetry
-    /// messaging conventions, continuing the trace the first message
-    /// carries in its `traceparent` attribute. Once the batch is stored,
+    /// messaging conventions, continuing the trace the first traced
+    /// message carries in its `traceparent` attribute. Once the batch is stored,
     /// record its first offset as `messaging.message.id`.
     pub fn publish_span(&self, messages: &[IncomingMessage]) -> tracing::Span {
         let span = tracing::info_span!(
@@ -210,12 +211,11 @@ impl Topic {
             messaging.batch.message_count = messages.len(),
             messaging.message.id = tracing::field::Empty,
         );
-        if let Some(first) = messages.first() {
-            let attributes = first
-                .attributes
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()));
-            sava_proto::telemetry::continue_trace(&span, attributes);
+        let traced = messages
+            .iter()
+            .find(|m| carries_trace(pairs(&m.attributes)));
+        if let Some(traced) = traced {
+            sava_proto::telemetry::continue_trace(&span, pairs(&traced.attributes));
         }
         span
     }

@@ -5,7 +5,8 @@
 //! sets (warnings by default). With `OTEL_EXPORTER_OTLP_ENDPOINT` set, its
 //! spans (sends, receives, processing) go there over OTLP/gRPC, named by
 //! `OTEL_SERVICE_NAME` (default `sava`), in the traces the brokers and
-//! other clients share.
+//! other clients share; every trace it starts is recorded unless
+//! `OTEL_TRACES_SAMPLER_ARG` gives a ratio.
 
 mod cli;
 
@@ -33,6 +34,7 @@ fn main() -> ExitCode {
         sampling_ratio: 1.0,
         default_log_filter: "warn".into(),
         logs_on_stderr: true,
+        caller_samples: true,
     };
     // The exporter's channel lives on the runtime.
     let telemetry = match runtime.block_on(async { sava_proto::telemetry::init(&export) }) {

@@ -117,10 +117,21 @@ pub struct ReceivedMessage {
 }
 
 impl ReceivedMessage {
+    /// Whether the message carries trace context (a `traceparent`
+    /// attribute) to continue.
+    pub fn is_traced(&self) -> bool {
+        let attributes = self.attributes.iter();
+        sava_proto::telemetry::carries_trace(attributes.map(|(k, v)| (k.as_str(), v.as_str())))
+    }
+
     /// A span for processing this message, in the OpenTelemetry messaging
     /// conventions, that continues the trace its producer started (through
-    /// the `traceparent` attribute). Enter it while processing.
+    /// the `traceparent` attribute); a disabled span for a message that is
+    /// not traced. Enter it while processing.
     pub fn process_span(&self) -> tracing::Span {
+        if !self.is_traced() {
+            return tracing::Span::none();
+        }
         let span = tracing::info_span!(
             "client.process",
             otel.kind = "consumer",

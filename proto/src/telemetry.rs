@@ -9,14 +9,57 @@
 //! would trace itself.
 //!
 //! Trace context crosses the broker in message attributes: a producer puts
-//! a W3C `traceparent` on each message, the broker's publish span continues
-//! it, and consumers get the attribute with the message (see
+//! a W3C `traceparent` on each message it traces, the broker's spans
+//! continue it, and consumers get the attribute with the message (see
 //! [`TRACEPARENT`]).
+//!
+//! Sampling is decided once, where a trace starts. A client starts a trace
+//! for a share [`sampling_ratio`] of the batches it sends: one send span
+//! for the batch, whose context the batch's first message carries. The
+//! other batches get no span and their messages no `traceparent`, so an
+//! untraced batch costs the client one random number, and the broker and
+//! the consumers nothing per message. The broker's own per-batch spans for
+//! batches without a traced message (from clients that do not trace) are
+//! sampled by the SDK at the configured ratio.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 
 /// The message attribute carrying W3C trace context.
 pub const TRACEPARENT: &str = "traceparent";
+
+/// The share of batches a client starts a trace for, as `f64` bits; 0
+/// (no traces) until [`init`] exports spans or [`set_sampling_ratio`].
+static SAMPLING_RATIO: AtomicU64 = AtomicU64::new(0);
+
+/// The share of new traces (0.0 to 1.0) started where a trace may start:
+/// 0 unless spans are exported.
+pub fn sampling_ratio() -> f64 {
+    f64::from_bits(SAMPLING_RATIO.load(Ordering::Relaxed))
+}
+
+/// Sets [`sampling_ratio`], for an application that exports spans through
+/// its own OpenTelemetry setup rather than [`init`]; clamped to 0.0..=1.0.
+pub fn set_sampling_ratio(ratio: f64) {
+    let ratio = if ratio.is_nan() {
+        0.0
+    } else {
+        ratio.clamp(0.0, 1.0)
+    };
+    SAMPLING_RATIO.store(ratio.to_bits(), Ordering::Relaxed);
+}
+
+/// Attributes held as a list of pairs, as [`carries_trace`] and
+/// [`continue_trace`] take them.
+pub fn pairs(attributes: &[(String, String)]) -> impl Iterator<Item = (&str, &str)> {
+    attributes.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+}
+
+/// Whether `attributes` carry trace context to continue.
+pub fn carries_trace<'a>(mut attributes: impl Iterator<Item = (&'a str, &'a str)>) -> bool {
+    attributes.any(|(key, _)| key == TRACEPARENT)
+}
 
 /// Where spans go and how many, as a binary configures it; the standard
 /// `OTEL_*` variables override it.
@@ -28,12 +71,18 @@ pub struct ExportConfig {
     pub endpoint: String,
     /// `service.name`, unless `OTEL_SERVICE_NAME` is set.
     pub service_name: String,
-    /// The share of new traces recorded, 0.0 to 1.0.
+    /// The share of new traces recorded, 0.0 to 1.0, unless
+    /// `OTEL_TRACES_SAMPLER_ARG` holds one. Traces a message's producer
+    /// recorded are always continued.
     pub sampling_ratio: f64,
     /// The `RUST_LOG`-style filter for logs when `RUST_LOG` is unset.
     pub default_log_filter: String,
     /// Logs on stderr rather than stdout (a CLI whose stdout is data).
     pub logs_on_stderr: bool,
+    /// The binary starts traces itself, for a share [`sampling_ratio`] of
+    /// its batches, so the SDK records every root span it is given (a
+    /// client); otherwise the SDK samples roots at the ratio (a broker).
+    pub caller_samples: bool,
 }
 
 /// Keeps the exporter alive; dropping it flushes the spans still queued.
@@ -101,20 +150,36 @@ pub fn init(config: &ExportConfig) -> Result<Telemetry, String> {
         .unwrap_or_else(|| config.service_name.clone());
     // `Resource::builder` also reads OTEL_RESOURCE_ATTRIBUTES.
     let resource = Resource::builder().with_service_name(service).build();
-    let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(config.sampling_ratio)));
+    // The standard variable overrides the configured ratio.
+    let ratio = std::env::var("OTEL_TRACES_SAMPLER_ARG")
+        .ok()
+        .and_then(|arg| arg.parse::<f64>().ok())
+        .filter(|ratio| (0.0..=1.0).contains(ratio))
+        .unwrap_or(config.sampling_ratio);
+    let roots = match config.caller_samples {
+        true => Sampler::AlwaysOn,
+        false => Sampler::TraceIdRatioBased(ratio),
+    };
+    let sampler = Sampler::ParentBased(Box::new(roots));
     let provider = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
         .with_sampler(sampler)
         .with_resource(resource)
         .build();
     let tracer = provider.tracer(config.service_name.clone());
+    // No timing of every enter and exit, no context switch on entering: a
+    // long-lived task span is entered on every poll of its task.
     let spans = tracing_opentelemetry::layer()
         .with_tracer(tracer)
+        .with_tracked_inactivity(false)
+        .with_context_activation(false)
+        .with_threads(false)
         .with_filter(EnvFilter::new(
             "info,h2=off,tonic=off,hyper=off,hyper_util=off,tower=off,opentelemetry=off",
         ));
     tracing_subscriber::registry().with(logs).with(spans).init();
-    tracing::info!(endpoint = %endpoint, sampling_ratio = config.sampling_ratio, "exporting spans over otlp");
+    set_sampling_ratio(ratio);
+    tracing::info!(endpoint = %endpoint, sampling_ratio = ratio, "exporting spans over otlp");
     Ok(Telemetry {
         provider: Some(provider),
     })
@@ -145,6 +210,9 @@ pub fn parse_traceparent(value: &str) -> Option<SpanContext> {
 /// The `traceparent` of `span`'s context, when it is recorded and valid.
 pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
     use tracing_opentelemetry::OpenTelemetrySpanExt;
+    if span.is_disabled() {
+        return None;
+    }
     let context = span.context();
     let span_context = context.span().span_context().clone();
     span_context.is_valid().then(|| {

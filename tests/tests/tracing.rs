@@ -321,3 +321,83 @@ async fn the_broker_continues_the_trace_a_danube_client_puts_in_attributes() {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// A benchmark, ignored by default: `sava bench` throughput against a
+/// broker and a CLI that export spans with 1% sampling, as a ratio of the
+/// same runs with export off, for a non-reliable end-to-end run and a
+/// reliable produce run, alternating on and off over several rounds.
+///
+/// `cargo test --release -p sava-tests --test tracing -- --ignored
+/// --nocapture` with release binaries (`SAVA_BENCH_ROUNDS`, default 3;
+/// `SAVA_BENCH_SECS`, default 5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run it with --ignored --nocapture"]
+async fn throughput_with_export_at_one_percent_against_export_off() {
+    let setting = |name, default| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(default)
+    };
+    let (rounds, secs) = (
+        setting("SAVA_BENCH_ROUNDS", 3),
+        setting("SAVA_BENCH_SECS", 5),
+    );
+    let (receiver, endpoint, server) = start_receiver();
+    let off = Broker::start().await.unwrap();
+    let on_env = [
+        ("SAVA_TELEMETRY__OTLP_ENDPOINT", endpoint.clone()),
+        ("SAVA_TELEMETRY__SAMPLING_RATIO", "0.01".to_owned()),
+    ];
+    let on = Broker::start_with_env(Vec::<String>::new(), &on_env)
+        .await
+        .unwrap();
+
+    let runs = [("e2e", false), ("produce", true)];
+    for (mode, reliable) in runs {
+        let mut rates = [Vec::new(), Vec::new()];
+        for round in 0..rounds {
+            // Alternate which goes first, so drift hits both alike.
+            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            for which in order {
+                let (broker, exporting) = [(&off, false), (&on, true)][which];
+                let topic = format!("/default/bench-{mode}-{round}-{which}");
+                let mut command = broker.sava_command().unwrap();
+                command.args(["bench", mode, "--topic", &topic, "--size", "256"]);
+                command.args(["--duration", &secs.to_string(), "--output", "json"]);
+                if reliable {
+                    command.arg("--reliable");
+                }
+                if exporting {
+                    command.env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint);
+                    command.env("OTEL_TRACES_SAMPLER_ARG", "0.01");
+                }
+                let output = command.output().unwrap();
+                let stderr = String::from_utf8_lossy(&output.stderr);
+                assert!(output.status.success(), "{stderr}");
+                let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+                rates[which].push(report["msgs_per_sec"].as_f64().unwrap());
+            }
+        }
+        let median = |rates: &mut Vec<f64>| {
+            rates.sort_by(f64::total_cmp);
+            rates[rates.len() / 2]
+        };
+        let (off_rate, on_rate) = (median(&mut rates[0]), median(&mut rates[1]));
+        println!(
+            "{mode:<8} reliable={reliable:<5} off {off_rate:>10.0} msg/s  on (1%) {on_rate:>10.0} msg/s  ratio {:.3}",
+            on_rate / off_rate
+        );
+    }
+    let spans = receiver.spans.lock().unwrap().clone();
+    let mut by_name = std::collections::BTreeMap::<String, usize>::new();
+    for (service, span) in &spans {
+        *by_name
+            .entry(format!("{service}/{}", span.name))
+            .or_default() += 1;
+    }
+    let exported = spans.len();
+    println!("spans received: {exported} {by_name:?}");
+    assert!(exported > 0, "the exporting runs sent spans");
+    server.abort();
+}

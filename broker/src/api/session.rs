@@ -6,6 +6,7 @@
 use std::collections::VecDeque;
 
 use futures::Stream;
+use sava_proto::telemetry::{carries_trace, pairs};
 
 use crate::broker::ConsumerEntry;
 use crate::dispatch::consumer::DeliveryReceiver;
@@ -111,9 +112,13 @@ pub fn batched(
 }
 
 /// Marks the hand-over of `batch` to a consumer's stream with a span in the
-/// trace its first message carries (the `traceparent` attribute).
+/// trace of its first traced message (the `traceparent` attribute); no span
+/// when none is traced.
 fn dispatched(entry: &ConsumerEntry, batch: &[Delivery]) {
-    let Some(first) = batch.first() else {
+    let traced = batch
+        .iter()
+        .find(|d| carries_trace(pairs(&d.message.attributes)));
+    let Some(traced) = traced else {
         return;
     };
     let span = tracing::info_span!(
@@ -124,14 +129,9 @@ fn dispatched(entry: &ConsumerEntry, batch: &[Delivery]) {
         messaging.operation.type = "send",
         messaging.destination.name = %entry.topic.name,
         messaging.consumer.group.name = %entry.subscription.name,
-        messaging.message.id = first.message.offset,
+        messaging.message.id = traced.message.offset,
         messaging.batch.message_count = batch.len(),
         consumer = %entry.handle.name,
     );
-    let attributes = first
-        .message
-        .attributes
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()));
-    sava_proto::telemetry::continue_trace(&span, attributes);
+    sava_proto::telemetry::continue_trace(&span, pairs(&traced.message.attributes));
 }

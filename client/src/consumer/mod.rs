@@ -414,8 +414,11 @@ fn generated_name() -> String {
 
 /// Marks the ack or nack of `message` with a span in the OpenTelemetry
 /// messaging conventions (operation type `settle`), in the trace its
-/// producer started.
+/// producer started; none for a message that is not traced.
 fn settled_span(message: &ReceivedMessage, control: &Control) {
+    if !message.is_traced() {
+        return;
+    }
     let operation = match control {
         Control::Ack(_) => "ack",
         Control::AckCumulative(_) => "ack_cumulative",
@@ -439,8 +442,12 @@ fn settled_span(message: &ReceivedMessage, control: &Control) {
 }
 
 /// Marks the receipt of `message` with a span in the OpenTelemetry
-/// messaging conventions, in the trace its producer started.
+/// messaging conventions, in the trace its producer started; none for a
+/// message that is not traced.
 fn received_span(message: &ReceivedMessage) {
+    if !message.is_traced() {
+        return;
+    }
     let span = tracing::info_span!(
         "client.receive",
         otel.kind = "consumer",

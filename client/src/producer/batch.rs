@@ -42,6 +42,9 @@ pub(crate) struct ReadyBatch {
     pub(crate) sequence: u64,
     pub(crate) messages: Vec<OutgoingMessage>,
     pub(crate) replies: Vec<Reply>,
+    /// The batch's `client.send` span when it is traced, ended by its
+    /// answer; disabled otherwise.
+    pub(crate) span: tracing::Span,
 }
 
 /// Groups messages into batches, in the order they were queued.
@@ -52,6 +55,8 @@ pub(crate) struct Accumulator {
     replies: Vec<Reply>,
     bytes: usize,
     opened_at: Option<Instant>,
+    /// The span of the open batch, if it is traced.
+    span: tracing::Span,
     ready: VecDeque<ReadyBatch>,
     next_sequence: u64,
 }
@@ -65,6 +70,7 @@ impl Accumulator {
             replies: Vec::new(),
             bytes: 0,
             opened_at: None,
+            span: tracing::Span::none(),
             ready: VecDeque::new(),
             next_sequence: 0,
         }
@@ -74,6 +80,17 @@ impl Accumulator {
     /// past its byte limit goes into a new batch instead; a message larger
     /// than the limit travels alone.
     pub(crate) fn push(&mut self, pending: Pending, now: Instant) {
+        self.push_traced(pending, now, tracing::Span::none());
+    }
+
+    /// Whether a message of `message` would open a new batch.
+    pub(crate) fn opens_batch(&self, message: &Message) -> bool {
+        self.messages.is_empty() || self.bytes + message.encoded_len() > self.limits.max_bytes
+    }
+
+    /// As [`Accumulator::push`]; when the message opens a batch, `span`
+    /// (its trace, which the message carries) becomes the batch's.
+    pub(crate) fn push_traced(&mut self, pending: Pending, now: Instant, span: tracing::Span) {
         let bytes = pending.message.encoded_len();
         if !self.messages.is_empty() && self.bytes + bytes > self.limits.max_bytes {
             self.close();
@@ -81,6 +98,7 @@ impl Accumulator {
 
         if self.messages.is_empty() {
             self.opened_at = Some(now);
+            self.span = span;
         }
         self.messages.push(pending.message.into_outgoing());
         self.replies.push(pending.reply);
@@ -98,10 +116,13 @@ impl Accumulator {
             return;
         }
         let capacity = self.messages.len();
+        let span = std::mem::replace(&mut self.span, tracing::Span::none());
+        span.record("messaging.batch.message_count", capacity);
         self.ready.push_back(ReadyBatch {
             sequence: self.next_sequence,
             messages: std::mem::replace(&mut self.messages, Vec::with_capacity(capacity)),
             replies: std::mem::replace(&mut self.replies, Vec::with_capacity(capacity)),
+            span,
         });
         self.next_sequence += 1;
         self.bytes = 0;
@@ -156,6 +177,8 @@ impl Accumulator {
 struct InFlightBatch {
     request: MessageBatch,
     replies: Vec<Reply>,
+    /// Ends when the batch is answered (dropped with it).
+    span: tracing::Span,
 }
 
 /// The batches sent and not answered, oldest first.
@@ -179,6 +202,7 @@ impl InFlight {
         self.batches.push_back(InFlightBatch {
             request: request.clone(),
             replies: batch.replies,
+            span: batch.span,
         });
         request
     }
@@ -193,6 +217,7 @@ impl InFlight {
     /// goes and the rest fail.
     pub(crate) fn on_ack(&mut self, ack: &BatchAck, topic: &Arc<str>) -> Result<()> {
         let batch = self.remove(ack.sequence)?;
+        batch.span.record("messaging.message.id", ack.first_offset);
         let publish_time = time_from_millis(ack.publish_time);
         let acknowledged = ack.count as usize;
         let sent = batch.replies.len();

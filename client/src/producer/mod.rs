@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use futures::future::try_join_all;
 use sava_proto::sava::v1::{AccessMode, DispatchMode, OpenProducer, TopicSettings};
-use sava_proto::telemetry::{TRACEPARENT, traceparent_of};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
@@ -358,33 +357,15 @@ impl Producer {
     /// queued and is lost (it is dropped, never sent). Once it completes,
     /// dropping the [`SendFuture`] does not stop the message from being
     /// published.
-    pub async fn send(&self, mut message: Message) -> Result<SendFuture> {
+    pub async fn send(&self, message: Message) -> Result<SendFuture> {
         let index = self.router.choose(message.key(), message.encoded_len());
         let partition = &self.partitions[index];
-
-        // The broker and the consumers continue this span's trace through
-        // the message's `traceparent` attribute.
-        let span = tracing::info_span!(
-            "client.send",
-            otel.kind = "producer",
-            messaging.system = "sava",
-            messaging.operation.name = "send",
-            messaging.operation.type = "send",
-            messaging.destination.name = %self.topic,
-            messaging.destination.partition.id = index,
-        );
-        if !message.attributes().contains_key(TRACEPARENT)
-            && let Some(traceparent) = traceparent_of(&span)
-        {
-            message = message.with_attribute(TRACEPARENT, traceparent);
-        }
 
         let (reply, outcome) = oneshot::channel();
         let pending = Pending { message, reply };
         partition
             .input
             .send(Input::Message(pending))
-            .instrument(span)
             .await
             .map_err(|_| partition.failure())?;
         Ok(SendFuture { outcome })

@@ -15,6 +15,7 @@ use sava_proto::sava::v1::publish_request::Request;
 use sava_proto::sava::v1::publish_response::Response;
 use sava_proto::sava::v1::sava_client_client::SavaClientClient;
 use sava_proto::sava::v1::{OpenProducer, PublishRequest, PublishResponse};
+use sava_proto::telemetry::{TRACEPARENT, sampling_ratio, traceparent_of};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -226,7 +227,7 @@ impl PartitionTask {
     /// Handles one message, flush or close taken from the queue.
     fn take(&mut self, input: Input, now: std::time::Instant) {
         match input {
-            Input::Message(pending) => self.accumulator.push(pending, now),
+            Input::Message(pending) => self.push(pending, now),
             Input::Flush(done) => {
                 self.accumulator.close();
                 let last = self.accumulator.last_closed_sequence();
@@ -237,6 +238,36 @@ impl PartitionTask {
                 self.close = Some(done);
             }
         }
+    }
+
+    /// Queues a message. A share of the batches is traced (see
+    /// `sava_proto::telemetry`): a `client.send` span for the whole batch,
+    /// lasting until its answer, whose trace the batch's first message
+    /// carries in its `traceparent` attribute for the broker and the
+    /// consumers to continue.
+    fn push(&mut self, mut pending: Pending, now: std::time::Instant) {
+        let traced = self.accumulator.opens_batch(&pending.message)
+            && !pending.message.attributes().contains_key(TRACEPARENT)
+            && starts_trace();
+        if !traced {
+            self.accumulator.push(pending, now);
+            return;
+        }
+        let span = tracing::info_span!(
+            parent: None,
+            "client.send",
+            otel.kind = "producer",
+            messaging.system = "sava",
+            messaging.operation.name = "send",
+            messaging.operation.type = "send",
+            messaging.destination.name = %self.settings.partition,
+            messaging.batch.message_count = tracing::field::Empty,
+            messaging.message.id = tracing::field::Empty,
+        );
+        if let Some(traceparent) = traceparent_of(&span) {
+            pending.message = pending.message.with_attribute(TRACEPARENT, traceparent);
+        }
+        self.accumulator.push_traced(pending, now, span);
     }
 
     /// Sends closed batches while the in-flight window has room.
@@ -405,4 +436,10 @@ async fn next_response(
         Some(connection) => connection.responses.message().await,
         None => std::future::pending().await,
     }
+}
+
+/// Whether to trace a batch: true for a share [`sampling_ratio`] of them.
+fn starts_trace() -> bool {
+    let ratio = sampling_ratio();
+    ratio > 0.0 && (ratio >= 1.0 || rand::random::<f64>() < ratio)
 }
