@@ -76,6 +76,8 @@ pub struct TopicLimits {
 pub struct Published {
     pub receipt: Receipt,
     durable: Option<sava_storage::AppendAck>,
+    /// The `broker.publish` span, which ends with this value.
+    span: tracing::Span,
 }
 
 impl Published {
@@ -85,6 +87,7 @@ impl Published {
         if let Some(ack) = self.durable {
             // The wait for the group commit whose fsync covers the batch.
             let span = tracing::info_span!(
+                parent: &self.span,
                 "storage.commit",
                 topic = %topic.name,
                 offset = self.receipt.first_offset,
@@ -95,6 +98,8 @@ impl Published {
                 subscription.on_publish(&[]);
             }
         }
+        let first_offset = self.receipt.first_offset;
+        self.span.record("messaging.message.id", first_offset);
         Ok(self.receipt)
     }
 }
@@ -197,9 +202,10 @@ impl Topic {
 
     /// The span of publishing `messages` here, in the OpenTelemetry
     /// messaging conventions, continuing the trace the first traced
-    /// message carries in its `traceparent` attribute. Once the batch is stored,
-    /// record its first offset as `messaging.message.id`.
-    pub fn publish_span(&self, messages: &[IncomingMessage]) -> tracing::Span {
+    /// message carries in its `traceparent` attribute. It lasts until the
+    /// batch is durable, and then records its first offset as
+    /// `messaging.message.id`.
+    fn publish_span(&self, messages: &[IncomingMessage]) -> tracing::Span {
         let span = tracing::info_span!(
             "broker.publish",
             otel.kind = "server",
@@ -281,12 +287,27 @@ impl Topic {
     /// Validates, stamps and publishes a batch. All or nothing: the first
     /// message that breaks a rule refuses the whole batch. A reliable batch
     /// is written to the log here and acknowledged once
-    /// [`Published::durable`] resolves.
+    /// [`Published::durable`] resolves, which ends the publish span.
     pub fn publish(
         &self,
         producer: &ProducerInfo,
         messages: Vec<IncomingMessage>,
     ) -> Result<Published, BrokerError> {
+        let span = self.publish_span(&messages);
+        let (receipt, durable) = span.in_scope(|| self.append(producer, messages))?;
+        Ok(Published {
+            receipt,
+            durable,
+            span,
+        })
+    }
+
+    /// The checks, stamping and writing of [`Topic::publish`].
+    fn append(
+        &self,
+        producer: &ProducerInfo,
+        messages: Vec<IncomingMessage>,
+    ) -> Result<(Receipt, Option<sava_storage::AppendAck>), BrokerError> {
         let schema = producer.schema.as_ref().or(self.schema.as_ref());
         let mut bytes = 0;
         for (index, message) in messages.iter().enumerate() {
@@ -387,7 +408,7 @@ impl Topic {
             count,
             publish_time_ms,
         };
-        Ok(Published { receipt, durable })
+        Ok((receipt, durable))
     }
 
     /// The subscription `name`, created with `kind` from `origin` when it

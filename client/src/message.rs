@@ -120,8 +120,17 @@ impl ReceivedMessage {
     /// Whether the message carries trace context (a `traceparent`
     /// attribute) to continue.
     pub fn is_traced(&self) -> bool {
+        sava_proto::telemetry::carries_trace(self.attribute_pairs())
+    }
+
+    /// Makes `span` continue the trace the message carries, if any.
+    pub(crate) fn continue_trace(&self, span: &tracing::Span) {
+        sava_proto::telemetry::continue_trace(span, self.attribute_pairs());
+    }
+
+    fn attribute_pairs(&self) -> impl Iterator<Item = (&str, &str)> {
         let attributes = self.attributes.iter();
-        sava_proto::telemetry::carries_trace(attributes.map(|(k, v)| (k.as_str(), v.as_str())))
+        attributes.map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
     /// A span for processing this message, in the OpenTelemetry messaging
@@ -141,11 +150,7 @@ impl ReceivedMessage {
             messaging.destination.name = %self.topic,
             messaging.message.id = self.offset,
         );
-        let attributes = self
-            .attributes
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()));
-        sava_proto::telemetry::continue_trace(&span, attributes);
+        self.continue_trace(&span);
         span
     }
 

@@ -152,6 +152,12 @@ impl Broker {
         self.root.path().join("broker.log")
     }
 
+    /// The whole log of the broker, over its restarts; empty when it
+    /// cannot be read.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
     /// The last lines of the broker's log.
     pub fn log_tail(&self) -> String {
         log_tail(&self.log_path())
@@ -495,6 +501,18 @@ fn free_addrs() -> Result<[SocketAddr; 3]> {
         *addr = listener.local_addr().context("cannot read a free port")?;
     }
     Ok(addrs)
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+///
+/// # Panics
+///
+/// When no port can be bound.
+pub fn free_addr() -> SocketAddr {
+    let listener = bind_any().expect("a free port");
+    listener
+        .local_addr()
+        .expect("a bound listener has an address")
 }
 
 fn bind_any() -> Result<TcpListener> {

@@ -302,7 +302,8 @@ async fn the_broker_lists_itself_as_leader_and_describes_itself_by_id() {
     let missing = admin.refused("brokers drain broker-9");
     assert_eq!(missing, "broker broker-9 is not part of this cluster");
 
-    // A drained broker takes no topics until it is activated again.
+    // Drain and activate answer with the state they set; once active
+    // again the broker takes topics.
     let drained = admin.json(&format!("brokers drain {id}"));
     assert_eq!(drained["state"], "draining");
     assert!(drained["owned_topic_names"].is_array());

@@ -10,14 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use danube_client::{DanubeClient, SubType};
-use sava_client::{Client, Message, StartPosition};
+use sava_client::{Client, Message};
 use sava_metadata::etcd::test_server::EtcdTestServer;
 use sava_proto::danube::TopicLookupRequest;
 use sava_proto::danube::discovery_client::DiscoveryClient;
 use sava_proto::sava::v1::LookupRequest;
 use sava_proto::sava::v1::sava_client_client::SavaClientClient;
 use sava_tests::Broker;
-use sava_tests::clients::{client_of, consumer_from_earliest, reliable_producer};
+use sava_tests::clients::{client_of, consumer_from_earliest, next_message, reliable_producer};
 use tempfile::TempDir;
 use tokio::time::{Instant, sleep, timeout};
 
@@ -140,7 +140,7 @@ async fn owners_through(broker: &Broker, topic: &str) -> Vec<String> {
     lookup.partition_owner_urls
 }
 
-/// The owner URL of `topic`, waiting until a live broker owns it.
+/// The owner URL of `topic`, as `broker` looks it up.
 async fn owner_of(broker: &Broker, topic: &str) -> String {
     owners_through(broker, topic).await.remove(0)
 }
@@ -264,23 +264,14 @@ async fn lookups_through_any_broker_land_on_the_owner_and_partitions_spread() {
     }
 
     // The client writes each partition on its owner, and reads them back.
-    let mut consumer = client
-        .consumer(topic, "all")
-        .start(StartPosition::Earliest)
-        .subscribe()
-        .await
-        .unwrap();
+    let mut consumer = consumer_from_earliest(&client, topic, "all").await;
     for index in 0..60 {
         let message = Message::new(payload(index)).with_key(format!("k{index}"));
         producer.send(message).await.unwrap().await.unwrap();
     }
     let mut seen = BTreeSet::new();
     while seen.len() < 60 {
-        let message = timeout(Duration::from_secs(10), consumer.recv())
-            .await
-            .expect("every message arrives")
-            .unwrap()
-            .unwrap();
+        let message = next_message(&mut consumer, Duration::from_secs(10)).await;
         seen.insert(index_of(&message.payload));
     }
 
@@ -312,12 +303,7 @@ async fn a_killed_brokers_topics_serve_again_elsewhere_with_their_offloaded_hist
     produce(&client, topic, 300, 1).await;
     wait_offloaded(&cluster.brokers[survivor], topic, 300).await;
 
-    let producer = client
-        .producer(topic)
-        .reliable(true)
-        .create()
-        .await
-        .unwrap();
+    let producer = reliable_producer(&client, topic).await;
     cluster.brokers[owner].kill().unwrap();
     let killed_at = Instant::now();
 
@@ -347,7 +333,7 @@ async fn a_killed_brokers_topics_serve_again_elsewhere_with_their_offloaded_hist
     let later = produce(&client, topic, 2000, 10).await;
     assert!(later.windows(2).all(|w| w[1] == w[0] + 1), "{later:?}");
     assert!(later[0] > after.offset);
-    let log = cluster.brokers[owner].log_tail();
+    let log = cluster.brokers[owner].log();
     let since_restart = log.rsplit("starting sava-broker").next().unwrap();
     assert!(
         !since_restart.contains("reliable topic log opened"),
@@ -367,7 +353,7 @@ async fn a_terminated_broker_hands_its_reliable_topics_over_without_loss_or_repe
         .wait_exit(Duration::from_secs(30))
         .await;
     assert!(status.expect("the broker exits after draining").success());
-    let log = cluster.brokers[owner].log_tail();
+    let log = cluster.brokers[owner].log();
     assert!(log.contains("handed topic over"), "{log}");
 
     let offsets = produce(&client, topic, 200, 200).await;
@@ -542,12 +528,7 @@ async fn failover_and_lookup_latency() {
     for round in 0..kills {
         let topic = format!("/default/failover-{round}");
         let (owner, _, client) = cluster.reliable_topic(&topic).await;
-        let producer = client
-            .producer(&topic)
-            .reliable(true)
-            .create()
-            .await
-            .unwrap();
+        let producer = reliable_producer(&client, &topic).await;
         producer
             .send(Message::new("before"))
             .await

@@ -3,14 +3,14 @@
 //! answers every query the Grafana dashboards in `deploy/` use.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use sava_client::Message;
 use sava_tests::clients::{client_of, consumer_from_earliest, next_message, reliable_producer};
-use sava_tests::{Broker, http_get};
+use sava_tests::{Broker, free_addr, http_get};
 use tokio::time::{Instant, sleep, timeout};
 
 /// The samples of one scrape: `name{labels}` to value, labels as written.
@@ -215,13 +215,6 @@ impl Drop for Prometheus {
     }
 }
 
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 /// `text` percent-encoded for a URL query.
 fn encode(text: &str) -> String {
     text.bytes()
@@ -286,21 +279,28 @@ async fn every_dashboard_query_returns_data_from_prometheus_scraping_a_broker() 
         let message = next_message(&mut replay, Duration::from_secs(20)).await;
         replay.ack(&message).unwrap();
     }
-    sleep(Duration::from_secs(3)).await;
 
+    // Until Prometheus has scraped what the workload left behind.
     let queries = std::fs::read_to_string(queries_file()).unwrap();
-    let mut empty = Vec::new();
-    for query in queries.lines().filter(|line| !line.trim().is_empty()) {
-        match prometheus.series(query).await {
-            Ok(0) => empty.push(format!("no data: {query}")),
-            Ok(_) => {}
-            Err(error) => empty.push(format!("{error}: {query}")),
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut empty = Vec::new();
+        for query in queries.lines().filter(|line| !line.trim().is_empty()) {
+            match prometheus.series(query).await {
+                Ok(0) => empty.push(format!("no data: {query}")),
+                Ok(_) => {}
+                Err(error) => empty.push(format!("{error}: {query}")),
+            }
         }
+        if empty.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of the dashboard queries failed:\n{}",
+            empty.len(),
+            empty.join("\n")
+        );
+        sleep(Duration::from_millis(500)).await;
     }
-    assert!(
-        empty.is_empty(),
-        "{} of the dashboard queries failed:\n{}",
-        empty.len(),
-        empty.join("\n")
-    );
 }

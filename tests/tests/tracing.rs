@@ -7,7 +7,6 @@
 //! clients set themselves.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,7 +20,7 @@ use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
-use sava_tests::Broker;
+use sava_tests::{Broker, free_addr};
 use tokio::time::{Instant, sleep};
 
 /// Every span received, with the `service.name` of its resource.
@@ -57,13 +56,6 @@ fn text(attributes: &[KeyValue], key: &str) -> Option<String> {
         Value::IntValue(number) => Some(number.to_string()),
         _ => None,
     }
-}
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
 }
 
 fn run_cli(broker: &Broker, service: &str, endpoint: &str, args: &[&str]) -> String {

@@ -23,7 +23,6 @@ use crate::dispatch::reliable::StartPosition;
 use crate::error::BrokerError;
 use crate::message::IncomingMessage;
 use crate::metrics::LookupAnswer;
-use tracing::Instrument;
 
 /// Serves every `danube` service over one broker.
 #[derive(Clone, Debug)]
@@ -144,10 +143,7 @@ impl pb::producer_service_server::ProducerService for DanubeApi {
             key: message.routing_key,
             attributes: message.attributes.into_iter().collect(),
         }];
-        let span = topic.publish_span(&incoming);
-        let published = span.in_scope(|| topic.publish(&producer, incoming))?;
-        let receipt = published.durable(&topic).instrument(span.clone()).await?;
-        span.record("messaging.message.id", receipt.first_offset);
+        topic.publish(&producer, incoming)?.durable(&topic).await?;
         Ok(Response::new(pb::MessageResponse {
             request_id: message.request_id,
         }))

@@ -21,7 +21,6 @@ use crate::dispatch::reliable::StartPosition;
 use crate::error::BrokerError;
 use crate::message::IncomingMessage;
 use crate::metrics::LookupAnswer;
-use tracing::Instrument;
 
 /// Responses a publish stream may queue before the broker stops reading
 /// further batches from it.
@@ -226,17 +225,13 @@ fn publish_batch(
     batch: pb::MessageBatch,
 ) -> futures::future::BoxFuture<'static, pb::publish_response::Response> {
     let sequence = batch.sequence;
-    let messages: Vec<_> = batch.messages.into_iter().map(incoming).collect();
-    let span = topic.publish_span(&messages);
-    let published = span.in_scope(|| topic.publish(producer, messages));
-    let stored = async move {
+    let messages = batch.messages.into_iter().map(incoming).collect();
+    let published = topic.publish(producer, messages);
+    Box::pin(async move {
         let receipt = match published {
             Ok(published) => published.durable(&topic).await,
             Err(error) => Err(error),
         };
-        if let Ok(receipt) = &receipt {
-            tracing::Span::current().record("messaging.message.id", receipt.first_offset);
-        }
         match receipt {
             Ok(receipt) => pb::publish_response::Response::Ack(pb::BatchAck {
                 sequence,
@@ -246,8 +241,7 @@ fn publish_batch(
             }),
             Err(error) => batch_error(sequence, error),
         }
-    };
-    Box::pin(stored.instrument(span))
+    })
 }
 
 /// Applies a consumer's flow, ack and nack requests until its stream ends.

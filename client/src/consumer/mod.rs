@@ -434,11 +434,7 @@ fn settled_span(message: &ReceivedMessage, control: &Control) {
         messaging.destination.name = %message.topic,
         messaging.message.id = message.offset,
     );
-    let attributes = message
-        .attributes
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()));
-    sava_proto::telemetry::continue_trace(&span, attributes);
+    message.continue_trace(&span);
 }
 
 /// Marks the receipt of `message` with a span in the OpenTelemetry
@@ -457,9 +453,5 @@ fn received_span(message: &ReceivedMessage) {
         messaging.destination.name = %message.topic,
         messaging.message.id = message.offset,
     );
-    let attributes = message
-        .attributes
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()));
-    sava_proto::telemetry::continue_trace(&span, attributes);
+    message.continue_trace(&span);
 }
