@@ -792,7 +792,49 @@ impl Broker {
         }
     }
 
-    fn loaded(&self, name: &str) -> Option<Arc<Topic>> {
+    /// Topic (or partition) `name` as the catalog has it.
+    pub async fn topic_record(&self, name: &str) -> Result<TopicRecord, BrokerError> {
+        let name = TopicName::parse(name)?;
+        self.catalog()
+            .topic(name.as_str())
+            .await?
+            .ok_or_else(|| BrokerError::TopicNotFound(name.to_string()))
+    }
+
+    /// The cluster's leader, while its lease holds.
+    pub async fn live_leader(&self) -> Result<Option<String>, BrokerError> {
+        let now = now_ms();
+        let leader = self.catalog().leader().await?;
+        Ok(leader
+            .filter(|l| l.lease_expires_ms > now)
+            .map(|l| l.broker_id))
+    }
+
+    /// Records `state` for broker `id`, which acts on it at its next lease
+    /// renewal (this broker at once).
+    pub async fn set_broker_state(
+        self: &Arc<Self>,
+        id: &str,
+        state: sava_metadata::BrokerState,
+    ) -> Result<(), BrokerError> {
+        let stored =
+            self.catalog()
+                .set_broker_state(id, state)
+                .await
+                .map_err(|error| match error {
+                    sava_metadata::MetadataError::NotFound { .. } => {
+                        BrokerError::BrokerNotFound(id.to_string())
+                    }
+                    error => error.into(),
+                })?;
+        if stored.id == self.broker_id {
+            self.membership_round().await;
+        }
+        Ok(())
+    }
+
+    /// Topic `name` if it is loaded here.
+    pub(crate) fn loaded(&self, name: &str) -> Option<Arc<Topic>> {
         self.topics
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -1361,7 +1403,9 @@ fn base_topic(name: &TopicName) -> String {
     }
 }
 
-fn partition_names(name: &TopicName, record: &TopicRecord) -> Vec<String> {
+/// The topics `record` (of topic `name`) stands for: its partitions, or
+/// itself.
+pub(crate) fn partition_names(name: &TopicName, record: &TopicRecord) -> Vec<String> {
     match record.partitions {
         0 => vec![name.to_string()],
         n => (0..n).map(|i| name.partition(i).to_string()).collect(),

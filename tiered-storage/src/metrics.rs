@@ -2,8 +2,8 @@
 //! fsync latency, group commit batch sizes, object store request latency.
 //!
 //! A histogram counts observations into fixed buckets (each an upper
-//! bound), plus their count and sum; recording is two atomic adds, so it can
-//! sit on the write path.
+//! bound), plus their sum (the count is the buckets' total); recording is
+//! two atomic adds, so it can sit on the write path.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -33,7 +33,6 @@ pub struct Histogram {
     bounds: &'static [f64],
     /// One counter per bound, plus one for values above the last.
     buckets: Vec<AtomicU64>,
-    count: AtomicU64,
     /// The sum, in millionths of the unit (µs for seconds), so it stays an
     /// integer.
     sum_micros: AtomicU64,
@@ -53,7 +52,6 @@ impl Histogram {
         Histogram {
             bounds,
             buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-            count: AtomicU64::new(0),
             sum_micros: AtomicU64::new(0),
         }
     }
@@ -71,7 +69,6 @@ impl Histogram {
     pub fn observe(&self, value: f64) {
         let index = self.bounds.partition_point(|bound| *bound < value);
         self.buckets[index].fetch_add(1, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
         let micros = (value.max(0.0) * 1_000_000.0) as u64;
         self.sum_micros.fetch_add(micros, Ordering::Relaxed);
     }
@@ -91,9 +88,12 @@ impl Histogram {
                 (*bound, cumulative)
             })
             .collect();
+        // Every observation is in one bucket, the last one counting those
+        // above every bound.
+        let above = self.buckets[self.bounds.len()].load(Ordering::Relaxed);
         HistogramSnapshot {
             buckets,
-            count: self.count.load(Ordering::Relaxed),
+            count: cumulative + above,
             sum: self.sum_micros.load(Ordering::Relaxed) as f64 / 1_000_000.0,
         }
     }

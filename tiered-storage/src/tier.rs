@@ -78,7 +78,6 @@ pub struct TierStats {
     pub bytes_uploaded: AtomicU64,
     pub message_bytes_offloaded: AtomicU64,
     pub upload_errors: AtomicU64,
-    pub upload_micros_total: AtomicU64,
     pub gets: AtomicU64,
     pub get_errors: AtomicU64,
     pub get_micros_total: AtomicU64,
@@ -238,9 +237,6 @@ impl Tier {
             std::process::abort();
         }
         let micros = started.elapsed().as_micros() as u64;
-        self.stats
-            .upload_micros_total
-            .fetch_add(micros, Ordering::Relaxed);
 
         let descriptor = descriptor_of(topic, &encoded, key, etag, epoch);
         let commit = self.catalog.commit_segment(&descriptor);

@@ -40,11 +40,8 @@ impl AdminApi {
     async fn broker_infos(&self) -> Result<Vec<pb::BrokerInfo>, BrokerError> {
         let cluster = &self.broker.cluster;
         let brokers = cluster.refresh().await?;
-        let leader = self.broker.catalog().leader().await?;
-        let now = crate::topic::now_ms();
-        let leader = leader
-            .filter(|l| l.lease_expires_ms > now)
-            .map(|l| l.broker_id);
+        let leader = self.broker.live_leader().await?;
+        let now = now_ms();
         let mut infos = Vec::with_capacity(brokers.len());
         for record in brokers {
             let owned = self.broker.catalog().owned_topics(&record.id).await?;
@@ -90,20 +87,7 @@ impl AdminApi {
         id: &str,
         state: sava_metadata::BrokerState,
     ) -> Result<Response<pb::BrokerInfo>, Status> {
-        let stored = self
-            .broker
-            .catalog()
-            .set_broker_state(id, state)
-            .await
-            .map_err(|error| match error {
-                sava_metadata::MetadataError::NotFound { .. } => {
-                    BrokerError::BrokerNotFound(id.to_string())
-                }
-                error => error.into(),
-            })?;
-        if stored.id == self.broker.broker_id {
-            self.broker.membership_round().await;
-        }
+        self.broker.set_broker_state(id, state).await?;
         Ok(Response::new(self.broker_info(id).await?))
     }
 
@@ -254,12 +238,7 @@ impl AdminApi {
     }
 
     async fn record(&self, name: &str) -> Result<TopicRecord, BrokerError> {
-        let name = TopicName::parse(name)?;
-        self.broker
-            .catalog()
-            .topic(name.as_str())
-            .await?
-            .ok_or_else(|| BrokerError::TopicNotFound(name.to_string()))
+        self.broker.topic_record(name).await
     }
 
     /// The subscription `name` of topic `topic`, which must be a

@@ -22,8 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sava_metadata::{
-    BrokerRecord, BrokerState, DispatchMode, MetadataError, NamespacePolicies, NamespaceRecord,
-    TopicRecord,
+    BrokerRecord, BrokerState, DispatchMode, NamespacePolicies, NamespaceRecord, TopicRecord,
 };
 use sava_proto::danube_admin as pb;
 use sava_proto::danube_admin::broker_admin_server::BrokerAdmin;
@@ -70,16 +69,6 @@ impl DanubeAdminApi {
         }
     }
 
-    /// Topic (or partition) `name` as the catalog has it.
-    async fn record(&self, name: &str) -> Result<TopicRecord, BrokerError> {
-        let name = TopicName::parse(name)?;
-        self.broker
-            .catalog()
-            .topic(name.as_str())
-            .await?
-            .ok_or_else(|| BrokerError::TopicNotFound(name.to_string()))
-    }
-
     async fn existing_namespace(&self, name: &str) -> Result<NamespaceRecord, BrokerError> {
         check_namespace(name)?;
         self.broker
@@ -103,33 +92,6 @@ impl DanubeAdminApi {
         Ok(owner.map(|o| o.broker_id).unwrap_or_default())
     }
 
-    /// The leader, while its lease holds.
-    async fn live_leader(&self) -> Result<Option<String>, BrokerError> {
-        let now = now_ms();
-        let leader = self.broker.catalog().leader().await?;
-        Ok(leader
-            .filter(|l| l.lease_expires_ms > now)
-            .map(|l| l.broker_id))
-    }
-
-    /// Records `state` for broker `id`, which acts on it at its next lease
-    /// renewal (this broker at once).
-    async fn set_state(&self, id: &str, state: BrokerState) -> Result<(), BrokerError> {
-        let stored = self
-            .broker
-            .catalog()
-            .set_broker_state(id, state)
-            .await
-            .map_err(|error| match error {
-                MetadataError::NotFound { .. } => BrokerError::BrokerNotFound(id.to_string()),
-                error => error.into(),
-            })?;
-        if stored.id == self.broker.broker_id {
-            self.broker.membership_round().await;
-        }
-        Ok(())
-    }
-
     /// Creates a topic as `spec` says; one that exists with the same
     /// settings is left as it is.
     async fn create(&self, name: &str, spec: &TopicSpec) -> Result<(), BrokerError> {
@@ -147,13 +109,6 @@ impl DanubeAdminApi {
             .create_topic(&name, spec, Creation::Explicit)
             .await?;
         Ok(())
-    }
-
-    fn loaded(&self, name: &str) -> Option<Arc<Topic>> {
-        self.broker
-            .loaded_topics()
-            .into_iter()
-            .find(|t| t.name.as_str() == name)
     }
 
     /// The admin API of the broker owning `part`, when that is another one.
@@ -176,14 +131,14 @@ impl DanubeAdminApi {
         request: &Request<T>,
     ) -> Result<Vec<String>, Status> {
         let mut names = Vec::new();
-        for part in partition_names(record) {
+        for part in parts(record)? {
             if let Some(mut owner) = self.owner_of(&part, request).await? {
                 let asked = passed_on(v1::ListSubscriptionsRequest { topic: part });
                 let listed = owner.list_subscriptions(asked).await?.into_inner();
                 names.extend(listed.subscriptions.into_iter().map(|s| s.name));
                 continue;
             }
-            match self.loaded(&part) {
+            match self.broker.loaded(&part) {
                 Some(topic) => names.extend(topic.subscriptions().iter().map(|s| s.name.clone())),
                 None => {
                     let saved = self
@@ -256,7 +211,7 @@ impl BrokerAdmin for DanubeAdminApi {
         _: Request<pb::Empty>,
     ) -> Result<Response<pb::BrokerListResponse>, Status> {
         let registered = self.broker.cluster.refresh().await?;
-        let leader = self.live_leader().await?;
+        let leader = self.broker.live_leader().await?;
         let now = now_ms();
         let brokers = registered
             .into_iter()
@@ -269,7 +224,7 @@ impl BrokerAdmin for DanubeAdminApi {
         &self,
         _: Request<pb::Empty>,
     ) -> Result<Response<pb::BrokerResponse>, Status> {
-        let leader = self.live_leader().await?.ok_or_else(|| {
+        let leader = self.broker.live_leader().await?.ok_or_else(|| {
             Status::from(WireError::new(
                 ErrorKind::Unavailable,
                 "the cluster has no leader right now; one is elected within a lease",
@@ -346,7 +301,9 @@ impl BrokerAdmin for DanubeAdminApi {
             )
             .into());
         }
-        self.set_state(&id, BrokerState::Draining).await?;
+        self.broker
+            .set_broker_state(&id, BrokerState::Draining)
+            .await?;
         Ok(Response::new(pb::UnloadBrokerResponse {
             started: true,
             ..planned
@@ -364,7 +321,9 @@ impl BrokerAdmin for DanubeAdminApi {
             )
             .into());
         }
-        self.set_state(&id, BrokerState::Active).await?;
+        self.broker
+            .set_broker_state(&id, BrokerState::Active)
+            .await?;
         Ok(Response::new(pb::ActivateBrokerResponse { success: true }))
     }
 
@@ -383,8 +342,7 @@ impl BrokerAdmin for DanubeAdminApi {
                 .await
                 .map_err(BrokerError::from)?
                 .len();
-            // The same weighing as the leader's placement.
-            let load = owned as f64 + record.load.messages_in_per_sec as f64 / 1000.0;
+            let load = crate::cluster::placement_load(owned, record);
             loads.push((broker_number(&record.id), owned as u32, load));
         }
         Ok(Response::new(balance(loads)))
@@ -549,7 +507,7 @@ impl TopicAdmin for DanubeAdminApi {
         request: Request<pb::TopicRequest>,
     ) -> Result<Response<pb::TopicResponse>, Status> {
         let name = request.get_ref().name.clone();
-        let record = self.record(&name).await?;
+        let record = self.broker.topic_record(&name).await?;
         let subscriptions = self.subscription_names(&record, &request).await?;
         if !subscriptions.is_empty() {
             return Err(BrokerError::InUse(format!(
@@ -559,8 +517,8 @@ impl TopicAdmin for DanubeAdminApi {
             ))
             .into());
         }
-        for part in partition_names(&record) {
-            let attached = self.loaded(&part).map_or(0, |t| t.producers().len());
+        for part in parts(&record)? {
+            let attached = self.broker.loaded(&part).map_or(0, |t| t.producers().len());
             if attached > 0 {
                 let idle = self.broker.config.limits.producer_idle_secs;
                 return Err(BrokerError::InUse(format!(
@@ -578,9 +536,9 @@ impl TopicAdmin for DanubeAdminApi {
         request: Request<pb::TopicRequest>,
     ) -> Result<Response<pb::TopicResponse>, Status> {
         let name = request.get_ref().name.clone();
-        let record = self.record(&name).await?;
+        let record = self.broker.topic_record(&name).await?;
         let mut unloaded = false;
-        for part in partition_names(&record) {
+        for part in parts(&record)? {
             if let Some(mut owner) = self.owner_of(&part, &request).await? {
                 let asked = passed_on(v1::UnloadTopicRequest { name: part });
                 unloaded |= owner.unload_topic(asked).await?.into_inner().unloaded;
@@ -597,7 +555,7 @@ impl TopicAdmin for DanubeAdminApi {
         request: Request<pb::TopicRequest>,
     ) -> Result<Response<pb::SubscriptionListResponse>, Status> {
         let name = request.get_ref().name.clone();
-        let record = self.record(&name).await?;
+        let record = self.broker.topic_record(&name).await?;
         let subscriptions = self.subscription_names(&record, &request).await?;
         Ok(Response::new(pb::SubscriptionListResponse {
             subscriptions,
@@ -610,10 +568,10 @@ impl TopicAdmin for DanubeAdminApi {
     ) -> Result<Response<pb::SubscriptionResponse>, Status> {
         let topic = request.get_ref().topic.clone();
         let subscription = request.get_ref().subscription.clone();
-        let record = self.record(&topic).await?;
+        let record = self.broker.topic_record(&topic).await?;
         let partitioned = record.partitions > 0;
         let mut removed = 0;
-        for part in partition_names(&record) {
+        for part in parts(&record)? {
             let outcome = match self.owner_of(&part, &request).await? {
                 Some(mut owner) => {
                     let asked = passed_on(v1::DeleteSubscriptionRequest {
@@ -656,7 +614,7 @@ impl TopicAdmin for DanubeAdminApi {
             .failure_policy
             .clone()
             .ok_or_else(|| BrokerError::InvalidRequest("failure_policy must be set".into()))?;
-        let record = self.record(&topic).await?;
+        let record = self.broker.topic_record(&topic).await?;
         let policy = delivery_policy(&wanted)?;
         let target = dead_letter_topic(&TopicName::parse(&record.name)?, &subscription);
         if let Some(asked) = wanted.dead_letter_topic.as_deref()
@@ -671,7 +629,7 @@ impl TopicAdmin for DanubeAdminApi {
 
         let partitioned = record.partitions > 0;
         let mut applied = 0;
-        for part in partition_names(&record) {
+        for part in parts(&record)? {
             let outcome = match self.owner_of(&part, &request).await? {
                 Some(mut owner) => {
                     set_policy_elsewhere(&mut owner, &part, &subscription, policy).await
@@ -705,9 +663,9 @@ impl TopicAdmin for DanubeAdminApi {
     ) -> Result<Response<pb::GetSubscriptionFailurePolicyResponse>, Status> {
         let topic = request.get_ref().topic.clone();
         let subscription = request.get_ref().subscription.clone();
-        let record = self.record(&topic).await?;
+        let record = self.broker.topic_record(&topic).await?;
         let partitioned = record.partitions > 0;
-        for part in partition_names(&record) {
+        for part in parts(&record)? {
             let found = match self.owner_of(&part, &request).await? {
                 Some(mut owner) => {
                     let asked = passed_on(v1::DescribeSubscriptionRequest {
@@ -742,7 +700,7 @@ impl TopicAdmin for DanubeAdminApi {
         request: Request<pb::DescribeTopicRequest>,
     ) -> Result<Response<pb::DescribeTopicResponse>, Status> {
         let name = request.get_ref().name.clone();
-        let record = self.record(&name).await?;
+        let record = self.broker.topic_record(&name).await?;
         let subscriptions = self.subscription_names(&record, &request).await?;
         let broker_id = match record.partitions {
             0 => self.owner_id(&record.name).await?,
@@ -874,13 +832,9 @@ fn balance(brokers: Vec<(u64, u32, f64)>) -> pb::ClusterBalanceResponse {
 }
 
 /// The topics `record` stands for: its partitions, or itself.
-fn partition_names(record: &TopicRecord) -> Vec<String> {
-    match record.partitions {
-        0 => vec![record.name.clone()],
-        n => (0..n)
-            .map(|i| format!("{}-part-{i}", record.name))
-            .collect(),
-    }
+fn parts(record: &TopicRecord) -> Result<Vec<String>, BrokerError> {
+    let name = TopicName::parse(&record.name)?;
+    Ok(crate::broker::partition_names(&name, record))
 }
 
 fn delivery_name(mode: DispatchMode) -> &'static str {

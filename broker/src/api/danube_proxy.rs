@@ -12,15 +12,12 @@
 //! broker, and follows the new owner. `cluster.proxy_danube_clients = false`
 //! answers plain redirects instead, saving the hop.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
-use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Status};
 
-use super::forward::FORWARDED;
+use super::forward::{FORWARDED, Forwarder};
 
 /// The header Danube's client names the owning broker in.
 pub const BROKER_URL_HEADER: &str = "x-danube-broker-url";
@@ -28,7 +25,7 @@ pub const BROKER_URL_HEADER: &str = "x-danube-broker-url";
 /// Channels to the owners calls are passed on to.
 #[derive(Debug, Default)]
 pub struct DanubeProxy {
-    channels: Mutex<HashMap<String, Channel>>,
+    channels: Forwarder,
 }
 
 impl DanubeProxy {
@@ -43,23 +40,16 @@ impl DanubeProxy {
         if same_url(owner, own_url) {
             return None;
         }
-        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(channel) = channels.get(owner) {
-            return Some((owner.to_owned(), channel.clone()));
-        }
-        let channel = Endpoint::from_shared(owner.to_owned()).ok()?.connect_lazy();
-        channels.insert(owner.to_owned(), channel.clone());
+        let channel = self.channels.channel(owner).ok()?;
         Some((owner.to_owned(), channel))
     }
 }
 
 /// `inner` as a call passed on to `owner`.
 pub fn passed_on<T>(inner: T, owner: &str) -> Request<T> {
-    let mut request = Request::new(inner);
-    let metadata = request.metadata_mut();
-    metadata.insert(FORWARDED, MetadataValue::from_static("1"));
+    let mut request = super::forward::passed_on(inner);
     if let Ok(value) = owner.parse() {
-        metadata.insert(BROKER_URL_HEADER, value);
+        request.metadata_mut().insert(BROKER_URL_HEADER, value);
     }
     request
 }

@@ -18,7 +18,8 @@ use crate::error::BrokerError;
 /// The header that marks a call passed on by another broker.
 pub const FORWARDED: &str = "x-sava-forwarded";
 
-/// Channels to the other brokers' admin APIs, made on first use.
+/// Channels to other brokers (their admin or client APIs), made on first
+/// use.
 #[derive(Debug, Default)]
 pub struct Forwarder {
     channels: Mutex<HashMap<String, Channel>>,
@@ -45,7 +46,8 @@ impl Forwarder {
         Ok(Some(AdminClient::new(self.channel(&owner.admin_url)?)))
     }
 
-    fn channel(&self, url: &str) -> Result<Channel, Status> {
+    /// A channel to `url`, made once and kept.
+    pub(super) fn channel(&self, url: &str) -> Result<Channel, Status> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(channel) = channels.get(url) {
             return Ok(channel.clone());

@@ -106,8 +106,7 @@ impl Broker {
         }
         let topics = self.loaded_topics();
         tracing::info!(broker = %self.broker_id, topics = topics.len(), "draining");
-        let deadline =
-            Instant::now() + Duration::from_secs(self.cluster.config().drain_timeout_secs);
+        let deadline = self.drain_deadline();
         let mut handed = 0;
         for topic in &topics {
             if self.hand_over(topic, deadline).await {
@@ -121,17 +120,17 @@ impl Broker {
     /// Hands topic `name` over if it is loaded here (`sava-admin topics
     /// unload`); returns whether it was.
     pub async fn hand_over_now(&self, name: &str) -> bool {
-        let Some(topic) = self
-            .loaded_topics()
-            .into_iter()
-            .find(|t| t.name.as_str() == name)
-        else {
+        let Some(topic) = self.loaded(name) else {
             return false;
         };
-        let deadline =
-            Instant::now() + Duration::from_secs(self.cluster.config().drain_timeout_secs);
+        let deadline = self.drain_deadline();
         self.hand_over(&topic, deadline).await;
         true
+    }
+
+    /// When a drain or hand-over that starts now gives up offloading.
+    fn drain_deadline(&self) -> Instant {
+        Instant::now() + Duration::from_secs(self.cluster.config().drain_timeout_secs)
     }
 
     /// Hands one topic over, offloading until `deadline` at most; returns
@@ -139,13 +138,8 @@ impl Broker {
     async fn hand_over(&self, topic: &Arc<Topic>, deadline: Instant) -> bool {
         let started = Instant::now();
         topic.set_moving();
-        let next_offset = match topic.log() {
-            Some(log) => {
-                self.seal_and_offload(topic, deadline).await;
-                Some(log.next_offset())
-            }
-            None => None,
-        };
+        self.seal_and_offload(topic, deadline).await;
+        let next_offset = topic.log().map(|log| log.next_offset());
         if let Err(error) = self.flush_cursors().await {
             tracing::warn!(topic = %topic.name, %error, "cannot save cursors before the hand-over; the next owner redelivers from the last saved ones");
         }

@@ -16,6 +16,8 @@
 mod handover;
 mod placement;
 
+pub(crate) use placement::placement_load;
+
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};

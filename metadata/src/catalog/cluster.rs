@@ -228,7 +228,7 @@ impl Catalog {
 
     /// The topics broker `id` owns, in order.
     pub async fn owned_topics(&self, id: &str) -> Result<Vec<String>> {
-        let prefix = self.key().push_str("owned").push_str(id);
+        let prefix = self.owned_prefix(id);
         self.names_under(prefix, RangeOptions::default()).await
     }
 
@@ -433,12 +433,13 @@ impl Catalog {
         self.key().push_str("leader").build()
     }
 
+    /// Where the index of the topics `owner` owns lives.
+    fn owned_prefix(&self, owner: &str) -> Key {
+        self.key().push_str("owned").push_str(owner)
+    }
+
     fn owned_key(&self, owner: &str, topic: &str) -> Vec<u8> {
-        Key::new(&self.cluster)
-            .push_str("owned")
-            .push_str(owner)
-            .push_str(topic)
-            .build()
+        self.owned_prefix(owner).push_str(topic).build()
     }
 
     fn unassigned_key(&self, topic: &str) -> Vec<u8> {

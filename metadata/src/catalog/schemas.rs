@@ -182,12 +182,7 @@ impl Catalog {
 
     /// Every version of `subject`, oldest first.
     pub async fn schema_versions(&self, subject: &str) -> Result<Vec<SchemaRecord>> {
-        let versions = self.subject_keys(subject).versions;
-        self.transact(|tx| {
-            let versions = versions.clone();
-            async move { read_all(tx, &versions).await }.boxed()
-        })
-        .await
+        self.get_all(self.subject_keys(subject).versions).await
     }
 
     /// Schema subject `subject`, if it exists.

@@ -46,12 +46,8 @@ impl NamespacePolicies {
 impl Catalog {
     /// The policies set on topic `name` itself (defaults when none are).
     pub async fn topic_policies(&self, name: &str) -> Result<TopicPolicies> {
-        let key = self.topic_policies_key(name);
-        self.transact(|tx| {
-            let key = key.clone();
-            async move { Ok(read(tx, &key).await?.unwrap_or_default()) }.boxed()
-        })
-        .await
+        let policies = self.get(self.topic_policies_key(name)).await?;
+        Ok(policies.unwrap_or_default())
     }
 
     /// Replaces topic `name`'s own policies.
