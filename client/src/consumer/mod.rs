@@ -10,7 +10,7 @@
 mod task;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use futures::future::{join_all, try_join_all};
@@ -181,17 +181,21 @@ impl ConsumerBuilder {
 
         let (events_sender, events) = mpsc::unbounded_channel();
         let dropped = Arc::new(AtomicU64::new(0));
+        let mut reliable = Vec::with_capacity(connections.len());
         let controls = connections
             .into_iter()
             .zip(&partitions)
             .enumerate()
             .map(|(index, (connection, partition))| {
+                let partition_reliable = Arc::new(AtomicBool::new(connection.is_reliable()));
+                reliable.push(Arc::clone(&partition_reliable));
                 let settings = TaskSettings {
                     partition: Arc::from(partition.as_str()),
                     index,
                     subscribe: self.subscribe_request(partition, &name),
                     window: self.credits,
                     dropped: Arc::clone(&dropped),
+                    reliable: partition_reliable,
                 };
                 self.spawn_partition(settings, connection, events_sender.clone())
             })
@@ -203,6 +207,7 @@ impl ConsumerBuilder {
             name,
             taken: vec![0; controls.len()],
             controls,
+            reliable,
             events,
             current: Vec::new().into_iter(),
             flow_chunk: (self.credits / 2).max(1),
@@ -251,6 +256,9 @@ pub struct Consumer {
     subscription: String,
     name: String,
     controls: Vec<mpsc::UnboundedSender<Control>>,
+    /// Per partition, whether its topic is reliable; the others ignore
+    /// acks and nacks, so they are not sent.
+    reliable: Vec<Arc<AtomicBool>>,
     events: mpsc::UnboundedReceiver<Event>,
     /// The rest of the batch being handed out.
     current: std::vec::IntoIter<ReceivedMessage>,
@@ -307,12 +315,31 @@ impl Consumer {
     /// completes, no message is lost; the next call returns it.
     pub async fn recv(&mut self) -> Option<Result<ReceivedMessage>> {
         loop {
+            if let Some(message) = self.try_recv() {
+                return Some(message);
+            }
+            match self.events.recv().await? {
+                Event::Messages(messages) => self.current = messages.into_iter(),
+                Event::Failed(error) => return Some(Err(error)),
+            }
+        }
+    }
+
+    /// The next message if one is already here, without waiting: `None`
+    /// when none is, whether or not more will come.
+    ///
+    /// # Errors
+    ///
+    /// `Some(Err(_))` once for each partition that stopped for good, as for
+    /// [`Consumer::recv`].
+    pub fn try_recv(&mut self) -> Option<Result<ReceivedMessage>> {
+        loop {
             if let Some(message) = self.current.next() {
                 self.count_taken(message.partition);
                 received_span(&message);
                 return Some(Ok(message));
             }
-            match self.events.recv().await? {
+            match self.events.try_recv().ok()? {
                 Event::Messages(messages) => self.current = messages.into_iter(),
                 Event::Failed(error) => return Some(Err(error)),
             }
@@ -384,6 +411,12 @@ impl Consumer {
                 ))
             })?;
         settled_span(message, &control);
+        if !self.reliable[message.partition].load(Ordering::Relaxed) {
+            return match sender.is_closed() {
+                true => Err(Error::Closed),
+                false => Ok(()),
+            };
+        }
         sender.send(control).map_err(|_| Error::Closed)
     }
 

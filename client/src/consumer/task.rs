@@ -8,7 +8,7 @@
 //! has room for; a reliable topic then delivers the unacked messages again.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use sava_proto::sava::v1::consume_request::Request;
@@ -27,10 +27,13 @@ use tracing::{debug, warn};
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::message::ReceivedMessage;
-use crate::reconnect::{Backoff, is_final, sleep_until_some};
+use crate::reconnect::{Backoff, is_final};
 
 /// Acks are sent once this many offsets wait.
 pub(crate) const ACK_BATCH: usize = 256;
+
+/// Most controls (acks, credits) taken off the queue in one turn.
+const CONTROLS_AT_ONCE: usize = 256;
 
 /// Acks are sent at the latest this long after the first one waits.
 const ACK_DELAY: Duration = Duration::from_millis(5);
@@ -72,6 +75,11 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
+    /// Whether the broker said the topic is reliable.
+    pub(crate) fn is_reliable(&self) -> bool {
+        self.reliable
+    }
+
     fn send(&self, request: Request) -> Result<()> {
         let request = ConsumeRequest {
             request: Some(request),
@@ -139,6 +147,9 @@ pub(crate) struct TaskSettings {
     pub(crate) window: u32,
     /// Messages the broker dropped for the whole consumer.
     pub(crate) dropped: Arc<AtomicU64>,
+    /// Whether the partition's topic is reliable, as its last `subscribed`
+    /// said: the consumer handle sends no acks or nacks to the others.
+    pub(crate) reliable: Arc<AtomicBool>,
 }
 
 /// One partition's task; see the module docs.
@@ -187,26 +198,39 @@ impl PartitionTask {
         let mut connection = Some(connection);
         let mut backoff = Backoff::new();
         let mut retry_at = Instant::now();
+        let mut controls = Vec::with_capacity(CONTROLS_AT_ONCE);
+        // One timer, moved when the deadline changes, rather than a new one
+        // at every turn of the loop.
+        let ack_timer = tokio::time::sleep_until(Instant::now());
+        tokio::pin!(ack_timer);
+        let mut armed_for = None;
 
         loop {
+            if self.ack_deadline != armed_for {
+                if let Some(deadline) = self.ack_deadline {
+                    ack_timer.as_mut().reset(deadline);
+                }
+                armed_for = self.ack_deadline;
+            }
+
             tokio::select! {
                 biased;
 
-                control = self.control.recv() => match control {
-                    Some(Control::Close(done)) => {
+                taken = self.control.recv_many(&mut controls, CONTROLS_AT_ONCE) => {
+                    if taken == 0 {
                         self.close(connection.take()).await;
-                        let _ = done.send(());
                         return;
                     }
-                    Some(control) => {
+                    for control in controls.drain(..) {
+                        if let Control::Close(done) = control {
+                            self.close(connection.take()).await;
+                            let _ = done.send(());
+                            return;
+                        }
                         if let Err(error) = self.on_control(control, connection.as_ref()) {
                             connection = None;
                             retry_at = self.broken(&error, &mut backoff);
                         }
-                    }
-                    None => {
-                        self.close(connection.take()).await;
-                        return;
                     }
                 },
 
@@ -231,6 +255,7 @@ impl PartitionTask {
                     match self.reconnect().await {
                         Ok(live) => {
                             debug!(topic = %self.settings.partition, "consume stream reopened");
+                            self.settings.reliable.store(live.reliable, Ordering::Relaxed);
                             backoff.reset();
                             connection = Some(live);
                         }
@@ -243,7 +268,7 @@ impl PartitionTask {
                     }
                 },
 
-                () = sleep_until_some(self.ack_deadline) => {
+                () = &mut ack_timer, if armed_for.is_some() => {
                     if let Some(live) = &connection
                         && let Err(error) = self.flush_acks(live)
                     {
@@ -252,6 +277,7 @@ impl PartitionTask {
                     }
                     // Without a stream the acks wait for the next one.
                     self.ack_deadline = None;
+                    armed_for = None;
                 },
             }
         }

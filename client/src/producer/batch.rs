@@ -13,21 +13,10 @@ use std::time::Instant;
 
 use sava_proto::ErrorKind;
 use sava_proto::sava::v1::{BatchAck, BatchError, MessageBatch, OutgoingMessage};
-use tokio::sync::oneshot;
 
+use super::outcome::{SendFuture, Settle};
 use crate::error::{Error, Result};
-use crate::message::{Message, MessageId, time_from_millis};
-
-/// Where the outcome of one message goes: the [`SendFuture`](super::SendFuture)
-/// holds the other end.
-pub(crate) type Reply = oneshot::Sender<Result<MessageId>>;
-
-/// A message queued by `Producer::send`, waiting for its batch.
-#[derive(Debug)]
-pub(crate) struct Pending {
-    pub(crate) message: Message,
-    pub(crate) reply: Reply,
-}
+use crate::message::{Message, time_from_millis};
 
 /// The limits at which a batch closes.
 #[derive(Debug, Clone, Copy)]
@@ -41,7 +30,7 @@ pub(crate) struct BatchLimits {
 pub(crate) struct ReadyBatch {
     pub(crate) sequence: u64,
     pub(crate) messages: Vec<OutgoingMessage>,
-    pub(crate) replies: Vec<Reply>,
+    pub(crate) settle: Settle,
     /// The batch's `client.send` span when it is traced, ended by its
     /// answer; disabled otherwise.
     pub(crate) span: tracing::Span,
@@ -52,7 +41,7 @@ pub(crate) struct ReadyBatch {
 pub(crate) struct Accumulator {
     limits: BatchLimits,
     messages: Vec<OutgoingMessage>,
-    replies: Vec<Reply>,
+    settle: Settle,
     bytes: usize,
     opened_at: Option<Instant>,
     /// The span of the open batch, if it is traced.
@@ -67,7 +56,7 @@ impl Accumulator {
         Accumulator {
             limits,
             messages: Vec::new(),
-            replies: Vec::new(),
+            settle: Settle::default(),
             bytes: 0,
             opened_at: None,
             span: tracing::Span::none(),
@@ -79,8 +68,8 @@ impl Accumulator {
     /// Adds a message to the open batch. A message that would take the batch
     /// past its byte limit goes into a new batch instead; a message larger
     /// than the limit travels alone.
-    pub(crate) fn push(&mut self, pending: Pending, now: Instant) {
-        self.push_traced(pending, now, tracing::Span::none());
+    pub(crate) fn push(&mut self, message: Message, now: Instant) -> SendFuture {
+        self.push_traced(message, now, tracing::Span::none())
     }
 
     /// Whether a message of `message` would open a new batch.
@@ -90,8 +79,13 @@ impl Accumulator {
 
     /// As [`Accumulator::push`]; when the message opens a batch, `span`
     /// (its trace, which the message carries) becomes the batch's.
-    pub(crate) fn push_traced(&mut self, pending: Pending, now: Instant, span: tracing::Span) {
-        let bytes = pending.message.encoded_len();
+    pub(crate) fn push_traced(
+        &mut self,
+        message: Message,
+        now: Instant,
+        span: tracing::Span,
+    ) -> SendFuture {
+        let bytes = message.encoded_len();
         if !self.messages.is_empty() && self.bytes + bytes > self.limits.max_bytes {
             self.close();
         }
@@ -100,14 +94,15 @@ impl Accumulator {
             self.opened_at = Some(now);
             self.span = span;
         }
-        self.messages.push(pending.message.into_outgoing());
-        self.replies.push(pending.reply);
+        self.messages.push(message.into_outgoing());
+        let future = self.settle.add_message();
         self.bytes += bytes;
 
         let full = self.messages.len() >= self.limits.max_messages;
         if full || self.bytes >= self.limits.max_bytes {
             self.close();
         }
+        future
     }
 
     /// Closes the open batch, if it has any message, and numbers it.
@@ -121,7 +116,7 @@ impl Accumulator {
         self.ready.push_back(ReadyBatch {
             sequence: self.next_sequence,
             messages: std::mem::replace(&mut self.messages, Vec::with_capacity(capacity)),
-            replies: std::mem::replace(&mut self.replies, Vec::with_capacity(capacity)),
+            settle: std::mem::take(&mut self.settle),
             span,
         });
         self.next_sequence += 1;
@@ -167,7 +162,7 @@ impl Accumulator {
     pub(crate) fn fail_all(&mut self, error: &Error) {
         self.close();
         for batch in self.ready.drain(..) {
-            fail_replies(batch.replies, error);
+            batch.settle.failed(error.duplicate());
         }
     }
 }
@@ -176,7 +171,7 @@ impl Accumulator {
 #[derive(Debug)]
 struct InFlightBatch {
     request: MessageBatch,
-    replies: Vec<Reply>,
+    settle: Settle,
     /// Ends when the batch is answered (dropped with it).
     span: tracing::Span,
 }
@@ -201,7 +196,7 @@ impl InFlight {
         };
         self.batches.push_back(InFlightBatch {
             request: request.clone(),
-            replies: batch.replies,
+            settle: batch.settle,
             span: batch.span,
         });
         request
@@ -219,24 +214,15 @@ impl InFlight {
         let batch = self.remove(ack.sequence)?;
         batch.span.record("messaging.message.id", ack.first_offset);
         let publish_time = time_from_millis(ack.publish_time);
-        let acknowledged = ack.count as usize;
-        let sent = batch.replies.len();
-
-        for (index, reply) in batch.replies.into_iter().enumerate() {
-            let outcome = if index < acknowledged {
-                Ok(MessageId {
-                    topic: Arc::clone(topic),
-                    offset: ack.first_offset + index as u64,
-                    publish_time,
-                })
-            } else {
-                Err(Error::Protocol(format!(
-                    "batch {} acknowledged with {acknowledged} offsets for {sent} messages",
-                    ack.sequence
-                )))
-            };
-            let _ = reply.send(outcome);
-        }
+        let acknowledged = ack.count;
+        let sent = batch.settle.messages();
+        batch.settle.acked(
+            topic,
+            ack.sequence,
+            ack.first_offset,
+            acknowledged.min(sent),
+            publish_time,
+        );
 
         if acknowledged != sent {
             return Err(Error::Protocol(format!(
@@ -259,7 +245,7 @@ impl InFlight {
             message: refusal.message,
             message_index: refusal.message_index,
         };
-        fail_replies(batch.replies, &error);
+        batch.settle.failed(error);
         Ok(())
     }
 
@@ -284,7 +270,7 @@ impl InFlight {
     /// Fails every batch in flight with `error`.
     pub(crate) fn fail_all(&mut self, error: &Error) {
         for batch in self.batches.drain(..) {
-            fail_replies(batch.replies, error);
+            batch.settle.failed(error.duplicate());
         }
     }
 
@@ -303,34 +289,22 @@ impl InFlight {
     }
 }
 
-fn fail_replies(replies: Vec<Reply>, error: &Error) {
-    for reply in replies {
-        let _ = reply.send(Err(error.duplicate()));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
-    use tokio::sync::oneshot::Receiver;
+    use futures::FutureExt;
 
     use super::*;
+    use crate::message::MessageId;
 
     const LIMITS: BatchLimits = BatchLimits {
         max_bytes: 1000,
         max_messages: 4,
     };
 
-    fn pending(payload_len: usize) -> (Pending, Receiver<Result<MessageId>>) {
-        let (reply, receiver) = oneshot::channel();
+    fn push(accumulator: &mut Accumulator, payload_len: usize) -> SendFuture {
         let message = Message::new(Bytes::from(vec![7; payload_len]));
-        (Pending { message, reply }, receiver)
-    }
-
-    fn push(accumulator: &mut Accumulator, payload_len: usize) -> Receiver<Result<MessageId>> {
-        let (pending, receiver) = pending(payload_len);
-        accumulator.push(pending, Instant::now());
-        receiver
+        accumulator.push(message, Instant::now())
     }
 
     #[test]
@@ -406,7 +380,7 @@ mod tests {
         assert!(in_flight.is_empty());
 
         for (index, receiver) in receivers.into_iter().enumerate() {
-            let id = receiver.await.unwrap().unwrap();
+            let id: MessageId = receiver.await.unwrap();
             assert_eq!(id.offset, 40 + index as u64);
             assert_eq!(&*id.topic, "/default/t");
             assert_eq!(id.publish_time, time_from_millis(1_700_000_000_000));
@@ -436,7 +410,7 @@ mod tests {
         assert_eq!(in_flight.oldest_sequence(), Some(0));
 
         for receiver in batches.remove(1) {
-            match receiver.await.unwrap() {
+            match receiver.await {
                 Err(Error::Rejected {
                     kind,
                     message_index,
@@ -448,9 +422,12 @@ mod tests {
                 other => panic!("expected a rejection, got {other:?}"),
             }
         }
-        for receivers in &mut batches {
+        for receivers in batches {
             for receiver in receivers {
-                assert!(receiver.try_recv().is_err(), "other batches stay pending");
+                assert!(
+                    receiver.now_or_never().is_none(),
+                    "other batches stay pending"
+                );
             }
         }
     }

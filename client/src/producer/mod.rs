@@ -11,27 +11,27 @@
 //! stored some of them already, so a message can be stored twice.
 
 mod batch;
+mod outcome;
+mod queue;
 mod routing;
 mod task;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::future::try_join_all;
 use sava_proto::sava::v1::{AccessMode, DispatchMode, OpenProducer, TopicSettings};
-use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
-use self::batch::{BatchLimits, Pending};
+use self::batch::BatchLimits;
+pub use self::outcome::SendFuture;
+use self::queue::PartitionQueue;
 use self::routing::Router;
 pub use self::routing::Routing;
-use self::task::{FatalSlot, Input, PartitionTask, TaskSettings, open_stream};
+use self::task::{PartitionTask, TaskSettings, open_stream};
 use crate::client::Client;
 use crate::error::{Error, Result};
-use crate::message::{Message, MessageId, Schema};
+use crate::message::{Message, Schema};
 
 /// Configures a [`Producer`]; made by [`Client::producer`].
 #[derive(Debug, Clone)]
@@ -248,22 +248,23 @@ impl ProducerBuilder {
         connection: task::Connection,
     ) -> PartitionHandle {
         let partition: Arc<str> = Arc::from(partition);
-        let capacity = (2 * self.limits.max_messages).clamp(1024, 65536);
-        let (input, receiver) = mpsc::channel(capacity);
-        let fatal = FatalSlot::default();
+        let queue = Arc::new(PartitionQueue::new(
+            Arc::clone(&partition),
+            self.limits,
+            self.max_in_flight,
+        ));
 
         let settings = TaskSettings {
             partition: Arc::clone(&partition),
             open,
-            limits: self.limits,
             linger: self.linger,
             max_in_flight: self.max_in_flight,
         };
-        let task = PartitionTask::new(self.client.clone(), settings, receiver, Arc::clone(&fatal));
+        let task = PartitionTask::new(self.client.clone(), settings, Arc::clone(&queue));
         let span = tracing::info_span!("client.produce", topic = %partition);
         tokio::spawn(task.run(connection).instrument(span));
 
-        PartitionHandle { input, fatal }
+        PartitionHandle { queue }
     }
 }
 
@@ -283,27 +284,12 @@ pub struct Producer {
 
 #[derive(Debug)]
 struct PartitionHandle {
-    input: mpsc::Sender<Input>,
-    fatal: FatalSlot,
+    queue: Arc<PartitionQueue>,
 }
 
-impl PartitionHandle {
-    /// Why the partition's task no longer takes messages.
-    fn failure(&self) -> Error {
-        let fatal = self
-            .fatal
-            .lock()
-            .expect("the fatal error lock is never held across a panic");
-        fatal.as_ref().map_or(Error::Closed, Error::duplicate)
-    }
-
-    async fn request(&self, make: impl FnOnce(oneshot::Sender<Result<()>>) -> Input) -> Result<()> {
-        let (done, answer) = oneshot::channel();
-        self.input
-            .send(make(done))
-            .await
-            .map_err(|_| self.failure())?;
-        answer.await.map_err(|_| self.failure())?
+impl Drop for PartitionHandle {
+    fn drop(&mut self) {
+        self.queue.abandon();
     }
 }
 
@@ -361,14 +347,7 @@ impl Producer {
         let index = self.router.choose(message.key(), message.encoded_len());
         let partition = &self.partitions[index];
 
-        let (reply, outcome) = oneshot::channel();
-        let pending = Pending { message, reply };
-        partition
-            .input
-            .send(Input::Message(pending))
-            .await
-            .map_err(|_| partition.failure())?;
-        Ok(SendFuture { outcome })
+        partition.queue.send(message).await
     }
 
     /// Closes the open batches and waits until every message queued before
@@ -388,7 +367,7 @@ impl Producer {
         let flushes = self
             .partitions
             .iter()
-            .map(|partition| partition.request(Input::Flush));
+            .map(|partition| partition.queue.flush());
         try_join_all(flushes).await.map(drop)
     }
 
@@ -408,35 +387,11 @@ impl Producer {
         let closes = self
             .partitions
             .iter()
-            .map(|partition| partition.request(Input::Close));
+            .map(|partition| partition.queue.close());
         match try_join_all(closes).await {
             Ok(_) | Err(Error::Closed) => Ok(()),
             Err(error) => Err(error),
         }
-    }
-}
-
-/// Resolves to a message's id once the broker acknowledges its batch;
-/// returned by [`Producer::send`].
-///
-/// Dropping it does not cancel the message.
-#[derive(Debug)]
-pub struct SendFuture {
-    outcome: oneshot::Receiver<Result<MessageId>>,
-}
-
-impl Future for SendFuture {
-    type Output = Result<MessageId>;
-
-    /// # Errors
-    ///
-    /// [`Error::Rejected`] when the broker refused the message's batch,
-    /// [`Error::Closed`] or the partition's final error when the producer
-    /// gave up on it.
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.outcome)
-            .poll(cx)
-            .map(|outcome| outcome.unwrap_or(Err(Error::Closed)))
     }
 }
 

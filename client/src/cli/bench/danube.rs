@@ -291,7 +291,7 @@ async fn produce(
                     topic_name: partition.clone(),
                     ..MsgId::default()
                 }),
-                payload: payloads.next(),
+                payload: payloads.next(sent_at),
                 producer_name: producer.name.clone(),
                 ..StreamMessage::default()
             };
@@ -337,7 +337,7 @@ async fn consume(
 
     let mut tally = Tally::new();
     let mut last_message_at = Instant::now();
-    while !meter.consumers_should_stop(&plan, deadline, last_message_at) {
+    while !meter.consumers_should_stop(&plan, deadline, last_message_at, Instant::now()) {
         let message = match tokio::time::timeout(POLL, consumer.streams.next()).await {
             Ok(Some(Ok(message))) => message,
             Ok(Some(Err(status))) => {
@@ -348,12 +348,15 @@ async fn consume(
             Err(_) => continue,
         };
 
+        let now = Instant::now();
         let latency = match plan.mode {
-            Mode::E2e => stamped_latency(&message.payload),
-            Mode::Produce | Mode::Consume => published_latency(sava_time(message.publish_time)),
+            Mode::E2e => stamped_latency(&message.payload, now),
+            Mode::Produce | Mode::Consume => {
+                published_latency(sava_time(message.publish_time), now)
+            }
         };
-        last_message_at = Instant::now();
-        tally.record(latency, last_message_at);
+        last_message_at = now;
+        tally.record(latency, now);
         meter.received.fetch_add(1, Ordering::Relaxed);
 
         if acker.is_some()

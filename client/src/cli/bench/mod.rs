@@ -26,7 +26,7 @@ use clap::{Args, ValueEnum};
 use sava_client::{Client, SubscriptionType};
 use tokio::time::Instant;
 
-use self::stats::{Meter, Progress, Report, Tally, now_micros};
+use self::stats::{Meter, Progress, Report, Tally, unix_micros};
 use super::produce::generated_payload;
 use super::{OutputArg, TypeArg};
 
@@ -84,6 +84,11 @@ pub(crate) struct BenchArgs {
     /// calls per producer.
     #[arg(long, default_value_t = 64)]
     in_flight: usize,
+
+    /// Native: each consumer's credit window per partition, the messages
+    /// the broker may send ahead of the application.
+    #[arg(long, default_value_t = 1000)]
+    credits: u32,
 
     /// The subscription type (default: exclusive with one consumer, shared
     /// with more).
@@ -148,14 +153,15 @@ pub(crate) struct Plan {
     batch_bytes: Option<usize>,
     linger: Option<Duration>,
     in_flight: usize,
+    credits: u32,
     subscription_type: SubscriptionType,
     subscription: String,
 }
 
 impl Plan {
     fn new(args: &BenchArgs) -> Result<Plan> {
-        if args.producers == 0 || args.consumers == 0 || args.in_flight == 0 {
-            bail!("--producers, --consumers and --in-flight must be at least 1");
+        if args.producers == 0 || args.consumers == 0 || args.in_flight == 0 || args.credits == 0 {
+            bail!("--producers, --consumers, --in-flight and --credits must be at least 1");
         }
         if args.mode == Mode::E2e && args.size < 8 {
             bail!(
@@ -193,6 +199,7 @@ impl Plan {
             batch_bytes: args.batch_bytes,
             linger: args.linger_ms.map(Duration::from_millis),
             in_flight: args.in_flight,
+            credits: args.credits,
             subscription_type,
             subscription: args.subscription.clone(),
         })
@@ -305,7 +312,8 @@ impl Payloads {
         }
     }
 
-    pub(crate) fn next(&mut self) -> Bytes {
+    /// The next payload, stamped (when stamping) with `sent_at`.
+    pub(crate) fn next(&mut self, sent_at: Instant) -> Bytes {
         if !self.stamp {
             return self.template.clone();
         }
@@ -314,7 +322,7 @@ impl Payloads {
             self.buffer = BytesMut::with_capacity(STAMPED_CHUNK.max(size));
         }
         self.buffer.extend_from_slice(&self.template);
-        self.buffer[..8].copy_from_slice(&now_micros().to_le_bytes());
+        self.buffer[..8].copy_from_slice(&unix_micros(sent_at).to_le_bytes());
         self.buffer.split().freeze()
     }
 }
@@ -338,6 +346,7 @@ mod tests {
             linger_ms: None,
             api: Api::Native,
             in_flight: 64,
+            credits: 1000,
             subscription_type: None,
             subscription: "bench".into(),
             output: OutputArg::Text,
@@ -364,13 +373,13 @@ mod tests {
     #[test]
     fn stamped_payloads_keep_the_size_and_carry_the_send_time() {
         let mut payloads = Payloads::new(64, true);
-        let first = payloads.next();
-        let second = payloads.next();
+        let first = payloads.next(Instant::now());
+        let second = payloads.next(Instant::now());
 
         assert_eq!(first.len(), 64);
         assert_eq!(&first[8..], &generated_payload(64)[8..]);
         let stamp = u64::from_le_bytes(first[..8].try_into().unwrap());
-        assert!(now_micros() - stamp < 5_000_000);
+        assert!(unix_micros(Instant::now()) - stamp < 5_000_000);
         assert_eq!(second.len(), 64);
         assert_ne!(first.as_ptr(), second.as_ptr());
     }
@@ -378,6 +387,9 @@ mod tests {
     #[test]
     fn unstamped_payloads_share_one_buffer() {
         let mut payloads = Payloads::new(64, false);
-        assert_eq!(payloads.next().as_ptr(), payloads.next().as_ptr());
+        assert_eq!(
+            payloads.next(Instant::now()).as_ptr(),
+            payloads.next(Instant::now()).as_ptr()
+        );
     }
 }

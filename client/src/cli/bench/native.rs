@@ -3,16 +3,15 @@
 //! Producers are created first (they create the topic), then consumers
 //! subscribe, and only then does the clock start and the producing begin.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use futures::StreamExt;
+use futures::FutureExt;
 use futures::future::try_join_all;
-use futures::stream::FuturesUnordered;
 use sava_client::{Client, Consumer, Message, Producer, SendFuture, StartPosition};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -21,6 +20,9 @@ use super::{Mode, Outcome, Payloads, Plan};
 
 /// How long a consumer waits for a message before checking whether to stop.
 const POLL: Duration = Duration::from_millis(100);
+
+/// Most messages a consumer times with one reading of the clock.
+const CLOCK_EVERY: u32 = 32;
 
 pub(crate) async fn run(client: &Client, plan: &Plan, meter: &Arc<Meter>) -> Result<Outcome> {
     let producers = match plan.mode {
@@ -97,14 +99,19 @@ async fn subscribe(client: &Client, plan: &Plan, index: usize) -> Result<Consume
         .consumer(&plan.topic, &plan.subscription)
         .name(format!("bench-{}-{index}", std::process::id()))
         .subscription_type(plan.subscription_type)
+        .credits(plan.credits)
         .start(start)
         .subscribe()
         .await
         .with_context(|| format!("cannot subscribe bench consumer {index} to {}", plan.topic))
 }
 
-/// Sends until the quota or the deadline, while a collector task awaits
-/// the acks and measures them.
+/// Sends until the quota or the deadline. The futures of the messages
+/// wait in send order; after each send the settled ones at the front are
+/// recorded, so each ack is timed within one send of its arrival without a
+/// second task or a future per message to poll. (With several partitions a
+/// late answer on one holds back the recording of the others until it
+/// arrives, which adds at most that skew to their latency.)
 async fn produce(
     producer: Producer,
     plan: Plan,
@@ -112,8 +119,8 @@ async fn produce(
     deadline: Option<Instant>,
     meter: Arc<Meter>,
 ) -> Tally {
-    let (acks, outcomes) = mpsc::channel(16 * 1024);
-    let collector = tokio::spawn(collect_acks(outcomes, meter));
+    let mut tally = Tally::new();
+    let mut waiting: VecDeque<(Instant, SendFuture)> = VecDeque::new();
     let mut payloads = Payloads::new(plan.size, plan.stamps_payloads());
     let mut failure = None;
 
@@ -123,12 +130,11 @@ async fn produce(
         if deadline.is_some_and(|deadline| sent_at >= deadline) {
             break;
         }
-        match producer.send(Message::new(payloads.next())).await {
-            Ok(pending) => {
+        match producer.send(Message::new(payloads.next(sent_at))).await {
+            Ok(future) => {
                 sent += 1;
-                if acks.send((sent_at, pending)).await.is_err() {
-                    break;
-                }
+                waiting.push_back((sent_at, future));
+                record_settled(&mut waiting, &mut tally, &meter);
             }
             Err(error) => {
                 failure = Some(error);
@@ -136,52 +142,55 @@ async fn produce(
             }
         }
     }
-    drop(acks);
 
-    let closed = producer.close().await;
-    let mut tally = collector.await.unwrap_or_else(|_| Tally::new());
+    while let Some((sent_at, future)) = waiting.pop_front() {
+        let outcome = future.await;
+        record(sent_at, outcome, Instant::now(), &mut tally, &meter);
+    }
+    if let Err(error) = producer.close().await {
+        tally.error(error);
+    }
     if let Some(error) = failure {
         tally.error(error);
     }
-    if let Err(error) = closed {
-        tally.error(error);
-    }
     tally
 }
 
-/// Awaits acks as they come, in whatever order, and records their latency.
-async fn collect_acks(
-    mut outcomes: mpsc::Receiver<(Instant, SendFuture)>,
-    meter: Arc<Meter>,
-) -> Tally {
-    let mut tally = Tally::new();
-    let mut pending = FuturesUnordered::new();
-    let mut open = true;
-    loop {
-        tokio::select! {
-            next = outcomes.recv(), if open => match next {
-                Some((sent_at, future)) => {
-                    pending.push(async move { (sent_at, future.await) });
-                }
-                None => open = false,
-            },
-            Some((sent_at, outcome)) = pending.next(), if !pending.is_empty() => {
-                match outcome {
-                    Ok(_) => {
-                        let now = Instant::now();
-                        tally.record(now.duration_since(sent_at), now);
-                        meter.acknowledged.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(error) => tally.error(error),
-                }
-            },
-            else => break,
+/// Records the futures at the front of `waiting` that are settled.
+fn record_settled(waiting: &mut VecDeque<(Instant, SendFuture)>, tally: &mut Tally, meter: &Meter) {
+    let mut now = None;
+    while waiting
+        .front()
+        .is_some_and(|(_, future)| future.is_settled())
+    {
+        let (sent_at, future) = waiting.pop_front().expect("the front was just seen");
+        let outcome = future
+            .now_or_never()
+            .expect("a settled future is ready at once");
+        let now = *now.get_or_insert_with(Instant::now);
+        record(sent_at, outcome, now, tally, meter);
+    }
+}
+
+fn record(
+    sent_at: Instant,
+    outcome: sava_client::Result<sava_client::MessageId>,
+    now: Instant,
+    tally: &mut Tally,
+    meter: &Meter,
+) {
+    match outcome {
+        Ok(_) => {
+            tally.record(now.duration_since(sent_at), now);
+            meter.acknowledged.fetch_add(1, Ordering::Relaxed);
         }
+        Err(error) => tally.error(error),
     }
-    tally
 }
 
-/// Receives and acks until the meter says stop.
+/// Receives and acks until the meter says stop. The clock is read once
+/// for a run of messages that were already waiting (at most
+/// [`CLOCK_EVERY`]), not for each one.
 async fn consume(
     mut consumer: Consumer,
     plan: Plan,
@@ -189,29 +198,51 @@ async fn consume(
     meter: Arc<Meter>,
 ) -> Tally {
     let mut tally = Tally::new();
-    let mut last_message_at = Instant::now();
-    while !meter.consumers_should_stop(&plan, deadline, last_message_at) {
-        let message = match tokio::time::timeout(POLL, consumer.recv()).await {
-            Ok(Some(Ok(message))) => message,
-            Ok(Some(Err(error))) => {
+    let mut clock = Instant::now();
+    let mut last_message_at = clock;
+    let mut unclocked = 0;
+    loop {
+        if unclocked == 0 && meter.consumers_should_stop(&plan, deadline, last_message_at, clock) {
+            break;
+        }
+        let next = match consumer.try_recv() {
+            Some(next) => next,
+            None => {
+                let waited = tokio::time::timeout(POLL, consumer.recv()).await;
+                clock = Instant::now();
+                unclocked = 0;
+                match waited {
+                    Ok(Some(next)) => next,
+                    Ok(None) => break,
+                    Err(_) => continue,
+                }
+            }
+        };
+        let message = match next {
+            Ok(message) => message,
+            Err(error) => {
                 tally.error(error);
                 break;
             }
-            Ok(None) => break,
-            Err(_) => continue,
         };
 
         let latency = match plan.mode {
-            Mode::E2e => stamped_latency(&message.payload),
-            Mode::Produce | Mode::Consume => published_latency(message.publish_time),
+            Mode::E2e => stamped_latency(&message.payload, clock),
+            Mode::Produce | Mode::Consume => published_latency(message.publish_time, clock),
         };
-        last_message_at = Instant::now();
-        tally.record(latency, last_message_at);
+        last_message_at = clock;
+        tally.record(latency, clock);
         meter.received.fetch_add(1, Ordering::Relaxed);
 
         // The client sends acks only on reliable topics, whatever the flag.
         if let Err(error) = consumer.ack(&message) {
             tally.error(error);
+        }
+
+        unclocked += 1;
+        if unclocked == CLOCK_EVERY {
+            clock = Instant::now();
+            unclocked = 0;
         }
     }
     tally.dropped = consumer.dropped_messages();

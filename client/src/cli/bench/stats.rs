@@ -118,11 +118,11 @@ impl Meter {
         plan: &Plan,
         deadline: Option<Instant>,
         last_message_at: Instant,
+        now: Instant,
     ) -> bool {
         if self.received.load(Ordering::Relaxed) >= self.target.load(Ordering::Relaxed) {
             return true;
         }
-        let now = Instant::now();
         if plan.mode == Mode::Consume && deadline.is_some_and(|deadline| now >= deadline) {
             return true;
         }
@@ -139,28 +139,38 @@ impl Meter {
     }
 }
 
-/// Microseconds since the Unix epoch, as stamped into e2e payloads.
-pub(crate) fn now_micros() -> u64 {
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    since.as_micros() as u64
+/// Microseconds since the Unix epoch at `at`, as stamped into e2e
+/// payloads. Reckoned from one reading of the wall clock at the first call
+/// and the monotonic clock since, so a caller that already read the time
+/// for its own use does not read it again.
+pub(crate) fn unix_micros(at: Instant) -> u64 {
+    static ANCHOR: OnceLock<(Instant, u64)> = OnceLock::new();
+    let (anchor, anchor_micros) = *ANCHOR.get_or_init(|| {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        (Instant::now(), wall.as_micros() as u64)
+    });
+    match at.checked_duration_since(anchor) {
+        Some(since) => anchor_micros + since.as_micros() as u64,
+        None => anchor_micros.saturating_sub(anchor.duration_since(at).as_micros() as u64),
+    }
 }
 
-/// The latency of a message stamped by [`now_micros`] in its first 8 bytes.
-pub(crate) fn stamped_latency(payload: &[u8]) -> Duration {
+/// The latency at `now` of a message stamped by [`unix_micros`] in its
+/// first 8 bytes.
+pub(crate) fn stamped_latency(payload: &[u8], now: Instant) -> Duration {
     let Some(stamp) = payload.first_chunk::<8>() else {
         return Duration::ZERO;
     };
     let sent = u64::from_le_bytes(*stamp);
-    Duration::from_micros(now_micros().saturating_sub(sent))
+    Duration::from_micros(unix_micros(now).saturating_sub(sent))
 }
 
-/// The latency of a message from the broker's publish time to now.
-pub(crate) fn published_latency(publish_time: SystemTime) -> Duration {
-    SystemTime::now()
-        .duration_since(publish_time)
-        .unwrap_or_default()
+/// The latency at `now` of a message from the broker's publish time.
+pub(crate) fn published_latency(publish_time: SystemTime, now: Instant) -> Duration {
+    let now = UNIX_EPOCH + Duration::from_micros(unix_micros(now));
+    now.duration_since(publish_time).unwrap_or_default()
 }
 
 /// The progress bar on stderr, hidden when stderr is not a terminal.
@@ -359,11 +369,21 @@ mod tests {
 
     #[test]
     fn a_stamped_payload_measures_its_age() {
-        let stamp = now_micros() - 5_000;
+        let now = Instant::now();
+        let stamp = unix_micros(now) - 5_000;
         let mut payload = stamp.to_le_bytes().to_vec();
         payload.extend_from_slice(b"rest of the payload");
-        let latency = stamped_latency(&payload);
-        assert!(latency >= Duration::from_millis(5) && latency < Duration::from_secs(5));
-        assert_eq!(stamped_latency(b"short"), Duration::ZERO);
+        assert_eq!(stamped_latency(&payload, now), Duration::from_millis(5));
+        assert_eq!(stamped_latency(b"short", now), Duration::ZERO);
+    }
+
+    #[test]
+    fn stamps_follow_the_wall_clock() {
+        let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        let stamped = Duration::from_micros(unix_micros(Instant::now()));
+        assert!(
+            stamped.abs_diff(wall) < Duration::from_secs(1),
+            "{stamped:?} {wall:?}"
+        );
     }
 }
