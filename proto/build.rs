@@ -15,6 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ];
     tonic_prost_build::configure()
         .bytes(".")
+        .codec_path("crate::codec::SavaCodec")
         .compile_protos(&files, &["proto"])?;
 
     for file in files {

@@ -12,6 +12,7 @@
 
 #![warn(missing_docs)]
 
+pub mod codec;
 pub mod error;
 pub mod telemetry;
 
