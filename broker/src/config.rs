@@ -188,6 +188,10 @@ pub struct BrokerSection {
     pub advertised_url: String,
     /// Names the cluster; every metadata key lives under it.
     pub cluster: String,
+    /// Threads that serve clients and move messages; 0 for one per core.
+    /// Fewer than the cores leaves room for other processes on the machine
+    /// (a benchmark client, say) and wakes threads across cores less often.
+    pub worker_threads: usize,
 }
 
 impl Default for BrokerSection {
@@ -199,6 +203,7 @@ impl Default for BrokerSection {
             http_addr: ([0, 0, 0, 0], 9040).into(),
             advertised_url: String::new(),
             cluster: "sava".to_string(),
+            worker_threads: 0,
         }
     }
 }

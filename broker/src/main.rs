@@ -38,8 +38,7 @@ struct Args {
     object_store: Option<String>,
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let args = Args::parse();
     let config = match load(&args) {
         Ok(config) => config,
@@ -48,6 +47,20 @@ async fn main() {
             std::process::exit(2);
         }
     };
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if config.broker.worker_threads > 0 {
+        runtime.worker_threads(config.broker.worker_threads);
+    }
+    match runtime.enable_all().build() {
+        Ok(runtime) => runtime.block_on(serve(config)),
+        Err(error) => {
+            eprintln!("sava-broker: cannot start the async runtime: {error}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn serve(config: Config) {
     let telemetry = &config.telemetry;
     let export = ExportConfig {
         endpoint: telemetry.otlp_endpoint.clone(),

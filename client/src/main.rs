@@ -18,10 +18,11 @@ use sava_proto::telemetry::ExportConfig;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if cli.threads > 0 {
+        runtime.worker_threads(cli.threads);
+    }
+    let runtime = match runtime.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");

@@ -25,6 +25,12 @@ pub(crate) struct Cli {
     )]
     service_url: String,
 
+    /// Threads that run the client (0: one per core). On a machine shared
+    /// with a broker, fewer threads than cores leave the broker room and
+    /// spare the cost of waking threads across cores.
+    #[arg(long, global = true, env = "SAVA_THREADS", default_value_t = 0)]
+    pub(crate) threads: usize,
+
     #[command(subcommand)]
     command: Command,
 }

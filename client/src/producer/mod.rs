@@ -46,7 +46,7 @@ pub struct ProducerBuilder {
     schema: Option<Schema>,
     limits: BatchLimits,
     linger: Duration,
-    max_in_flight: usize,
+    max_in_flight: Option<usize>,
     routing: Routing,
 }
 
@@ -65,7 +65,7 @@ impl ProducerBuilder {
                 max_messages: 1000,
             },
             linger: Duration::from_millis(1),
-            max_in_flight: 64,
+            max_in_flight: None,
             routing: Routing::default(),
         }
     }
@@ -126,10 +126,13 @@ impl ProducerBuilder {
         self
     }
 
-    /// How many batches per partition may wait for their ack at once
-    /// (default 64). Past it, [`Producer::send`] waits.
+    /// How many batches per partition may wait for their ack at once.
+    /// Past it, [`Producer::send`] waits. The default fits the ack's delay:
+    /// 16 for non-reliable topics, whose acks come back as soon as the
+    /// broker has the batch (more would only queue bytes in buffers), and
+    /// 64 for reliable ones, whose acks wait for the fsync that covers them.
     pub fn max_in_flight_batches(mut self, batches: usize) -> Self {
-        self.max_in_flight = batches;
+        self.max_in_flight = Some(batches);
         self
     }
 
@@ -172,7 +175,7 @@ impl ProducerBuilder {
             lookup.partitions.clone()
         };
 
-        let (client, max_in_flight) = (&self.client, self.max_in_flight);
+        let (client, max_in_flight) = (&self.client, self.in_flight_window());
         let opening = partitions.iter().enumerate().map(|(index, partition)| {
             let open = self.open_request(partition, &name);
             let stub = client.owner_stub(&lookup, index);
@@ -207,7 +210,7 @@ impl ProducerBuilder {
             "batch_max_bytes must be at least 1"
         } else if self.limits.max_messages == 0 {
             "batch_max_messages must be at least 1"
-        } else if self.max_in_flight == 0 {
+        } else if self.max_in_flight == Some(0) {
             "max_in_flight_batches must be at least 1"
         } else {
             return Ok(());
@@ -216,6 +219,12 @@ impl ProducerBuilder {
             "producer on {}: {problem}",
             self.topic
         )))
+    }
+
+    /// See [`ProducerBuilder::max_in_flight_batches`].
+    fn in_flight_window(&self) -> usize {
+        let default = if self.reliable { 64 } else { 16 };
+        self.max_in_flight.unwrap_or(default)
     }
 
     fn dispatch_mode(&self) -> DispatchMode {
@@ -251,14 +260,14 @@ impl ProducerBuilder {
         let queue = Arc::new(PartitionQueue::new(
             Arc::clone(&partition),
             self.limits,
-            self.max_in_flight,
+            self.in_flight_window(),
         ));
 
         let settings = TaskSettings {
             partition: Arc::clone(&partition),
             open,
             linger: self.linger,
-            max_in_flight: self.max_in_flight,
+            max_in_flight: self.in_flight_window(),
         };
         let task = PartitionTask::new(self.client.clone(), settings, Arc::clone(&queue));
         let span = tracing::info_span!("client.produce", topic = %partition);

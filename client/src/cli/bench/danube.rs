@@ -33,6 +33,9 @@ use super::native::join_tallies;
 use super::stats::{Meter, Tally, published_latency, stamped_latency};
 use super::{Mode, Outcome, Payloads, Plan};
 
+/// Concurrent unary calls per producer or acker unless `--in-flight` says.
+const DEFAULT_IN_FLIGHT: usize = 64;
+
 /// How long a consumer waits for a message before checking whether to stop.
 const POLL: Duration = Duration::from_millis(100);
 
@@ -277,7 +280,9 @@ async fn produce(
     let mut sent: u64 = 0;
 
     loop {
-        while pending.len() < plan.in_flight && quota.is_none_or(|quota| sent < quota) {
+        while pending.len() < plan.in_flight.unwrap_or(DEFAULT_IN_FLIGHT)
+            && quota.is_none_or(|quota| sent < quota)
+        {
             let sent_at = Instant::now();
             if deadline.is_some_and(|deadline| sent_at >= deadline) {
                 break;
@@ -331,7 +336,7 @@ async fn consume(
             stub,
             plan.subscription.clone(),
             ids,
-            plan.in_flight,
+            plan.in_flight.unwrap_or(DEFAULT_IN_FLIGHT),
         ))
     });
 

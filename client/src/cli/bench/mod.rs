@@ -80,14 +80,17 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_enum, default_value = "native")]
     api: Api,
 
-    /// Native: batches in flight per partition; danube: concurrent unary
-    /// calls per producer.
-    #[arg(long, default_value_t = 64)]
-    in_flight: usize,
+    /// Native: batches in flight per partition (default: the client's, 16
+    /// non-reliable, 64 reliable); danube: concurrent unary calls per
+    /// producer (default 64).
+    #[arg(long)]
+    in_flight: Option<usize>,
 
     /// Native: each consumer's credit window per partition, the messages
-    /// the broker may send ahead of the application.
-    #[arg(long, default_value_t = 1000)]
+    /// the broker may send ahead of the application. Larger than the
+    /// client's default (1000), so that the bench measures the broker
+    /// rather than the wait for credits.
+    #[arg(long, default_value_t = 10_000)]
     credits: u32,
 
     /// The subscription type (default: exclusive with one consumer, shared
@@ -152,7 +155,7 @@ pub(crate) struct Plan {
     reliable: bool,
     batch_bytes: Option<usize>,
     linger: Option<Duration>,
-    in_flight: usize,
+    in_flight: Option<usize>,
     credits: u32,
     subscription_type: SubscriptionType,
     subscription: String,
@@ -160,7 +163,11 @@ pub(crate) struct Plan {
 
 impl Plan {
     fn new(args: &BenchArgs) -> Result<Plan> {
-        if args.producers == 0 || args.consumers == 0 || args.in_flight == 0 || args.credits == 0 {
+        if args.producers == 0
+            || args.consumers == 0
+            || args.in_flight == Some(0)
+            || args.credits == 0
+        {
             bail!("--producers, --consumers, --in-flight and --credits must be at least 1");
         }
         if args.mode == Mode::E2e && args.size < 8 {
@@ -345,7 +352,7 @@ mod tests {
             batch_bytes: None,
             linger_ms: None,
             api: Api::Native,
-            in_flight: 64,
+            in_flight: None,
             credits: 1000,
             subscription_type: None,
             subscription: "bench".into(),

@@ -72,8 +72,10 @@ async fn create_producer(client: &Client, plan: &Plan, index: usize) -> Result<P
     let mut builder = client
         .producer(&plan.topic)
         .name(format!("bench-{}-{index}", std::process::id()))
-        .reliable(plan.reliable)
-        .max_in_flight_batches(plan.in_flight);
+        .reliable(plan.reliable);
+    if let Some(in_flight) = plan.in_flight {
+        builder = builder.max_in_flight_batches(in_flight);
+    }
     if let Some(partitions) = plan.partitions {
         builder = builder.partitions(partitions);
     }
