@@ -26,6 +26,10 @@ use crate::api::schema::SchemaRegistryApi;
 use crate::broker::Broker;
 use crate::config::Config;
 
+/// The largest HTTP/2 frame the client API accepts: large frames carry a
+/// producer's batch in a few reads rather than one read per 16 KiB.
+const MAX_FRAME_BYTES: u32 = 256 * 1024;
+
 /// Errors that stop the broker from starting or running.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -149,6 +153,7 @@ pub async fn run(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .initial_stream_window_size(Some(4 * 1024 * 1024))
         .initial_connection_window_size(Some(16 * 1024 * 1024))
+        .max_frame_size(Some(MAX_FRAME_BYTES))
         .add_service(ProducerServiceServer::new(danube.clone()))
         .add_service(ConsumerServiceServer::new(danube.clone()))
         .add_service(DiscoveryServer::new(danube.clone()))
