@@ -15,7 +15,7 @@ use sava_proto::danube_schema::schema_registry_server::SchemaRegistryServer;
 use sava_proto::sava::v1::admin_server::AdminServer;
 use sava_proto::sava::v1::sava_client_server::SavaClientServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tracing::info;
 
 use crate::api::admin::AdminApi;
@@ -29,6 +29,14 @@ use crate::config::Config;
 /// The largest HTTP/2 frame the client API accepts: large frames carry a
 /// producer's batch in a few reads rather than one read per 16 KiB.
 const MAX_FRAME_BYTES: u32 = 256 * 1024;
+
+/// The connections `listener` accepts, without Nagle's delay. (The
+/// server's own `tcp_nodelay` covers only listeners it binds itself; with
+/// Nagle on, small answers such as acks wait for the peer's delayed ACK,
+/// up to 40 ms each.)
+fn no_delay(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
+}
 
 /// Errors that stop the broker from starting or running.
 #[derive(Debug, thiserror::Error)]
@@ -131,7 +139,7 @@ pub async fn run(
                 .add_service(NamespaceAdminServer::new(danube_admin.clone()))
                 .add_service(TopicAdminServer::new(danube_admin))
                 .add_service(SchemaRegistryServer::new(SchemaRegistryApi::new(broker)))
-                .serve_with_incoming_shutdown(TcpListenerStream::new(admin_listener), stopped)
+                .serve_with_incoming_shutdown(no_delay(admin_listener), stopped)
                 .await
         }
     });
@@ -149,7 +157,6 @@ pub async fn run(
 
     let danube = DanubeApi::new(Arc::clone(&broker));
     tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .initial_stream_window_size(Some(4 * 1024 * 1024))
         .initial_connection_window_size(Some(16 * 1024 * 1024))
@@ -166,7 +173,7 @@ pub async fn run(
                 .max_decoding_message_size(64 * 1024 * 1024)
                 .max_encoding_message_size(64 * 1024 * 1024),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(client_listener), signal)
+        .serve_with_incoming_shutdown(no_delay(client_listener), signal)
         .await?;
 
     janitor.abort();
