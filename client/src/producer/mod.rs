@@ -1,10 +1,11 @@
 //! Producers: batched, pipelined publishing to a topic and its partitions.
 //!
-//! [`Producer::send`] queues a message for one partition and returns a
-//! [`SendFuture`] at once, so many messages are on their way together. Each
-//! partition has a background task that owns its publish stream (see
-//! `task.rs`); the producer handle only routes messages and waits for queue
-//! space, which is the backpressure when the broker falls behind.
+//! [`Producer::send`] adds a message to the open batch of one partition and
+//! returns a [`SendFuture`] at once, so many messages are on their way
+//! together. Each partition has a queue shared with a background task that
+//! owns its publish stream (see `queue.rs` and `task.rs`); the producer
+//! handle only routes messages and waits while the partition's in-flight
+//! window is full, which is the backpressure when the broker falls behind.
 //!
 //! Delivery is at least once: after a broken stream the task sends the
 //! batches the broker had not answered again, and the broker may have
