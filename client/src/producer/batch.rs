@@ -1,9 +1,10 @@
 //! Batching and in-flight bookkeeping for one partition's publish stream.
 //!
-//! Both structures belong to the partition's task, its single writer, and do
-//! no I/O: the [`Accumulator`] groups queued messages into batches and closes
-//! them at a byte or message limit (the task closes them at the linger
-//! deadline), and [`InFlight`] keeps every sent batch until the broker
+//! Neither does I/O. The [`Accumulator`] lives in the partition's queue
+//! (`queue.rs`), written under its lock by the producer handle and by the
+//! task: it groups messages into batches and closes them at a byte or
+//! message limit (the task closes them at the linger deadline, or at once
+//! without linger). [`InFlight`] belongs to the task: it keeps every sent batch until the broker
 //! answers it, so that its senders learn their offsets (or the broker's
 //! error) and so that a broken stream can be replayed on a new one.
 

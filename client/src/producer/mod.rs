@@ -120,8 +120,8 @@ impl ProducerBuilder {
     }
 
     /// How long a batch waits for more messages after its first one
-    /// (default 1 ms). Zero sends whatever is queued as soon as the stream
-    /// has room.
+    /// (default 1 ms). Zero closes the open batch whenever the in-flight
+    /// window has room, so while it is full messages gather into a batch.
     pub fn linger(mut self, linger: Duration) -> Self {
         self.linger = linger;
         self
@@ -382,7 +382,8 @@ impl Producer {
     }
 
     /// Sends what is queued, waits for every ack and closes the streams.
-    /// Later sends fail with [`Error::Closed`].
+    /// Later sends fail with [`Error::Closed`], and so do sends that were
+    /// still waiting for room in the in-flight window when it was called.
     ///
     /// # Errors
     ///

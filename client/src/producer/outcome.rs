@@ -62,6 +62,7 @@ impl Settle {
         SendFuture {
             shared: Arc::clone(&self.shared),
             index,
+            registered: None,
         }
     }
 
@@ -121,6 +122,9 @@ impl Drop for Settle {
 pub struct SendFuture {
     shared: Arc<Shared>,
     index: u32,
+    /// The waker this future last left with the batch, so polling again
+    /// from the same task registers nothing more.
+    registered: Option<Waker>,
 }
 
 impl SendFuture {
@@ -157,20 +161,34 @@ impl Future for SendFuture {
     /// [`Error::Rejected`] when the broker refused the message's batch,
     /// [`Error::Closed`] or the partition's final error when the producer
     /// gave up on it.
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         if let Some(answer) = self.shared.answer.get() {
             return Poll::Ready(self.outcome(answer));
         }
-        let mut waiters = self.shared.waiters();
+        if self
+            .registered
+            .as_ref()
+            .is_some_and(|waker| waker.will_wake(cx.waker()))
+        {
+            return Poll::Pending;
+        }
+        let shared = Arc::clone(&self.shared);
+        let mut waiters = shared.waiters();
         // Checked again under the lock: the answer is set before the
         // waiters are taken, so a waker added now is always woken.
-        if let Some(answer) = self.shared.answer.get() {
+        if let Some(answer) = shared.answer.get() {
             drop(waiters);
             return Poll::Ready(self.outcome(answer));
         }
-        if !waiters.iter().any(|waker| waker.will_wake(cx.waker())) {
+        // Futures of one batch awaited by one task share its waker.
+        if !waiters
+            .last()
+            .is_some_and(|last| last.will_wake(cx.waker()))
+        {
             waiters.push(cx.waker().clone());
         }
+        drop(waiters);
+        self.registered = Some(cx.waker().clone());
         Poll::Pending
     }
 }

@@ -11,7 +11,7 @@
 //! already waits, senders wait for the broker's next answer.
 
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sava_proto::telemetry::{TRACEPARENT, sampling_ratio, traceparent_of};
 use tokio::sync::{Notify, oneshot};
@@ -197,16 +197,33 @@ impl PartitionQueue {
         self.task.notified().await;
     }
 
-    /// Takes the closed batches that fit in the window beside `in_flight`.
-    pub(crate) fn take_ready(&self, in_flight: usize, into: &mut Vec<ReadyBatch>) {
+    /// Takes the closed batches that fit in the window beside `in_flight`;
+    /// with `close_open` (no linger), the open batch too when room is left.
+    /// Senders waiting for room look again when a batch was taken, since a
+    /// queued batch leaving makes room for the next one.
+    pub(crate) fn take_ready(
+        &self,
+        in_flight: usize,
+        close_open: bool,
+        into: &mut Vec<ReadyBatch>,
+    ) {
         let mut state = self.lock();
-        while in_flight + into.len() < self.max_in_flight {
+        let room = |into: &Vec<ReadyBatch>| in_flight + into.len() < self.max_in_flight;
+        while room(into) {
             let Some(batch) = state.accumulator.pop_ready() else {
+                if close_open && state.accumulator.opened_at().is_some() {
+                    state.accumulator.close();
+                    continue;
+                }
                 break;
             };
             into.push(batch);
         }
         state.in_flight = in_flight + into.len();
+        drop(state);
+        if !into.is_empty() {
+            self.room.notify_waiters();
+        }
     }
 
     /// Records how many batches are in flight after answers, and lets the
@@ -221,21 +238,16 @@ impl PartitionQueue {
         self.lock().accumulator.opened_at()
     }
 
-    /// Closes the open batch if it was opened at or before `deadline`.
-    pub(crate) fn close_batch_opened_by(&self, deadline: Instant) {
+    /// Closes the open batch if it has been open for `linger` or longer.
+    pub(crate) fn close_batch_older_than(&self, linger: Duration) {
         let mut state = self.lock();
         if state
             .accumulator
             .opened_at()
-            .is_some_and(|opened| opened <= deadline)
+            .is_some_and(|opened| opened.elapsed() >= linger)
         {
             state.accumulator.close();
         }
-    }
-
-    /// Closes the open batch, whatever its age.
-    pub(crate) fn close_batch(&self) {
-        self.lock().accumulator.close();
     }
 
     /// Answers the flushes whose batches are all answered, given the oldest
@@ -294,10 +306,13 @@ impl PartitionQueue {
     }
 
     /// Fails every queued message and every waiter with `error`, which
-    /// later callers get too.
+    /// later callers get too; nothing when the queue has ended already.
     pub(crate) fn fail(&self, error: &Error) {
         let (flushes, closes) = {
             let mut state = self.lock();
+            if state.ended.is_some() {
+                return;
+            }
             state.accumulator.fail_all(error);
             state.ended = Some(error.duplicate());
             (
@@ -346,4 +361,58 @@ impl State {
 fn starts_trace() -> bool {
     let ratio = sampling_ratio();
     ratio > 0.0 && (ratio >= 1.0 || rand::random::<f64>() < ratio)
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    const LIMITS: BatchLimits = BatchLimits {
+        max_bytes: 1_000_000,
+        max_messages: 100,
+    };
+
+    fn queue(max_in_flight: usize) -> Arc<PartitionQueue> {
+        Arc::new(PartitionQueue::new(
+            Arc::from("/default/t"),
+            LIMITS,
+            max_in_flight,
+        ))
+    }
+
+    fn message() -> Message {
+        Message::new(Bytes::from_static(b"payload"))
+    }
+
+    #[tokio::test]
+    async fn without_linger_the_open_batch_gathers_messages_while_the_window_is_full() {
+        let queue = queue(2);
+        let _first = queue.send(message()).await.unwrap();
+        let mut taken = Vec::new();
+        queue.take_ready(2, true, &mut taken);
+        assert!(taken.is_empty(), "no room: the batch stays open");
+
+        let _second = queue.send(message()).await.unwrap();
+        queue.take_ready(1, true, &mut taken);
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].messages.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failed_queue_fails_its_flushes_futures_and_later_sends() {
+        let queue = queue(4);
+        let future = queue.send(message()).await.unwrap();
+        let flushing = tokio::spawn({
+            let queue = Arc::clone(&queue);
+            async move { queue.flush().await }
+        });
+        tokio::task::yield_now().await;
+
+        queue.fail(&Error::Closed);
+        assert!(matches!(flushing.await.unwrap(), Err(Error::Closed)));
+        assert!(matches!(future.await, Err(Error::Closed)));
+        assert!(matches!(queue.send(message()).await, Err(Error::Closed)));
+    }
 }

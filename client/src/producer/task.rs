@@ -178,15 +178,11 @@ impl PartitionTask {
                     }
                 },
 
-                () = self.queue.woken() => {
-                    if self.settings.linger.is_zero() {
-                        self.queue.close_batch();
-                    }
-                },
+                // Without linger, `send_ready` closes the open batch.
+                () = self.queue.woken() => {},
 
                 () = sleep_until_some(batch_deadline) => {
-                    let opened_by = std::time::Instant::now() - self.settings.linger;
-                    self.queue.close_batch_opened_by(opened_by);
+                    self.queue.close_batch_older_than(self.settings.linger);
                 },
             }
         }
@@ -196,7 +192,9 @@ impl PartitionTask {
 
     /// Sends closed batches while the in-flight window has room.
     fn send_ready(&mut self, connection: &Connection) -> Result<()> {
-        self.queue.take_ready(self.in_flight.len(), &mut self.taken);
+        let close_open = self.settings.linger.is_zero();
+        self.queue
+            .take_ready(self.in_flight.len(), close_open, &mut self.taken);
         let mut outcome = Ok(());
         for batch in self.taken.drain(..) {
             let request = PublishRequest {
@@ -284,9 +282,10 @@ impl PartitionTask {
         if linger.is_zero() {
             return None;
         }
+        // A linger too long to add is no deadline at all.
         self.queue
             .opened_at()
-            .map(|opened| Instant::from_std(opened) + linger)
+            .and_then(|opened| Instant::from_std(opened).checked_add(linger))
     }
 
     /// Fails every message, queued or in flight, and every waiter, with
@@ -295,6 +294,15 @@ impl PartitionTask {
         warn!(topic = %self.settings.partition, %error, "producer partition failed for good");
         self.queue.fail(&error);
         self.in_flight.fail_all(&error);
+    }
+}
+
+impl Drop for PartitionTask {
+    /// A task that ends any other way than `finish` or `fail_everything` (a
+    /// panic, or its runtime shutting down) fails what waits in its queue,
+    /// so no flush, close or send waits for it forever.
+    fn drop(&mut self) {
+        self.queue.fail(&Error::Closed);
     }
 }
 

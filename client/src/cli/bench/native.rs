@@ -204,7 +204,8 @@ async fn consume(
     let mut last_message_at = clock;
     let mut unclocked = 0;
     loop {
-        if unclocked == 0 && meter.consumers_should_stop(&plan, deadline, last_message_at, clock) {
+        let check = unclocked == 0 || meter.all_received();
+        if check && meter.consumers_should_stop(&plan, deadline, last_message_at, clock) {
             break;
         }
         let next = match consumer.try_recv() {

@@ -110,6 +110,11 @@ impl Meter {
         self.producers_done.store(true, Ordering::Release);
     }
 
+    /// Whether every expected message arrived (one atomic load).
+    pub(crate) fn all_received(&self) -> bool {
+        self.received.load(Ordering::Relaxed) >= self.target.load(Ordering::Relaxed)
+    }
+
     /// Whether a consumer should stop: every expected message arrived, the
     /// consume deadline passed, or nothing came for a while when nothing
     /// more is coming.
