@@ -14,7 +14,7 @@ pub struct IncomingMessage {
 }
 
 /// A message stored in a topic: stamped with its offset and publish time.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Message {
     pub offset: u64,
     /// Milliseconds since the Unix epoch; never decreases within a topic.

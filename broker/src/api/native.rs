@@ -280,27 +280,14 @@ fn incoming(message: pb::OutgoingMessage) -> IncomingMessage {
 fn delivery(delivery: crate::message::Delivery) -> pb::Delivery {
     // A message no other subscription or redelivery holds gives its fields
     // away, sparing a count on the payload's shared buffer.
-    let message = match Arc::try_unwrap(delivery.message) {
-        Ok(message) => {
-            return pb::Delivery {
-                offset: message.offset,
-                publish_time: message.publish_time_ms,
-                producer_name: message.producer_name.to_string(),
-                key: message.key,
-                attributes: message.attributes.into_iter().collect(),
-                payload: message.payload,
-                delivery_count: delivery.delivery_count,
-            };
-        }
-        Err(shared) => shared,
-    };
+    let message = Arc::unwrap_or_clone(delivery.message);
     pb::Delivery {
         offset: message.offset,
         publish_time: message.publish_time_ms,
         producer_name: message.producer_name.to_string(),
-        key: message.key.clone(),
-        attributes: message.attributes.iter().cloned().collect(),
-        payload: message.payload.clone(),
+        key: message.key,
+        attributes: message.attributes.into_iter().collect(),
+        payload: message.payload,
         delivery_count: delivery.delivery_count,
     }
 }

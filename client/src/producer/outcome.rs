@@ -14,12 +14,7 @@ use std::time::SystemTime;
 use crate::error::{Error, Result};
 use crate::message::MessageId;
 
-/// What the broker answered for a batch.
-#[derive(Debug)]
-struct Answer {
-    result: Result<Acked>,
-}
-
+/// What the broker acknowledged for a batch.
 #[derive(Debug)]
 struct Acked {
     topic: Arc<str>,
@@ -31,7 +26,8 @@ struct Acked {
 
 #[derive(Debug, Default)]
 struct Shared {
-    answer: OnceLock<Answer>,
+    /// What the broker answered for the batch, once it has.
+    answer: OnceLock<Result<Acked>>,
     /// The tasks waiting for the answer; taken when it is set.
     waiters: Mutex<Vec<Waker>>,
 }
@@ -96,7 +92,7 @@ impl Settle {
     }
 
     fn set(&self, result: Result<Acked>) {
-        if self.shared.answer.set(Answer { result }).is_err() {
+        if self.shared.answer.set(result).is_err() {
             return;
         }
         let waiters = std::mem::take(&mut *self.shared.waiters());
@@ -134,8 +130,8 @@ impl SendFuture {
         self.shared.answer.get().is_some()
     }
 
-    fn outcome(&self, answer: &Answer) -> Result<MessageId> {
-        let acked = match &answer.result {
+    fn outcome(&self, answer: &Result<Acked>) -> Result<MessageId> {
+        let acked = match answer {
             Ok(acked) => acked,
             Err(error) => return Err(error.duplicate()),
         };

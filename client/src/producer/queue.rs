@@ -288,43 +288,38 @@ impl PartitionQueue {
     /// Ends the queue after everything was answered: the closes succeed
     /// and later callers get [`Error::Closed`].
     pub(crate) fn finish(&self) {
-        let (flushes, closes) = {
-            let mut state = self.lock();
-            state.ended.get_or_insert(Error::Closed);
-            (
-                std::mem::take(&mut state.flushes),
-                std::mem::take(&mut state.closes),
-            )
-        };
-        for (_, done) in flushes {
-            let _ = done.send(Ok(()));
-        }
-        for done in closes {
-            let _ = done.send(Ok(()));
-        }
-        self.room.notify_waiters();
+        self.end(None);
     }
 
     /// Fails every queued message and every waiter with `error`, which
     /// later callers get too; nothing when the queue has ended already.
     pub(crate) fn fail(&self, error: &Error) {
+        self.end(Some(error));
+    }
+
+    /// Ends the queue, answering the flushes and closes that wait: with
+    /// success, or with `failure`, which also fails the queued messages.
+    fn end(&self, failure: Option<&Error>) {
         let (flushes, closes) = {
             let mut state = self.lock();
-            if state.ended.is_some() {
-                return;
+            match failure {
+                Some(_) if state.ended.is_some() => return,
+                Some(error) => {
+                    state.accumulator.fail_all(error);
+                    state.ended = Some(error.duplicate());
+                }
+                None => {
+                    state.ended.get_or_insert(Error::Closed);
+                }
             }
-            state.accumulator.fail_all(error);
-            state.ended = Some(error.duplicate());
             (
                 std::mem::take(&mut state.flushes),
                 std::mem::take(&mut state.closes),
             )
         };
-        for (_, done) in flushes {
-            let _ = done.send(Err(error.duplicate()));
-        }
-        for done in closes {
-            let _ = done.send(Err(error.duplicate()));
+        let waiting = flushes.into_iter().map(|(_, done)| done).chain(closes);
+        for done in waiting {
+            let _ = done.send(failure.map_or(Ok(()), |error| Err(error.duplicate())));
         }
         self.room.notify_waiters();
     }
