@@ -407,6 +407,12 @@ impl Config {
         )
     }
 
+    /// Whether the metadata store is this broker's own embedded file, so no
+    /// other broker can ever own its topics.
+    pub fn metadata_is_embedded(&self) -> bool {
+        self.metadata_url().starts_with("embedded://")
+    }
+
     pub fn object_store_url(&self) -> String {
         if !self.storage.object_store.is_empty() {
             return self.storage.object_store.clone();

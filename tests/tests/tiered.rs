@@ -462,6 +462,36 @@ async fn an_unreachable_store_holds_offload_back_and_it_resumes_with_nothing_los
 }
 
 #[tokio::test]
+async fn a_single_node_stops_at_once_while_its_store_is_down_and_keeps_everything() {
+    let s3 = S3Server::start(S3ServerKind::Moto).unwrap();
+    let mut broker = broker_over(&s3, "stop", &[]).await;
+    history_namespace(&broker, "stop");
+    let topic = "/stop/orders";
+    let client = Client::builder(broker.service_url()).build().await.unwrap();
+    produce(&client, topic, 0, 300).await;
+    broker.admin_ok(&["storage", "offload", topic]);
+    wait_offloaded_and_local_gone(&broker, topic, 300).await;
+
+    // Sealed segments the frozen store cannot take: a broker with peers
+    // would try to offload them for `cluster.drain_timeout_secs` (30 s)
+    // before handing the topic over; a single node is its own next owner.
+    s3.pause().unwrap();
+    produce(&client, topic, 300, 300).await;
+    drop(client);
+    broker.terminate().unwrap();
+    let status = broker
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("the broker stops within 10 s of SIGTERM");
+    assert!(status.success(), "{status}");
+
+    s3.resume().unwrap();
+    broker.restart().await.unwrap();
+    let client = Client::builder(broker.service_url()).build().await.unwrap();
+    replays_whole(&client, topic, "after-stop", 600).await;
+}
+
+#[tokio::test]
 async fn a_broker_killed_between_upload_and_commit_restarts_whole_and_orphans_are_swept() {
     let s3 = S3Server::start(S3ServerKind::Moto).unwrap();
     let mut broker = broker_over(

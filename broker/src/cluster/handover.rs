@@ -106,7 +106,10 @@ impl Broker {
         }
         let topics = self.loaded_topics();
         tracing::info!(broker = %self.broker_id, topics = topics.len(), "draining");
-        let deadline = self.drain_deadline();
+        // With an embedded store the next owner of every topic is this
+        // broker restarted on the same data directory, which still holds the
+        // local segments: waiting for the offload would only delay the stop.
+        let deadline = (!self.config.metadata_is_embedded()).then(|| self.drain_deadline());
         let mut handed = 0;
         for topic in &topics {
             if self.hand_over(topic, deadline).await {
@@ -124,7 +127,7 @@ impl Broker {
             return false;
         };
         let deadline = self.drain_deadline();
-        self.hand_over(&topic, deadline).await;
+        self.hand_over(&topic, Some(deadline)).await;
         true
     }
 
@@ -133,9 +136,9 @@ impl Broker {
         Instant::now() + Duration::from_secs(self.cluster.config().drain_timeout_secs)
     }
 
-    /// Hands one topic over, offloading until `deadline` at most; returns
-    /// whether its ownership was released.
-    async fn hand_over(&self, topic: &Arc<Topic>, deadline: Instant) -> bool {
+    /// Hands one topic over, offloading until `deadline` at most (not at
+    /// all without one); returns whether its ownership was released.
+    async fn hand_over(&self, topic: &Arc<Topic>, deadline: Option<Instant>) -> bool {
         let started = Instant::now();
         topic.set_moving();
         self.seal_and_offload(topic, deadline).await;
@@ -159,10 +162,10 @@ impl Broker {
         released
     }
 
-    /// Seals the active segment and offloads every sealed one, retrying
-    /// until `deadline` (`cluster.drain_timeout_secs` after the drain
-    /// began); what is left is named in the log.
-    async fn seal_and_offload(&self, topic: &Arc<Topic>, deadline: Instant) {
+    /// Seals the active segment and, given a `deadline`
+    /// (`cluster.drain_timeout_secs` after the drain began), offloads every
+    /// sealed segment, retrying until then; what is left is named in the log.
+    async fn seal_and_offload(&self, topic: &Arc<Topic>, deadline: Option<Instant>) {
         let Some(log) = topic.log() else {
             return;
         };
@@ -178,6 +181,10 @@ impl Broker {
             tracing::warn!(topic = %topic.name, next_offset = log.next_offset(), "offload is off: the next owner of this reliable topic starts after its last offset, without its history");
             return;
         }
+        let Some(deadline) = deadline else {
+            tracing::info!(topic = %topic.name, offloaded_end = log.offloaded_end(), next_offset = log.next_offset(), "single node: the local segments stay for the restart, which offloads the rest");
+            return;
+        };
         loop {
             match self.offload_topic(topic).await {
                 Ok(_) if log.offloaded_end() >= log.next_offset() => return,
