@@ -91,7 +91,7 @@ enum Source {
 pub(crate) async fn run(client: &Client, args: ProduceArgs) -> Result<()> {
     let source = source(&args).await?;
     let schema = schema(&args).await?;
-    let pacing = pacing(args.rate)?;
+    let pacer = Pacer::new(args.rate, Instant::now())?;
 
     let mut builder = client.producer(&args.topic).reliable(args.reliable);
     if let Some(partitions) = args.partitions {
@@ -114,8 +114,7 @@ pub(crate) async fn run(client: &Client, args: ProduceArgs) -> Result<()> {
         producer: &producer,
         args: &args,
         acks,
-        pacing,
-        started: Instant::now(),
+        pacer,
         sent: 0,
     };
 
@@ -145,8 +144,7 @@ struct Sender<'a> {
     producer: &'a Producer,
     args: &'a ProduceArgs,
     acks: mpsc::Sender<SendFuture>,
-    pacing: Option<Duration>,
-    started: Instant,
+    pacer: Option<Pacer>,
     sent: u64,
 }
 
@@ -175,9 +173,8 @@ impl Sender<'_> {
     }
 
     async fn send(&mut self, payload: Bytes) -> Result<()> {
-        if let Some(interval) = self.pacing {
-            let due = self.started + interval.mul_f64(self.sent as f64);
-            tokio::time::sleep_until(due).await;
+        if let Some(pacer) = &self.pacer {
+            tokio::time::sleep_until(pacer.due(self.sent)).await;
         }
 
         let mut message = Message::new(payload);
@@ -255,20 +252,37 @@ async fn schema(args: &ProduceArgs) -> Result<Option<Schema>> {
     Ok(Some(schema))
 }
 
-/// The time between two messages at `rate` messages per second.
-fn pacing(rate: Option<f64>) -> Result<Option<Duration>> {
-    match rate {
-        None => Ok(None),
-        Some(rate) if rate.is_finite() && rate > 0.0 => {
-            Ok(Some(Duration::from_secs_f64(1.0 / rate)))
+/// A fixed send rate: message `n` (from 0) is due `n / rate` seconds after
+/// the start, so a sender that fell behind catches up at once instead of
+/// drifting.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pacer {
+    started: Instant,
+    interval: Duration,
+}
+
+impl Pacer {
+    /// A pacer for `rate` messages per second from `started`; none without
+    /// a rate.
+    pub(crate) fn new(rate: Option<f64>, started: Instant) -> Result<Option<Pacer>> {
+        match rate {
+            None => Ok(None),
+            Some(rate) if rate.is_finite() && rate > 0.0 => Ok(Some(Pacer {
+                started,
+                interval: Duration::from_secs_f64(1.0 / rate),
+            })),
+            Some(rate) => {
+                bail!("invalid --rate {rate}: expected a positive number of messages per second")
+            }
         }
-        Some(rate) => {
-            bail!("invalid --rate {rate}: expected a positive number of messages per second")
-        }
+    }
+
+    /// When message `sent` (counted from 0) is due.
+    pub(crate) fn due(&self, sent: u64) -> Instant {
+        self.started + self.interval.mul_f64(sent as f64)
     }
 }
 
-/// A printable payload of `size` bytes: the alphabet, over and over.
 pub(crate) fn generated_payload(size: usize) -> Bytes {
     (b'a'..=b'z').cycle().take(size).collect::<Vec<u8>>().into()
 }
@@ -300,9 +314,12 @@ mod tests {
 
     #[test]
     fn a_rate_must_be_positive() {
-        assert_eq!(pacing(Some(4.0)).unwrap(), Some(Duration::from_millis(250)));
-        assert!(pacing(Some(0.0)).is_err());
-        assert!(pacing(Some(f64::NAN)).is_err());
-        assert_eq!(pacing(None).unwrap(), None);
+        let started = Instant::now();
+        let pacer = Pacer::new(Some(4.0), started).unwrap().unwrap();
+        assert_eq!(pacer.due(0), started);
+        assert_eq!(pacer.due(3), started + Duration::from_millis(750));
+        assert!(Pacer::new(Some(0.0), started).is_err());
+        assert!(Pacer::new(Some(f64::NAN), started).is_err());
+        assert!(Pacer::new(None, started).unwrap().is_none());
     }
 }

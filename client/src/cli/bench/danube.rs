@@ -31,7 +31,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::native::join_tallies;
 use super::stats::{Meter, Tally, published_latency, stamped_latency};
-use super::{Mode, Outcome, Payloads, Plan};
+use super::{Mode, Outcome, Pace, Payloads, Plan};
 
 /// Concurrent unary calls per producer or acker unless `--in-flight` says.
 const DEFAULT_IN_FLIGHT: usize = 64;
@@ -94,15 +94,8 @@ pub(crate) async fn run(client: &Client, plan: &Plan, meter: &Arc<Meter>) -> Res
         .enumerate()
         .map(|(index, producer)| {
             let stub = ProducerServiceClient::new(channel.clone());
-            let quota = plan.quota(index);
-            let task = produce(
-                stub,
-                producer,
-                plan.clone(),
-                quota,
-                deadline,
-                Arc::clone(meter),
-            );
+            let pace = plan.pace(index, started);
+            let task = produce(stub, producer, plan.clone(), pace, Arc::clone(meter));
             tokio::spawn(task)
         })
         .collect();
@@ -265,13 +258,13 @@ async fn subscribe(
     Ok(DanubeConsumer { streams })
 }
 
-/// Keeps `--in-flight` unary sends outstanding until the quota or deadline.
+/// Keeps `--in-flight` unary sends outstanding until the quota or deadline,
+/// at the pacer's rate if any.
 async fn produce(
     stub: ProducerServiceClient<Channel>,
     producer: DanubeProducer,
     plan: Plan,
-    quota: Option<u64>,
-    deadline: Option<Instant>,
+    pace: Pace,
     meter: Arc<Meter>,
 ) -> Tally {
     let mut tally = Tally::new();
@@ -280,11 +273,19 @@ async fn produce(
     let mut sent: u64 = 0;
 
     loop {
+        // When the pacer holds the next send back: until when.
+        let mut paused_until = None;
         while pending.len() < plan.in_flight.unwrap_or(DEFAULT_IN_FLIGHT)
-            && quota.is_none_or(|quota| sent < quota)
+            && pace.quota.is_none_or(|quota| sent < quota)
         {
             let sent_at = Instant::now();
-            if deadline.is_some_and(|deadline| sent_at >= deadline) {
+            if pace.deadline.is_some_and(|deadline| sent_at >= deadline) {
+                break;
+            }
+            if let Some(due) = pace.pacer.map(|pacer| pacer.due(sent))
+                && due > sent_at
+            {
+                paused_until = Some(due);
                 break;
             }
             let (partition, producer_id) =
@@ -305,7 +306,15 @@ async fn produce(
             sent += 1;
         }
 
-        let Some((sent_at, outcome)) = pending.next().await else {
+        let answered = match paused_until {
+            Some(due) => tokio::select! {
+                biased;
+                answered = pending.next(), if !pending.is_empty() => answered,
+                () = tokio::time::sleep_until(due) => continue,
+            },
+            None => pending.next().await,
+        };
+        let Some((sent_at, outcome)) = answered else {
             break;
         };
         match outcome {

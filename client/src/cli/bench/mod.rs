@@ -27,7 +27,7 @@ use sava_client::{Client, SubscriptionType};
 use tokio::time::Instant;
 
 use self::stats::{Meter, Progress, Report, Tally, unix_micros};
-use super::produce::generated_payload;
+use super::produce::{Pacer, generated_payload};
 use super::{OutputArg, TypeArg};
 
 #[derive(Debug, Args)]
@@ -85,6 +85,12 @@ pub(crate) struct BenchArgs {
     /// producer (default 64).
     #[arg(long)]
     in_flight: Option<usize>,
+
+    /// Send at this many messages per second in all, split evenly between
+    /// the producers, to measure latency below the peak (default: as fast
+    /// as the in-flight window allows).
+    #[arg(long, value_name = "MSGS_PER_S")]
+    rate: Option<f64>,
 
     /// Native: each consumer's credit window per partition, the messages
     /// the broker may send ahead of the application. Larger than the
@@ -156,6 +162,8 @@ pub(crate) struct Plan {
     batch_bytes: Option<usize>,
     linger: Option<Duration>,
     in_flight: Option<usize>,
+    /// Messages per second in all, when paced.
+    rate: Option<f64>,
     credits: u32,
     subscription_type: SubscriptionType,
     subscription: String,
@@ -186,6 +194,7 @@ impl Plan {
             }
             Some(seconds) => bail!("invalid --duration {seconds}: expected a positive number"),
         };
+        Pacer::new(args.rate, Instant::now())?;
         let subscription_type = match args.subscription_type {
             Some(subscription_type) => subscription_type.into(),
             None if args.consumers > 1 => SubscriptionType::Shared,
@@ -206,6 +215,7 @@ impl Plan {
             batch_bytes: args.batch_bytes,
             linger: args.linger_ms.map(Duration::from_millis),
             in_flight: args.in_flight,
+            rate: args.rate,
             credits: args.credits,
             subscription_type,
             subscription: args.subscription.clone(),
@@ -220,6 +230,22 @@ impl Plan {
         Some(count / producers + extra)
     }
 
+    /// The pace of each producer of a paced run started at `started`.
+    fn pacer(&self, started: Instant) -> Option<Pacer> {
+        let rate = self.rate? / self.producers as f64;
+        Pacer::new(Some(rate), started).ok().flatten()
+    }
+
+    /// How much producer `index` of a run started at `started` sends, and
+    /// how fast.
+    fn pace(&self, index: usize, started: Instant) -> Pace {
+        Pace {
+            quota: self.quota(index),
+            deadline: self.deadline(started),
+            pacer: self.pacer(started),
+        }
+    }
+
     /// When producing (or, in consume mode, consuming) stops, when timed.
     fn deadline(&self, started: Instant) -> Option<Instant> {
         match self.count {
@@ -232,6 +258,13 @@ impl Plan {
     fn stamps_payloads(&self) -> bool {
         self.mode == Mode::E2e
     }
+}
+
+/// How much one producer sends, and how fast.
+pub(crate) struct Pace {
+    quota: Option<u64>,
+    deadline: Option<Instant>,
+    pacer: Option<Pacer>,
 }
 
 /// What a run measured: the side that is reported (producers for produce,
@@ -353,6 +386,7 @@ mod tests {
             linger_ms: None,
             api: Api::Native,
             in_flight: None,
+            rate: None,
             credits: 1000,
             subscription_type: None,
             subscription: "bench".into(),
@@ -367,6 +401,18 @@ mod tests {
         let quotas: Vec<u64> = (0..3).filter_map(|index| plan.quota(index)).collect();
         assert_eq!(quotas, [4, 3, 3]);
         assert!(plan.deadline(Instant::now()).is_none());
+    }
+
+    #[test]
+    fn a_paced_run_splits_the_rate_between_producers() {
+        let mut plan = plan(None, 4);
+        let started = Instant::now();
+        assert!(plan.pacer(started).is_none());
+
+        plan.rate = Some(1000.0);
+        let pacer = plan.pacer(started).unwrap();
+
+        assert_eq!(pacer.due(250), started + Duration::from_secs(1));
     }
 
     #[test]

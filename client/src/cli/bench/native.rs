@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::stats::{Meter, Tally, published_latency, stamped_latency};
-use super::{Mode, Outcome, Payloads, Plan};
+use super::{Mode, Outcome, Pace, Payloads, Plan};
 
 /// How long a consumer waits for a message before checking whether to stop.
 const POLL: Duration = Duration::from_millis(100);
@@ -49,14 +49,8 @@ pub(crate) async fn run(client: &Client, plan: &Plan, meter: &Arc<Meter>) -> Res
         .into_iter()
         .enumerate()
         .map(|(index, producer)| {
-            let quota = plan.quota(index);
-            tokio::spawn(produce(
-                producer,
-                plan.clone(),
-                quota,
-                deadline,
-                Arc::clone(meter),
-            ))
+            let pace = plan.pace(index, started);
+            tokio::spawn(produce(producer, plan.clone(), pace, Arc::clone(meter)))
         })
         .collect();
 
@@ -108,19 +102,20 @@ async fn subscribe(client: &Client, plan: &Plan, index: usize) -> Result<Consume
         .with_context(|| format!("cannot subscribe bench consumer {index} to {}", plan.topic))
 }
 
-/// Sends until the quota or the deadline. The futures of the messages
-/// wait in send order; after each send the settled ones at the front are
-/// recorded, so each ack is timed within one send of its arrival without a
-/// second task or a future per message to poll. (With several partitions a
-/// late answer on one holds back the recording of the others until it
-/// arrives, which adds at most that skew to their latency.)
-async fn produce(
-    producer: Producer,
-    plan: Plan,
-    quota: Option<u64>,
-    deadline: Option<Instant>,
-    meter: Arc<Meter>,
-) -> Tally {
+/// Sends until the quota or the deadline, at the pacer's rate if any. The
+/// futures of the messages wait in send order; after each send the settled
+/// ones at the front are recorded, so each ack is timed within one send of
+/// its arrival without a second task or a future per message to poll.
+/// (With several partitions a late answer on one holds back the recording
+/// of the others until it arrives, which adds at most that skew to their
+/// latency.) Latency runs from the call to `send`, so time spent waiting
+/// for room in the in-flight window counts.
+async fn produce(producer: Producer, plan: Plan, pace: Pace, meter: Arc<Meter>) -> Tally {
+    let Pace {
+        quota,
+        deadline,
+        pacer,
+    } = pace;
     let mut tally = Tally::new();
     let mut waiting: VecDeque<(Instant, SendFuture)> = VecDeque::new();
     let mut payloads = Payloads::new(plan.size, plan.stamps_payloads());
@@ -128,6 +123,9 @@ async fn produce(
 
     let mut sent = 0;
     while quota.is_none_or(|quota| sent < quota) {
+        if let Some(pacer) = &pacer {
+            wait_recording(pacer.due(sent), &mut waiting, &mut tally, &meter).await;
+        }
         let sent_at = Instant::now();
         if deadline.is_some_and(|deadline| sent_at >= deadline) {
             break;
@@ -156,6 +154,31 @@ async fn produce(
         tally.error(error);
     }
     tally
+}
+
+/// Waits until `due`, recording acks as they arrive meanwhile, so that a
+/// paced run times them as closely as one at full speed.
+async fn wait_recording(
+    due: Instant,
+    waiting: &mut VecDeque<(Instant, SendFuture)>,
+    tally: &mut Tally,
+    meter: &Meter,
+) {
+    loop {
+        record_settled(waiting, tally, meter);
+        let Some((_, front)) = waiting.front_mut() else {
+            tokio::time::sleep_until(due).await;
+            return;
+        };
+        tokio::select! {
+            biased;
+            () = tokio::time::sleep_until(due) => return,
+            outcome = front => {
+                let (sent_at, _) = waiting.pop_front().expect("the front was just polled");
+                record(sent_at, outcome, Instant::now(), tally, meter);
+            }
+        }
+    }
 }
 
 /// Records the futures at the front of `waiting` that are settled.
