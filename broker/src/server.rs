@@ -34,8 +34,19 @@ const MAX_FRAME_BYTES: u32 = 256 * 1024;
 /// server's own `tcp_nodelay` covers only listeners it binds itself; with
 /// Nagle on, small answers such as acks wait for the peer's delayed ACK,
 /// up to 40 ms each.)
-fn no_delay(listener: TcpListener) -> TcpIncoming {
+pub fn no_delay(listener: TcpListener) -> TcpIncoming {
     TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+/// The gRPC server of the client port, as tuned for it: large flow-control
+/// windows and frames, and keepalive pings. (The unary baseline example
+/// serves through it too, so that it measures the same transport.)
+pub fn client_port_server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .initial_stream_window_size(Some(4 * 1024 * 1024))
+        .initial_connection_window_size(Some(16 * 1024 * 1024))
+        .max_frame_size(Some(MAX_FRAME_BYTES))
 }
 
 /// Errors that stop the broker from starting or running.
@@ -156,11 +167,7 @@ pub async fn run(
     };
 
     let danube = DanubeApi::new(Arc::clone(&broker));
-    tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .initial_stream_window_size(Some(4 * 1024 * 1024))
-        .initial_connection_window_size(Some(16 * 1024 * 1024))
-        .max_frame_size(Some(MAX_FRAME_BYTES))
+    client_port_server()
         .add_service(ProducerServiceServer::new(danube.clone()))
         .add_service(ConsumerServiceServer::new(danube.clone()))
         .add_service(DiscoveryServer::new(danube.clone()))
