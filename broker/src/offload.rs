@@ -108,26 +108,40 @@ impl Broker {
     }
 
     /// Offloads every sealed segment of `topic` not offloaded yet, oldest
-    /// first. Returns how many it offloaded.
+    /// first, encoding the next segment while the previous one uploads (so
+    /// a slow store and the encoding overlap, with at most one encoding
+    /// under way). Returns how many it offloaded.
     pub async fn offload_topic(&self, topic: &Topic) -> Result<usize, BrokerError> {
         let Some((log, tier)) = tiered(topic) else {
             return Ok(0);
         };
         let _guard = log.lock_offload().await;
-        let mut count = 0;
-        for segment in waiting_for_offload(log) {
-            if segment.base_offset < log.offloaded_end() {
-                tracing::warn!(topic = %topic.name, base_offset = segment.base_offset, offloaded_end = log.offloaded_end(), "a local segment overlaps offloaded history; not offloading it");
-                continue;
+        let offloaded_end = log.offloaded_end();
+        let mut segments = waiting_for_offload(log).into_iter().filter(|segment| {
+            let overlaps = segment.base_offset < offloaded_end;
+            if overlaps {
+                tracing::warn!(topic = %topic.name, base_offset = segment.base_offset, offloaded_end, "a local segment overlaps offloaded history; not offloading it");
             }
-            let descriptor = tier
-                .offload(topic.name.as_str(), log.disk(), &segment, topic.epoch)
-                .await
-                .map_err(BrokerError::Storage)?;
+            !overlaps
+        });
+
+        let encode = |segment: Option<SegmentInfo>| async move {
+            match segment {
+                Some(segment) => tier.encode(log.disk(), &segment).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        let mut encoded = encode(segments.next()).await;
+        let mut count = 0;
+        while let Some(current) = encoded.map_err(BrokerError::Storage)? {
+            let upload = tier.upload(topic.name.as_str(), current, topic.epoch);
+            let (uploaded, next) = tokio::join!(upload, encode(segments.next()));
+            let descriptor = uploaded.map_err(BrokerError::Storage)?;
             let mut remote = log.remote_segments().as_ref().clone();
             remote.push(descriptor);
             log.set_remote_segments(remote);
             count += 1;
+            encoded = next;
         }
         Ok(count)
     }

@@ -39,7 +39,7 @@ pub use objects::{ObjectStoreConfig, ObjectTier};
 pub use record::{BatchHeader, FormatError, Record};
 pub use recovery::RecoveryReport;
 pub use segment::{SegmentDamage, SegmentInfo};
-pub use tier::{Tier, TierConfig, TierStats};
+pub use tier::{EncodedForUpload, Tier, TierConfig, TierStats};
 
 #[cfg(test)]
 mod tests {

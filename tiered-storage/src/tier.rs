@@ -30,7 +30,7 @@ use sava_metadata::{Catalog, RowGroupDescriptor, SegmentDescriptor};
 use sava_proto::telemetry::TRACEPARENT;
 use tracing::Instrument;
 
-use crate::columnar::{self, FOOTER_FETCH_BYTES, PartialObject};
+use crate::columnar::{self, EncodedSegment, FOOTER_FETCH_BYTES, PartialObject};
 use crate::error::{Error, Result};
 use crate::log::PartitionLog;
 use crate::objects::ObjectTier;
@@ -176,11 +176,29 @@ impl Tier {
         segment: &SegmentInfo,
         epoch: u64,
     ) -> Result<SegmentDescriptor> {
+        let encoded = self.encode(log, segment).await?;
+        self.upload(topic, encoded, epoch).await
+    }
+
+    /// The first half of [`Tier::offload`]: reads sealed `segment` of `log`
+    /// and encodes it as Parquet, on a blocking thread. A caller offloading
+    /// several segments encodes the next while the previous one uploads.
+    pub async fn encode(
+        &self,
+        log: &Arc<PartitionLog>,
+        segment: &SegmentInfo,
+    ) -> Result<EncodedForUpload> {
         let log = Arc::clone(log);
         let (base, next) = (segment.base_offset, segment.next_offset);
         let row_group_bytes = self.config.row_group_bytes;
         let read_bytes = segment.bytes as usize + 1;
-        let (encoded, traceparent) = tokio::task::spawn_blocking(move || {
+        let span = tracing::info_span!(
+            "storage.encode",
+            segment.base_offset = base,
+            segment.next_offset = next
+        );
+        tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
             // A read may stop short of its budget; read until the end.
             let mut records = Vec::with_capacity((next - base) as usize);
             while records.last().map_or(base, |r: &Record| r.offset + 1) < next {
@@ -202,11 +220,30 @@ impl Tier {
                     .map(|(_, value)| value.clone())
             });
             let encoded = columnar::encode_segment(&records, row_group_bytes)?;
-            Ok::<_, Error>((encoded, traceparent))
+            Ok(EncodedForUpload {
+                encoded,
+                traceparent,
+            })
         })
         .await
-        .map_err(|_| Error::Closed)??;
+        .map_err(|_| Error::Closed)?
+    }
 
+    /// The second half of [`Tier::offload`]: uploads an encoded segment of
+    /// `topic`, then commits its descriptor (refused as `Fenced` unless the
+    /// topic is still owned in `epoch`). Segments of one topic must be
+    /// committed in offset order.
+    pub async fn upload(
+        &self,
+        topic: &str,
+        encoded: EncodedForUpload,
+        epoch: u64,
+    ) -> Result<SegmentDescriptor> {
+        let EncodedForUpload {
+            encoded,
+            traceparent,
+        } = encoded;
+        let (base, next) = (encoded.base_offset, encoded.next_offset);
         let key = self
             .objects
             .segment_key(&self.config.cluster, topic, base, next, epoch);
@@ -642,6 +679,21 @@ impl Tier {
 
     fn lock_cache(&self) -> MutexGuard<'_, BlockCache> {
         lock(&self.cache)
+    }
+}
+
+/// A sealed segment encoded as Parquet, waiting for [`Tier::upload`].
+#[derive(Debug)]
+pub struct EncodedForUpload {
+    encoded: EncodedSegment,
+    /// The trace context of the first traced message, which the upload joins.
+    traceparent: Option<String>,
+}
+
+impl EncodedForUpload {
+    /// The offsets it holds.
+    pub fn offsets(&self) -> std::ops::Range<u64> {
+        self.encoded.base_offset..self.encoded.next_offset
     }
 }
 
