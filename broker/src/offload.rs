@@ -170,9 +170,11 @@ impl Broker {
     }
 
     /// Refuses `topic`'s producers while more sealed bytes wait for offload
-    /// than `offload.max_pending_bytes`, and lets them in again after.
+    /// than `offload.max_pending_bytes`, and lets them in again after. With
+    /// offload off nothing waits for it: local history is bounded by
+    /// retention and the backlog quota alone.
     pub(crate) fn check_offload_pending(&self, topic: &Topic) {
-        let Some(log) = topic.log() else {
+        let Some((log, _)) = tiered(topic) else {
             return;
         };
         let pending: u64 = waiting_for_offload(log).iter().map(|s| s.bytes).sum();

@@ -181,6 +181,48 @@ async fn acknowledged_segments_are_deleted_and_retention_keeps_them_when_asked()
 }
 
 #[tokio::test]
+async fn with_offload_off_sealed_history_never_counts_as_waiting_for_offload() {
+    let (_config_dir, config) = small_segments();
+    let env = [
+        ("SAVA_OFFLOAD__ENABLED", "false".to_owned()),
+        ("SAVA_OFFLOAD__MAX_PENDING_BYTES", "20000".to_owned()),
+    ];
+    let broker = Broker::start_with_env(["--config", config.as_str()], &env)
+        .await
+        .unwrap();
+    broker.admin_ok(&["namespaces", "create", "local"]);
+    broker.admin_ok(&[
+        "namespaces",
+        "set-policy",
+        "local",
+        "retention_age_secs",
+        "3600",
+    ]);
+    let client = Client::builder(broker.service_url()).build().await.unwrap();
+    let producer = client
+        .producer("/local/history")
+        .reliable(true)
+        .create()
+        .await
+        .unwrap();
+
+    // 100 KB of sealed history, five times the bound, sent across several
+    // passes of the janitor (once a second), which would refuse them.
+    for i in 0..200 {
+        let sent = producer.send(Message::new(format!("{i:0>500}")));
+        sent.await.unwrap().await.unwrap();
+        if i % 50 == 49 {
+            sleep(Duration::from_millis(1100)).await;
+        }
+    }
+    let history = broker.admin_json(&["topics", "stats", "/local/history"]);
+    assert!(
+        history["local_bytes"].as_u64().unwrap() > 90_000,
+        "{history}"
+    );
+}
+
+#[tokio::test]
 async fn drop_oldest_moves_a_lagging_subscription_past_the_oldest_segments() {
     let (_config_dir, config) = small_segments();
     let broker = Broker::start_with(["--config", config.as_str()])
