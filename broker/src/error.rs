@@ -87,7 +87,7 @@ pub enum BrokerError {
     },
 
     #[error(
-        "topic {topic} has {pending} bytes of sealed segments waiting for offload to the object store, over the limit of {limit} bytes (offload.max_pending_bytes); the object store is unreachable or slow"
+        "topic {topic} has {pending} bytes of sealed segments waiting for offload to the object store, over the limit of {limit} bytes (offload.max_pending_bytes); the object store is unreachable or slow, or producers write faster than offload encodes"
     )]
     OffloadBacklog {
         topic: String,
