@@ -45,12 +45,15 @@ fn parse_options(mut args: impl Iterator<Item = String>) -> Options {
         let value = args
             .next()
             .unwrap_or_else(|| panic!("{flag} needs a value"));
-        let parsed = value.parse::<f64>().ok().filter(|n| *n > 0.0);
-        let number = parsed.unwrap_or_else(|| panic!("invalid {flag} {value}"));
+        let invalid = || -> ! { panic!("invalid {flag} {value}: expected a positive number") };
+        let count = || value.parse::<usize>().ok().filter(|n| *n > 0);
         match flag.as_str() {
-            "--seconds" => options.seconds = number,
-            "--in-flight" => options.in_flight = number as usize,
-            "--size" => options.size = number as usize,
+            "--seconds" => {
+                let seconds = value.parse::<f64>().ok().filter(|s| *s > 0.0);
+                options.seconds = seconds.unwrap_or_else(|| invalid());
+            }
+            "--in-flight" => options.in_flight = count().unwrap_or_else(|| invalid()),
+            "--size" => options.size = count().unwrap_or_else(|| invalid()),
             _ => panic!("unknown flag {flag}"),
         }
     }
@@ -94,8 +97,18 @@ async fn serve() {
         .expect("serve");
 }
 
+/// The server process, killed when this is dropped, even by a panic.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts the server process and reads the address it listens on.
-fn spawn_server() -> (Child, String) {
+fn spawn_server() -> (Server, String) {
     let exe = std::env::current_exe().expect("the path of this example");
     let mut child = Command::new(exe)
         .arg("serve")
@@ -103,11 +116,12 @@ fn spawn_server() -> (Child, String) {
         .spawn()
         .expect("start the server process");
     let stdout = child.stdout.take().expect("piped stdout");
+    let server = Server(child);
     let mut line = String::new();
     BufReader::new(stdout)
         .read_line(&mut line)
         .expect("read the server's address");
-    (child, format!("http://{}", line.trim()))
+    (server, format!("http://{}", line.trim()))
 }
 
 /// Keeps `in_flight` calls outstanding for `seconds`; returns the answered
@@ -152,9 +166,11 @@ async fn call(url: &str, options: &Options) -> (u64, Vec<u32>, Duration) {
     (sent, latencies, started.elapsed())
 }
 
+/// The value at `fraction` of `sorted`; 0 when nothing was measured.
 fn percentile(sorted: &[u32], fraction: f64) -> u32 {
-    let index = ((sorted.len() as f64 * fraction) as usize).min(sorted.len() - 1);
-    sorted[index]
+    let index = (sorted.len() as f64 * fraction) as usize;
+    let index = index.min(sorted.len().saturating_sub(1));
+    sorted.get(index).copied().unwrap_or(0)
 }
 
 fn main() {
@@ -166,10 +182,9 @@ fn main() {
     }
 
     let options = parse_options(args);
-    let (mut server, url) = spawn_server();
+    let (server, url) = spawn_server();
     let (calls, mut latencies, elapsed) = runtime.block_on(call(&url, &options));
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
 
     latencies.sort_unstable();
     let rate = calls as f64 / elapsed.as_secs_f64();

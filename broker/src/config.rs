@@ -407,10 +407,15 @@ impl Config {
         )
     }
 
-    /// Whether the metadata store is this broker's own embedded file, so no
-    /// other broker can ever own its topics.
-    pub fn metadata_is_embedded(&self) -> bool {
-        self.metadata_url().starts_with("embedded://")
+    /// Whether the metadata store is an embedded file inside the data
+    /// directory: no other broker can ever own this broker's topics, and
+    /// the store and the local segments are kept or lost together.
+    pub fn metadata_in_data_dir(&self) -> bool {
+        let url = self.metadata_url();
+        let Some(path) = url.strip_prefix("embedded://") else {
+            return false;
+        };
+        Path::new(path).starts_with(absolute(&self.broker.data_dir))
     }
 
     pub fn object_store_url(&self) -> String {
@@ -498,6 +503,18 @@ mod tests {
         assert!(config.metadata_url().starts_with("embedded:///"));
         assert!(config.metadata_url().ends_with("sava-data/metadata.redb"));
         assert_eq!(config.advertised_url(), "http://127.0.0.1:6650");
+    }
+
+    #[test]
+    fn only_an_embedded_store_inside_the_data_dir_counts_as_single_node() {
+        let mut config = Config::load(None, []).unwrap();
+        assert!(config.metadata_in_data_dir());
+
+        config.metadata.url = "embedded:///var/lib/elsewhere/metadata.redb".into();
+        assert!(!config.metadata_in_data_dir());
+
+        config.metadata.url = "etcd://127.0.0.1:2379".into();
+        assert!(!config.metadata_in_data_dir());
     }
 
     #[test]

@@ -3,9 +3,10 @@
 //! copies, offloaded history and orphan objects may go.
 //!
 //! One offloader task walks the reliable topics every `offload.interval_ms`
-//! and offloads each topic's sealed segments oldest first, one at a time,
-//! through [`sava_storage::Tier::offload`] (encode, upload, then commit the
-//! descriptor). A topic whose upload fails waits with exponential backoff
+//! and offloads each topic's sealed segments oldest first through
+//! [`sava_storage::Tier::encode`] and [`sava_storage::Tier::upload`] (which
+//! uploads, then commits the descriptor), encoding the next segment while
+//! the previous one uploads. A topic whose upload fails waits with exponential backoff
 //! (up to a minute) and is retried by itself; its sealed bytes stay on local
 //! disk meanwhile. Past `offload.max_pending_bytes` of them its producers
 //! are refused, so a long outage cannot fill the disk.
@@ -125,23 +126,41 @@ impl Broker {
             !overlaps
         });
 
-        let encode = |segment: Option<SegmentInfo>| async move {
-            match segment {
-                Some(segment) => tier.encode(log.disk(), &segment).await.map(Some),
-                None => Ok(None),
-            }
+        // The next segment encodes on its own task while this one uploads.
+        let spawn_encode = |segment: SegmentInfo| {
+            let (tier, disk, name) = (Arc::clone(tier), Arc::clone(log.disk()), topic.name.clone());
+            tokio::spawn(async move { tier.encode(name.as_str(), &disk, &segment).await })
         };
-        let mut encoded = encode(segments.next()).await;
+        let mut encoding = segments.next().map(spawn_encode);
         let mut count = 0;
-        while let Some(current) = encoded.map_err(BrokerError::Storage)? {
-            let upload = tier.upload(topic.name.as_str(), current, topic.epoch);
-            let (uploaded, next) = tokio::join!(upload, encode(segments.next()));
-            let descriptor = uploaded.map_err(BrokerError::Storage)?;
+        while let Some(current) = encoding.take() {
+            let encoded = current
+                .await
+                .map_err(|_| BrokerError::ShuttingDown)?
+                .map_err(BrokerError::Storage)?;
+            encoding = segments.next().map(spawn_encode);
+            let uploaded = tier.upload(topic.name.as_str(), encoded, topic.epoch).await;
+            let descriptor = match uploaded {
+                Ok(descriptor) => descriptor,
+                Err(error) => {
+                    // Its result would be thrown away; the next pass encodes
+                    // it again.
+                    if let Some(next) = encoding {
+                        next.abort();
+                    }
+                    return Err(BrokerError::Storage(error));
+                }
+            };
+            // Retention may have reread the catalog, this descriptor with it.
             let mut remote = log.remote_segments().as_ref().clone();
-            remote.push(descriptor);
+            if !remote
+                .iter()
+                .any(|s| s.base_offset == descriptor.base_offset)
+            {
+                remote.push(descriptor);
+            }
             log.set_remote_segments(remote);
             count += 1;
-            encoded = next;
         }
         Ok(count)
     }

@@ -17,7 +17,10 @@
 # Then, in alternating rounds, it runs `sava bench produce --reliable`
 # alone, and again while a new subscription reads the history from the
 # earliest offset (`sava bench consume`); and last times that read on its
-# own. The bound on
+# own. The measured topics live in /default, which keeps nothing no
+# subscription needs, so they do not pile up between rounds. Choose a
+# history the read takes longer than SECONDS + 1 to get through; a round
+# whose read ended early says so. The bound on
 # sealed bytes waiting for offload (offload.max_pending_bytes) is raised
 # for the run: a producer at full speed outpaces the Parquet encoding on a
 # small machine, and this bench measures the read's impact, not that bound.
@@ -33,6 +36,9 @@ case "$source" in
   object | local) ;;
   *) echo "unknown history source '$source': expected object or local" >&2; exit 2 ;;
 esac
+if ! [ "$rounds" -ge 1 ] 2>/dev/null; then
+  echo "invalid rounds '$rounds': expected at least 1" >&2; exit 2
+fi
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 work="$(mktemp -d)"
@@ -91,12 +97,12 @@ rate() { python3 -c 'import json,sys; print(json.load(sys.stdin)["msgs_per_sec"]
 # speed changes with what was written before.
 alone=(); during=()
 for round in $(seq "$rounds"); do
-  alone+=("$("$bin/sava" bench produce --topic "/hist/alone-$round" --reliable --duration "$seconds" --output json | rate)")
+  alone+=("$("$bin/sava" bench produce --topic "/default/alone-$round" --reliable --duration "$seconds" --output json | rate)")
   "$bin/sava" bench consume --topic /hist/history --subscription "catch-up-$round" \
     --count "$history" --output json >/dev/null &
   reader=$!
   sleep 1
-  during+=("$("$bin/sava" bench produce --topic "/hist/during-$round" --reliable --duration "$seconds" --output json | rate)")
+  during+=("$("$bin/sava" bench produce --topic "/default/during-$round" --reliable --duration "$seconds" --output json | rate)")
   kill "$reader" 2>/dev/null || echo "round $round: the catch-up ended before the produce run did" >&2
   wait "$reader" 2>/dev/null || true
 done

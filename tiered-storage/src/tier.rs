@@ -176,7 +176,7 @@ impl Tier {
         segment: &SegmentInfo,
         epoch: u64,
     ) -> Result<SegmentDescriptor> {
-        let encoded = self.encode(log, segment).await?;
+        let encoded = self.encode(topic, log, segment).await?;
         self.upload(topic, encoded, epoch).await
     }
 
@@ -185,6 +185,7 @@ impl Tier {
     /// several segments encodes the next while the previous one uploads.
     pub async fn encode(
         &self,
+        topic: &str,
         log: &Arc<PartitionLog>,
         segment: &SegmentInfo,
     ) -> Result<EncodedForUpload> {
@@ -194,6 +195,7 @@ impl Tier {
         let read_bytes = segment.bytes as usize + 1;
         let span = tracing::info_span!(
             "storage.encode",
+            topic,
             segment.base_offset = base,
             segment.next_offset = next
         );
@@ -688,13 +690,6 @@ pub struct EncodedForUpload {
     encoded: EncodedSegment,
     /// The trace context of the first traced message, which the upload joins.
     traceparent: Option<String>,
-}
-
-impl EncodedForUpload {
-    /// The offsets it holds.
-    pub fn offsets(&self) -> std::ops::Range<u64> {
-        self.encoded.base_offset..self.encoded.next_offset
-    }
 }
 
 fn descriptor_of(

@@ -106,10 +106,12 @@ impl Broker {
         }
         let topics = self.loaded_topics();
         tracing::info!(broker = %self.broker_id, topics = topics.len(), "draining");
-        // With an embedded store the next owner of every topic is this
-        // broker restarted on the same data directory, which still holds the
-        // local segments: waiting for the offload would only delay the stop.
-        let deadline = (!self.config.metadata_is_embedded()).then(|| self.drain_deadline());
+        // With an embedded store in the data directory the next owner of
+        // every topic is this broker restarted on that directory, which still
+        // holds the local segments: waiting for the offload would only delay
+        // the stop. (An embedded store kept elsewhere may outlive a
+        // throwaway data directory, so that one still offloads.)
+        let deadline = (!self.config.metadata_in_data_dir()).then(|| self.drain_deadline());
         let mut handed = 0;
         for topic in &topics {
             if self.hand_over(topic, deadline).await {

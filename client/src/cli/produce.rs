@@ -91,7 +91,7 @@ enum Source {
 pub(crate) async fn run(client: &Client, args: ProduceArgs) -> Result<()> {
     let source = source(&args).await?;
     let schema = schema(&args).await?;
-    let pacer = Pacer::new(args.rate, Instant::now())?;
+    Pacer::new(args.rate, Instant::now())?;
 
     let mut builder = client.producer(&args.topic).reliable(args.reliable);
     if let Some(partitions) = args.partitions {
@@ -108,6 +108,8 @@ pub(crate) async fn run(client: &Client, args: ProduceArgs) -> Result<()> {
         .await
         .with_context(|| format!("cannot create a producer on {}", args.topic))?;
 
+    // Paced from the moment the producer exists.
+    let pacer = Pacer::new(args.rate, Instant::now())?;
     let (acks, outcomes) = mpsc::channel(4096);
     let collector = tokio::spawn(collect(outcomes));
     let mut sender = Sender {
@@ -267,10 +269,12 @@ impl Pacer {
     pub(crate) fn new(rate: Option<f64>, started: Instant) -> Result<Option<Pacer>> {
         match rate {
             None => Ok(None),
-            Some(rate) if rate.is_finite() && rate > 0.0 => Ok(Some(Pacer {
-                started,
-                interval: Duration::from_secs_f64(1.0 / rate),
-            })),
+            Some(rate) if rate.is_finite() && rate > 0.0 => {
+                match Duration::try_from_secs_f64(1.0 / rate) {
+                    Ok(interval) => Ok(Some(Pacer { started, interval })),
+                    Err(_) => bail!("invalid --rate {rate}: too slow to pace"),
+                }
+            }
             Some(rate) => {
                 bail!("invalid --rate {rate}: expected a positive number of messages per second")
             }
@@ -283,6 +287,7 @@ impl Pacer {
     }
 }
 
+/// A printable payload of `size` bytes: the alphabet, over and over.
 pub(crate) fn generated_payload(size: usize) -> Bytes {
     (b'a'..=b'z').cycle().take(size).collect::<Vec<u8>>().into()
 }
@@ -320,6 +325,7 @@ mod tests {
         assert_eq!(pacer.due(3), started + Duration::from_millis(750));
         assert!(Pacer::new(Some(0.0), started).is_err());
         assert!(Pacer::new(Some(f64::NAN), started).is_err());
+        assert!(Pacer::new(Some(1e-300), started).is_err());
         assert!(Pacer::new(None, started).unwrap().is_none());
     }
 }

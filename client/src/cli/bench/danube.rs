@@ -282,7 +282,7 @@ async fn produce(
             if pace.deadline.is_some_and(|deadline| sent_at >= deadline) {
                 break;
             }
-            if let Some(due) = pace.pacer.map(|pacer| pacer.due(sent))
+            if let Some(due) = pace.due(sent)
                 && due > sent_at
             {
                 paused_until = Some(due);

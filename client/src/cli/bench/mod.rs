@@ -194,7 +194,13 @@ impl Plan {
             }
             Some(seconds) => bail!("invalid --duration {seconds}: expected a positive number"),
         };
+        if args.rate.is_some() && args.mode == Mode::Consume {
+            bail!("--rate paces producers; bench consume has none");
+        }
+        // Each producer is paced at its share, which must be valid too.
+        let share = args.rate.map(|rate| rate / args.producers as f64);
         Pacer::new(args.rate, Instant::now())?;
+        Pacer::new(share, Instant::now())?;
         let subscription_type = match args.subscription_type {
             Some(subscription_type) => subscription_type.into(),
             None if args.consumers > 1 => SubscriptionType::Shared,
@@ -232,8 +238,8 @@ impl Plan {
 
     /// The pace of each producer of a paced run started at `started`.
     fn pacer(&self, started: Instant) -> Option<Pacer> {
-        let rate = self.rate? / self.producers as f64;
-        Pacer::new(Some(rate), started).ok().flatten()
+        let share = self.rate? / self.producers as f64;
+        Pacer::new(Some(share), started).expect("the share was checked by Plan::new")
     }
 
     /// How much producer `index` of a run started at `started` sends, and
@@ -265,6 +271,15 @@ pub(crate) struct Pace {
     quota: Option<u64>,
     deadline: Option<Instant>,
     pacer: Option<Pacer>,
+}
+
+impl Pace {
+    /// When message `sent` may go: at once unpaced, and never past the
+    /// deadline.
+    fn due(&self, sent: u64) -> Option<Instant> {
+        let due = self.pacer?.due(sent);
+        Some(self.deadline.map_or(due, |deadline| due.min(deadline)))
+    }
 }
 
 /// What a run measured: the side that is reported (producers for produce,

@@ -111,11 +111,7 @@ async fn subscribe(client: &Client, plan: &Plan, index: usize) -> Result<Consume
 /// latency.) Latency runs from the call to `send`, so time spent waiting
 /// for room in the in-flight window counts.
 async fn produce(producer: Producer, plan: Plan, pace: Pace, meter: Arc<Meter>) -> Tally {
-    let Pace {
-        quota,
-        deadline,
-        pacer,
-    } = pace;
+    let (quota, deadline) = (pace.quota, pace.deadline);
     let mut tally = Tally::new();
     let mut waiting: VecDeque<(Instant, SendFuture)> = VecDeque::new();
     let mut payloads = Payloads::new(plan.size, plan.stamps_payloads());
@@ -123,8 +119,8 @@ async fn produce(producer: Producer, plan: Plan, pace: Pace, meter: Arc<Meter>) 
 
     let mut sent = 0;
     while quota.is_none_or(|quota| sent < quota) {
-        if let Some(pacer) = &pacer {
-            wait_recording(pacer.due(sent), &mut waiting, &mut tally, &meter).await;
+        if let Some(due) = pace.due(sent) {
+            wait_recording(due, &mut waiting, &mut tally, &meter).await;
         }
         let sent_at = Instant::now();
         if deadline.is_some_and(|deadline| sent_at >= deadline) {
