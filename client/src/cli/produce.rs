@@ -91,7 +91,7 @@ enum Source {
 pub(crate) async fn run(client: &Client, args: ProduceArgs) -> Result<()> {
     let source = source(&args).await?;
     let schema = schema(&args).await?;
-    Pacer::new(args.rate, Instant::now())?;
+    let pacer = Pacer::new(args.rate, Instant::now())?;
 
     let mut builder = client.producer(&args.topic).reliable(args.reliable);
     if let Some(partitions) = args.partitions {
@@ -109,7 +109,7 @@ pub(crate) async fn run(client: &Client, args: ProduceArgs) -> Result<()> {
         .with_context(|| format!("cannot create a producer on {}", args.topic))?;
 
     // Paced from the moment the producer exists.
-    let pacer = Pacer::new(args.rate, Instant::now())?;
+    let pacer = pacer.map(|pacer| pacer.starting_at(Instant::now()));
     let (acks, outcomes) = mpsc::channel(4096);
     let collector = tokio::spawn(collect(outcomes));
     let mut sender = Sender {
@@ -279,6 +279,11 @@ impl Pacer {
                 bail!("invalid --rate {rate}: expected a positive number of messages per second")
             }
         }
+    }
+
+    /// The same rate, counted from `started`.
+    pub(crate) fn starting_at(self, started: Instant) -> Pacer {
+        Pacer { started, ..self }
     }
 
     /// When message `sent` (counted from 0) is due.

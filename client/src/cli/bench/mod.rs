@@ -162,8 +162,8 @@ pub(crate) struct Plan {
     batch_bytes: Option<usize>,
     linger: Option<Duration>,
     in_flight: Option<usize>,
-    /// Messages per second in all, when paced.
-    rate: Option<f64>,
+    /// Each producer's pace, when paced; started anew by [`Plan::pace`].
+    pacer: Option<Pacer>,
     credits: u32,
     subscription_type: SubscriptionType,
     subscription: String,
@@ -198,9 +198,9 @@ impl Plan {
             bail!("--rate paces producers; bench consume has none");
         }
         // Each producer is paced at its share, which must be valid too.
-        let share = args.rate.map(|rate| rate / args.producers as f64);
         Pacer::new(args.rate, Instant::now())?;
-        Pacer::new(share, Instant::now())?;
+        let share = args.rate.map(|rate| rate / args.producers as f64);
+        let pacer = Pacer::new(share, Instant::now())?;
         let subscription_type = match args.subscription_type {
             Some(subscription_type) => subscription_type.into(),
             None if args.consumers > 1 => SubscriptionType::Shared,
@@ -221,7 +221,7 @@ impl Plan {
             batch_bytes: args.batch_bytes,
             linger: args.linger_ms.map(Duration::from_millis),
             in_flight: args.in_flight,
-            rate: args.rate,
+            pacer,
             credits: args.credits,
             subscription_type,
             subscription: args.subscription.clone(),
@@ -236,19 +236,13 @@ impl Plan {
         Some(count / producers + extra)
     }
 
-    /// The pace of each producer of a paced run started at `started`.
-    fn pacer(&self, started: Instant) -> Option<Pacer> {
-        let share = self.rate? / self.producers as f64;
-        Pacer::new(Some(share), started).expect("the share was checked by Plan::new")
-    }
-
     /// How much producer `index` of a run started at `started` sends, and
     /// how fast.
     fn pace(&self, index: usize, started: Instant) -> Pace {
         Pace {
             quota: self.quota(index),
             deadline: self.deadline(started),
-            pacer: self.pacer(started),
+            pacer: self.pacer.map(|pacer| pacer.starting_at(started)),
         }
     }
 
@@ -387,6 +381,10 @@ mod tests {
     use super::*;
 
     fn plan(count: Option<u64>, producers: usize) -> Plan {
+        paced_plan(count, producers, None)
+    }
+
+    fn paced_plan(count: Option<u64>, producers: usize, rate: Option<f64>) -> Plan {
         let args = BenchArgs {
             mode: Mode::E2e,
             topic: "/default/bench".into(),
@@ -401,7 +399,7 @@ mod tests {
             linger_ms: None,
             api: Api::Native,
             in_flight: None,
-            rate: None,
+            rate,
             credits: 1000,
             subscription_type: None,
             subscription: "bench".into(),
@@ -420,12 +418,11 @@ mod tests {
 
     #[test]
     fn a_paced_run_splits_the_rate_between_producers() {
-        let mut plan = plan(None, 4);
         let started = Instant::now();
-        assert!(plan.pacer(started).is_none());
+        assert!(plan(None, 4).pace(0, started).pacer.is_none());
 
-        plan.rate = Some(1000.0);
-        let pacer = plan.pacer(started).unwrap();
+        let plan = paced_plan(None, 4, Some(1000.0));
+        let pacer = plan.pace(0, started).pacer.unwrap();
 
         assert_eq!(pacer.due(250), started + Duration::from_secs(1));
     }
