@@ -15,7 +15,7 @@ use sava_storage::{CommitConfig, FsyncMode, GroupCommitter, LogConfig, Tier};
 use crate::cluster::{Cluster, Owner};
 use crate::config::{Config, FsyncSetting};
 use crate::dispatch::SubscriptionType;
-use crate::dispatch::consumer::ConsumerHandle;
+use crate::dispatch::consumer::{BufferLimit, ConsumerHandle};
 use crate::dispatch::reliable::{
     Cursor, DeadLetterSink, DeliveryPolicy, FailurePolicy, Origin, StartPosition,
 };
@@ -855,7 +855,10 @@ impl Broker {
         let limits = &self.config.limits;
         TopicLimits {
             max_message_bytes: limits.max_message_bytes,
-            consumer_buffer: limits.consumer_buffer_messages,
+            consumer_buffer: BufferLimit {
+                messages: limits.consumer_buffer_messages,
+                bytes: limits.consumer_buffer_bytes,
+            },
             max_unacked_per_consumer: limits.max_unacked_per_consumer,
         }
     }
@@ -959,7 +962,7 @@ impl Broker {
             name: spec.consumer_name,
             key_filters: spec.key_filters,
             credit_flow: spec.credit_flow,
-            capacity: topic.limits.consumer_buffer,
+            buffer: topic.limits.consumer_buffer,
         };
         let handle = subscription.join(spec.kind, request)?;
         let entry = ConsumerEntry {

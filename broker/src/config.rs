@@ -275,6 +275,9 @@ pub struct LimitsSection {
     /// Messages buffered per consumer; a non-reliable consumer whose buffer
     /// is full loses the messages that do not fit.
     pub consumer_buffer_messages: usize,
+    /// Bytes (payload, key and attributes) buffered per consumer, on top of
+    /// the message bound: a message is admitted while the buffer holds less.
+    pub consumer_buffer_bytes: usize,
     /// Unacknowledged messages one consumer of a reliable topic may hold.
     pub max_unacked_per_consumer: usize,
     /// How long a Danube consumer without a stream keeps its place (and an
@@ -291,6 +294,7 @@ impl Default for LimitsSection {
         LimitsSection {
             max_message_bytes: 5 * 1024 * 1024,
             consumer_buffer_messages: 10_000,
+            consumer_buffer_bytes: 64 * 1024 * 1024,
             max_unacked_per_consumer: 1_000,
             consumer_grace_secs: 15,
             producer_idle_secs: 60,
@@ -362,6 +366,11 @@ impl Config {
         if self.limits.consumer_buffer_messages == 0 {
             return Err(ConfigError::Invalid(
                 "limits.consumer_buffer_messages must be above 0".into(),
+            ));
+        }
+        if self.limits.consumer_buffer_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.consumer_buffer_bytes must be above 0".into(),
             ));
         }
         Ok(())

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use crate::dispatch::SubscriptionType;
-use crate::dispatch::consumer::{ConsumerHandle, ConsumerSpec};
+use crate::dispatch::consumer::{BufferLimit, ConsumerHandle, ConsumerSpec};
 use crate::dispatch::push::PushDispatcher;
 use crate::dispatch::reliable::{DeliveryPolicy, ReliableDispatcher, StartPosition};
 use crate::error::BrokerError;
@@ -71,7 +71,7 @@ pub struct JoinRequest {
     pub name: String,
     pub key_filters: Vec<String>,
     pub credit_flow: bool,
-    pub capacity: usize,
+    pub buffer: BufferLimit,
 }
 
 #[derive(Debug)]
@@ -145,7 +145,7 @@ impl Subscription {
             subscription: self.name.clone(),
             key_filters: request.key_filters,
             credit_flow: request.credit_flow,
-            capacity: request.capacity,
+            buffer: request.buffer,
             delivered_counter: Arc::clone(&self.delivered),
             delivered_bytes: Arc::clone(&self.delivered_bytes),
         };

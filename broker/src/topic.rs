@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 use tracing::Instrument;
 
 use crate::dispatch::SubscriptionType;
+use crate::dispatch::consumer::BufferLimit;
 use crate::dispatch::push::PushDispatcher;
 use crate::dispatch::reliable::{
     DeadLetterSink, DeliveryPolicy, Limits, Origin, Redelivery, ReliableDispatcher,
@@ -66,7 +67,7 @@ impl ProducerInfo {
 #[derive(Clone, Copy, Debug)]
 pub struct TopicLimits {
     pub max_message_bytes: usize,
-    pub consumer_buffer: usize,
+    pub consumer_buffer: BufferLimit,
     pub max_unacked_per_consumer: usize,
 }
 

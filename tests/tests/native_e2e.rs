@@ -299,25 +299,34 @@ async fn an_exclusive_producer_keeps_others_out_until_it_leaves() {
     }
 }
 
+/// A producer on `topic`, and two subscriptions: "fast" with `fast_credits`,
+/// "slow" with 10 credits.
+async fn fast_and_slow(
+    client: &Client,
+    topic: &str,
+    fast_credits: u32,
+) -> (
+    sava_client::Producer,
+    sava_client::Consumer,
+    sava_client::Consumer,
+) {
+    let producer = client.producer(topic).create().await.unwrap();
+    let fast = client.consumer(topic, "fast").credits(fast_credits);
+    let slow = client.consumer(topic, "slow").credits(10);
+    (
+        producer,
+        fast.subscribe().await.unwrap(),
+        slow.subscribe().await.unwrap(),
+    )
+}
+
 #[tokio::test]
 async fn a_slow_non_reliable_consumer_loses_messages_without_slowing_anyone() {
     let broker = Broker::start().await.unwrap();
     let client = client(&broker).await;
     let topic = "/default/native-slow";
 
-    let producer = client.producer(topic).create().await.unwrap();
-    let mut fast = client
-        .consumer(topic, "fast")
-        .credits(100_000)
-        .subscribe()
-        .await
-        .unwrap();
-    let mut slow = client
-        .consumer(topic, "slow")
-        .credits(10)
-        .subscribe()
-        .await
-        .unwrap();
+    let (producer, mut fast, mut slow) = fast_and_slow(&client, topic, 100_000).await;
 
     // In rounds the fast consumer keeps up with, however slow the machine:
     // what is tested is that the slow one, which takes nothing, holds
@@ -340,6 +349,41 @@ async fn a_slow_non_reliable_consumer_loses_messages_without_slowing_anyone() {
 
     let first = next(&mut slow).await;
     assert_eq!(first.offset, 0);
+}
+
+#[tokio::test]
+async fn a_slow_consumer_of_large_messages_is_bounded_by_bytes_not_only_by_messages() {
+    let bound = 1024 * 1024;
+    let env = [("SAVA_LIMITS__CONSUMER_BUFFER_BYTES", bound.to_string())];
+    let broker = Broker::start_with_env(Vec::<String>::new(), &env)
+        .await
+        .unwrap();
+    let client = client(&broker).await;
+    let topic = "/default/native-slow-large";
+
+    let (producer, mut fast, mut slow) = fast_and_slow(&client, topic, 1_000).await;
+
+    // 200 messages of 64 KiB: far fewer than the 10,000 messages a buffer
+    // may hold, but 12.5 MiB against a bound of 1 MiB.
+    let size = 64 * 1024;
+    let mut fast_got = 0;
+    for round in 0..20 {
+        let messages = (0..10).map(|_| Message::new(vec![7u8; size]));
+        send_all(&producer, messages.collect()).await;
+        while fast_got < (round + 1) * 10 {
+            next(&mut fast).await;
+            fast_got += 1;
+        }
+    }
+
+    let slow_got = drain(&mut slow, Duration::from_secs(2)).await.len() as u64;
+    // Its 10 credits on the wire, then the buffer's 16 (1 MiB of 64 KiB).
+    assert!(
+        slow_got <= 10 + (bound / size) as u64 + 1,
+        "the slow consumer got {slow_got} of 200 messages"
+    );
+    assert_eq!(slow_got + slow.dropped_messages(), 200);
+    assert_eq!(fast.dropped_messages(), 0);
 }
 
 #[tokio::test]

@@ -10,6 +10,12 @@
 //! them. A new session (a reconnect, or an Exclusive
 //! takeover by the same name) replaces the channel, which ends the old
 //! stream.
+//!
+//! The buffer is bounded in messages and in bytes ([`BufferLimit`]): the
+//! message bound alone would let a consumer of 5 MiB messages pin
+//! gigabytes. A message is admitted while the buffered bytes are below
+//! the bound, so the buffer overshoots it by at most one message and a
+//! message larger than the bound still gets through an empty buffer.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,7 +23,7 @@ use std::time::Instant;
 
 use tokio::sync::{Notify, mpsc};
 
-use crate::message::Delivery;
+use crate::message::{Delivery, Message};
 
 /// The receiving end of one session.
 pub type DeliveryReceiver = mpsc::UnboundedReceiver<Vec<Delivery>>;
@@ -34,7 +40,8 @@ pub struct ConsumerHandle {
     credit_flow: bool,
     credits: AtomicI64,
     buffered: AtomicUsize,
-    capacity: usize,
+    buffered_bytes: AtomicUsize,
+    limit: BufferLimit,
     dropped: AtomicU64,
     dropped_total: AtomicU64,
     delivered: AtomicU64,
@@ -55,6 +62,14 @@ struct Session {
     detached_since: Option<Instant>,
 }
 
+/// How much one consumer's buffer holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BufferLimit {
+    pub messages: usize,
+    /// Payload, key and attributes, as [`Message::message_bytes`] counts them.
+    pub bytes: usize,
+}
+
 /// What [`ConsumerHandle::new`] needs to know.
 pub struct ConsumerSpec {
     pub id: u64,
@@ -63,7 +78,7 @@ pub struct ConsumerSpec {
     pub subscription: String,
     pub key_filters: Vec<String>,
     pub credit_flow: bool,
-    pub capacity: usize,
+    pub buffer: BufferLimit,
     /// The subscription's count of delivered messages, shared by its consumers.
     pub delivered_counter: Arc<AtomicU64>,
     /// The subscription's count of delivered message bytes (payload, key
@@ -84,7 +99,11 @@ impl ConsumerHandle {
             credit_flow: spec.credit_flow,
             credits: AtomicI64::new(0),
             buffered: AtomicUsize::new(0),
-            capacity: spec.capacity.max(1),
+            buffered_bytes: AtomicUsize::new(0),
+            limit: BufferLimit {
+                messages: spec.buffer.messages.max(1),
+                bytes: spec.buffer.bytes.max(1),
+            },
             dropped: AtomicU64::new(0),
             dropped_total: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
@@ -101,10 +120,22 @@ impl ConsumerHandle {
         }
     }
 
-    /// How many more messages fit in the buffer now.
+    /// How many more messages fit in the buffer now: none once its bytes
+    /// reached their bound.
     pub fn room(&self) -> usize {
-        self.capacity
+        if self.byte_room() == 0 {
+            return 0;
+        }
+        self.limit
+            .messages
             .saturating_sub(self.buffered.load(Ordering::Acquire))
+    }
+
+    /// How many more bytes may be buffered before the buffer is full.
+    pub fn byte_room(&self) -> usize {
+        self.limit
+            .bytes
+            .saturating_sub(self.buffered_bytes.load(Ordering::Acquire))
     }
 
     /// How many more messages may be buffered without exceeding the
@@ -147,13 +178,16 @@ impl ConsumerHandle {
     /// back when no session is open.
     pub fn push(&self, deliveries: Vec<Delivery>) -> Result<(), Vec<Delivery>> {
         let count = deliveries.len();
+        let bytes = delivery_bytes(&deliveries);
         let session = self.lock_session();
         let Some(sender) = &session.sender else {
             return Err(deliveries);
         };
         self.buffered.fetch_add(count, Ordering::AcqRel);
+        self.buffered_bytes.fetch_add(bytes, Ordering::AcqRel);
         sender.send(deliveries).map_err(|error| {
             self.buffered.fetch_sub(count, Ordering::AcqRel);
+            self.buffered_bytes.fetch_sub(bytes, Ordering::AcqRel);
             error.0
         })
     }
@@ -161,8 +195,9 @@ impl ConsumerHandle {
     /// Called by the stream task for the messages it moved onto the wire.
     pub fn taken(&self, deliveries: &[Delivery]) {
         let count = deliveries.len();
-        let bytes: usize = deliveries.iter().map(|d| d.message.message_bytes()).sum();
+        let bytes = delivery_bytes(deliveries);
         self.buffered.fetch_sub(count, Ordering::AcqRel);
+        self.buffered_bytes.fetch_sub(bytes, Ordering::AcqRel);
         self.delivered.fetch_add(count as u64, Ordering::Relaxed);
         self.delivered_counter
             .fetch_add(count as u64, Ordering::Relaxed);
@@ -211,6 +246,7 @@ impl ConsumerHandle {
         session.id += 1;
         session.sender = Some(sender);
         self.buffered.store(0, Ordering::Release);
+        self.buffered_bytes.store(0, Ordering::Release);
         (session.id, receiver)
     }
 
@@ -225,6 +261,7 @@ impl ConsumerHandle {
         session.unclaimed = None;
         session.detached_since = Some(Instant::now());
         self.buffered.store(0, Ordering::Release);
+        self.buffered_bytes.store(0, Ordering::Release);
         self.credits.store(0, Ordering::Release);
         true
     }
@@ -251,5 +288,52 @@ impl ConsumerHandle {
         self.session
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn delivery_bytes(deliveries: &[Delivery]) -> usize {
+    deliveries.iter().map(|d| d.message.message_bytes()).sum()
+}
+
+/// What each consumer of a subscription can still take during one
+/// dispatch pass, in messages (what the router chooses by) and in bytes.
+#[derive(Debug)]
+pub struct Room {
+    messages: Vec<usize>,
+    bytes: Vec<usize>,
+}
+
+impl Room {
+    /// `messages_of` says how many messages a consumer may take; a consumer
+    /// whose buffer has no byte room left takes none.
+    pub fn of(
+        consumers: &[Arc<ConsumerHandle>],
+        messages_of: impl Fn(&ConsumerHandle) -> usize,
+    ) -> Room {
+        let bytes: Vec<usize> = consumers.iter().map(|c| c.byte_room()).collect();
+        let messages = consumers
+            .iter()
+            .zip(&bytes)
+            .map(|(consumer, &bytes)| if bytes == 0 { 0 } else { messages_of(consumer) })
+            .collect();
+        Room { messages, bytes }
+    }
+
+    /// Messages each consumer may still take, in consumer order.
+    pub fn messages(&self) -> &[usize] {
+        &self.messages
+    }
+
+    pub fn is_exhausted(&self) -> bool {
+        self.messages.iter().all(|room| *room == 0)
+    }
+
+    /// Counts `message` as given to consumer `index`.
+    pub fn take(&mut self, index: usize, message: &Message) {
+        self.messages[index] -= 1;
+        self.bytes[index] = self.bytes[index].saturating_sub(message.message_bytes());
+        if self.bytes[index] == 0 {
+            self.messages[index] = 0;
+        }
     }
 }

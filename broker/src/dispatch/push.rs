@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::SubscriptionType;
-use super::consumer::ConsumerHandle;
+use super::consumer::{ConsumerHandle, Room};
 use super::router::{Member, Router};
 use crate::error::BrokerError;
 use crate::message::{Delivery, Message};
@@ -61,13 +61,13 @@ impl PushDispatcher {
         }
         let State { router, consumers } = &mut *state;
 
-        let mut room: Vec<usize> = consumers.iter().map(|c| c.room()).collect();
+        let mut room = Room::of(consumers, ConsumerHandle::room);
         let mut chunks: Vec<Vec<Delivery>> = vec![Vec::new(); consumers.len()];
         let mut missed = vec![0u64; consumers.len()];
         for message in batch {
-            match router.choose(message.routing_key(), &room) {
+            match router.choose(message.routing_key(), room.messages()) {
                 Some(index) => {
-                    room[index] -= 1;
+                    room.take(index, message);
                     chunks[index].push(Delivery {
                         message: Arc::clone(message),
                         delivery_count: 1,
@@ -124,9 +124,13 @@ mod tests {
     use tokio::sync::Notify;
 
     use super::*;
-    use crate::dispatch::consumer::ConsumerSpec;
+    use crate::dispatch::consumer::{BufferLimit, ConsumerSpec};
 
-    fn consumer(id: u64, name: &str, capacity: usize) -> Arc<ConsumerHandle> {
+    fn consumer(id: u64, name: &str, messages: usize) -> Arc<ConsumerHandle> {
+        bounded_consumer(id, name, messages, usize::MAX)
+    }
+
+    fn bounded_consumer(id: u64, name: &str, messages: usize, bytes: usize) -> Arc<ConsumerHandle> {
         let spec = ConsumerSpec {
             id,
             name: name.into(),
@@ -136,12 +140,16 @@ mod tests {
             credit_flow: false,
             delivered_counter: Default::default(),
             delivered_bytes: Default::default(),
-            capacity,
+            buffer: BufferLimit { messages, bytes },
         };
         Arc::new(ConsumerHandle::new(spec, Arc::new(Notify::new())))
     }
 
     fn batch(from: u64, count: u64, key: Option<&str>) -> Vec<Arc<Message>> {
+        sized_batch(from, count, key, 1)
+    }
+
+    fn sized_batch(from: u64, count: u64, key: Option<&str>, size: usize) -> Vec<Arc<Message>> {
         (from..from + count)
             .map(|offset| {
                 Arc::new(Message {
@@ -151,7 +159,7 @@ mod tests {
                     producer_name: Arc::from("p"),
                     key: key.map(str::to_string),
                     attributes: vec![],
-                    payload: Bytes::from_static(b"x"),
+                    payload: Bytes::from(vec![b'x'; size]),
                     schema_id: None,
                     schema_version: None,
                 })
@@ -189,6 +197,67 @@ mod tests {
         dispatcher.dispatch(&batch(0, 10, None));
         assert_eq!(offsets(&mut receiver), vec![0, 1, 2, 3]);
         assert_eq!(slow.take_dropped(), 6);
+    }
+
+    #[test]
+    fn a_consumer_buffer_full_of_bytes_loses_what_does_not_fit_however_few_messages_it_holds() {
+        let dispatcher = PushDispatcher::new(SubscriptionType::Exclusive, 0);
+        let slow = bounded_consumer(1, "slow", 1000, 10 * 1024);
+        let (_, mut receiver) = slow.attach();
+        dispatcher.add(Arc::clone(&slow)).unwrap();
+
+        dispatcher.dispatch(&sized_batch(0, 25, None, 1024));
+        assert_eq!(offsets(&mut receiver), (0..10).collect::<Vec<_>>());
+        assert_eq!(slow.take_dropped(), 15);
+        assert_eq!(slow.room(), 0);
+    }
+
+    #[test]
+    fn bytes_moved_onto_the_wire_make_room_again() {
+        let dispatcher = PushDispatcher::new(SubscriptionType::Exclusive, 0);
+        let consumer = bounded_consumer(1, "c", 1000, 4 * 1024);
+        let (_, mut receiver) = consumer.attach();
+        dispatcher.add(Arc::clone(&consumer)).unwrap();
+
+        dispatcher.dispatch(&sized_batch(0, 6, None, 1024));
+        let first: Vec<_> = std::iter::from_fn(|| receiver.try_recv().ok())
+            .flatten()
+            .collect();
+        assert_eq!(first.len(), 4);
+        consumer.taken(&first);
+
+        dispatcher.dispatch(&sized_batch(6, 6, None, 1024));
+        assert_eq!(offsets(&mut receiver), (6..10).collect::<Vec<_>>());
+        assert_eq!(consumer.take_dropped(), 4);
+    }
+
+    #[test]
+    fn a_message_larger_than_the_byte_bound_still_reaches_an_empty_buffer() {
+        let dispatcher = PushDispatcher::new(SubscriptionType::Exclusive, 0);
+        let consumer = bounded_consumer(1, "c", 1000, 1024);
+        let (_, mut receiver) = consumer.attach();
+        dispatcher.add(Arc::clone(&consumer)).unwrap();
+
+        dispatcher.dispatch(&sized_batch(0, 2, None, 64 * 1024));
+        assert_eq!(offsets(&mut receiver), vec![0]);
+        assert_eq!(consumer.take_dropped(), 1);
+    }
+
+    #[test]
+    fn shared_sends_past_a_consumer_whose_bytes_are_full() {
+        let dispatcher = PushDispatcher::new(SubscriptionType::Shared, 0);
+        let roomy = bounded_consumer(1, "roomy", 1000, usize::MAX);
+        let small = bounded_consumer(2, "small", 1000, 2 * 1024);
+        let (_, mut roomy_rx) = roomy.attach();
+        let (_, mut small_rx) = small.attach();
+        dispatcher.add(Arc::clone(&roomy)).unwrap();
+        dispatcher.add(Arc::clone(&small)).unwrap();
+
+        dispatcher.dispatch(&sized_batch(0, 40, None, 1024));
+        let (roomy_got, small_got) = (offsets(&mut roomy_rx), offsets(&mut small_rx));
+        assert_eq!(small_got.len(), 2);
+        assert_eq!(roomy_got.len(), 38);
+        assert_eq!(roomy.take_dropped() + small.take_dropped(), 0);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
 use super::SubscriptionType;
-use super::consumer::ConsumerHandle;
+use super::consumer::{ConsumerHandle, Room};
 use super::router::{Member, Router};
 use crate::error::BrokerError;
 use crate::log::TopicLog;
@@ -600,7 +600,7 @@ impl Task {
         {
             return;
         }
-        let mut room: Vec<usize> = self.consumers.iter().map(|c| self.room_of(c)).collect();
+        let mut room = Room::of(&self.consumers, |c| self.room_of(c));
         let mut chunks: Vec<Vec<Delivery>> = vec![Vec::new(); self.consumers.len()];
 
         if let Err(error) = self.dispatch_ready(&mut room, &mut chunks).await {
@@ -627,12 +627,12 @@ impl Task {
     /// Sends offsets that are ready again (nacked, or left by a consumer).
     async fn dispatch_ready(
         &mut self,
-        room: &mut [usize],
+        room: &mut Room,
         chunks: &mut [Vec<Delivery>],
     ) -> Result<(), sava_storage::Error> {
         let ready: Vec<u64> = self.ready.iter().copied().collect();
         for offset in ready {
-            if room.iter().all(|r| *r == 0) {
+            if room.is_exhausted() {
                 break;
             }
             let Some(message) = self.log.get(offset).await? else {
@@ -646,11 +646,11 @@ impl Task {
                 }
                 continue;
             }
-            let Some(index) = self.router.choose(message.routing_key(), room) else {
+            let Some(index) = self.router.choose(message.routing_key(), room.messages()) else {
                 break;
             };
             self.ready.remove(&offset);
-            room[index] -= 1;
+            room.take(index, &message);
             chunks[index].push(self.deliver(index, message));
         }
         Ok(())
@@ -659,12 +659,12 @@ impl Task {
     /// Sends offsets never delivered yet, skipping acknowledged ones.
     async fn dispatch_new(
         &mut self,
-        room: &mut [usize],
+        room: &mut Room,
         chunks: &mut [Vec<Delivery>],
     ) -> Result<(), sava_storage::Error> {
         self.next_read = self.next_read.max(self.log.start());
         while self.next_read < self.log.end() {
-            if room.iter().all(|r| *r == 0) {
+            if room.is_exhausted() {
                 return Ok(());
             }
             let batch = self.log.read(self.next_read, READ_STEP).await?;
@@ -676,10 +676,10 @@ impl Task {
                     self.next_read = message.offset + 1;
                     continue;
                 }
-                let Some(index) = self.router.choose(message.routing_key(), room) else {
+                let Some(index) = self.router.choose(message.routing_key(), room.messages()) else {
                     return Ok(());
                 };
-                room[index] -= 1;
+                room.take(index, &message);
                 self.next_read = message.offset + 1;
                 chunks[index].push(self.deliver(index, message));
             }
@@ -753,7 +753,7 @@ mod tests {
     use tokio::time::timeout;
 
     use super::*;
-    use crate::dispatch::consumer::{ConsumerSpec, DeliveryReceiver};
+    use crate::dispatch::consumer::{BufferLimit, ConsumerSpec, DeliveryReceiver};
 
     struct TestLog {
         log: Arc<TopicLog>,
@@ -848,6 +848,15 @@ mod tests {
         name: &str,
         wake: &Arc<Notify>,
     ) -> (Arc<ConsumerHandle>, DeliveryReceiver) {
+        bounded_consumer(id, name, wake, usize::MAX)
+    }
+
+    fn bounded_consumer(
+        id: u64,
+        name: &str,
+        wake: &Arc<Notify>,
+        bytes: usize,
+    ) -> (Arc<ConsumerHandle>, DeliveryReceiver) {
         let spec = ConsumerSpec {
             id,
             name: name.into(),
@@ -857,7 +866,10 @@ mod tests {
             credit_flow: false,
             delivered_counter: Default::default(),
             delivered_bytes: Default::default(),
-            capacity: 1000,
+            buffer: BufferLimit {
+                messages: 1000,
+                bytes,
+            },
         };
         let handle = Arc::new(ConsumerHandle::new(spec, Arc::clone(wake)));
         let (_, receiver) = handle.attach();
@@ -890,6 +902,34 @@ mod tests {
         dispatcher.add(handle).unwrap();
         let got = receive(&mut receiver, 5).await;
         assert_eq!(got, (0..5).map(|o| (o, 1)).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_buffer_full_of_bytes_holds_the_rest_back_until_its_deliveries_leave() {
+        // Each test message is 3 bytes: a 1-byte payload and a 2-byte key.
+        let log = log_with(10).await;
+        let (dispatcher, wake) =
+            start(SubscriptionType::Exclusive, &log, StartPosition::Earliest).await;
+        let (handle, mut receiver) = bounded_consumer(1, "c", &wake, 4 * 3);
+        dispatcher.add(Arc::clone(&handle)).unwrap();
+
+        let mut first = Vec::new();
+        while first.len() < 4 {
+            let chunk = timeout(Duration::from_secs(5), receiver.recv()).await;
+            first.extend(chunk.expect("deliveries within 5 s").expect("session open"));
+        }
+        let offsets: Vec<u64> = first.iter().map(|d| d.message.offset).collect();
+        assert_eq!(offsets, [0, 1, 2, 3]);
+        nothing_more(&mut receiver).await;
+
+        handle.taken(&first);
+        let next: Vec<u64> = receive(&mut receiver, 4)
+            .await
+            .iter()
+            .map(|d| d.0)
+            .collect();
+        assert_eq!(next, [4, 5, 6, 7]);
+        nothing_more(&mut receiver).await;
     }
 
     #[tokio::test]
