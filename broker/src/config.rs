@@ -136,6 +136,11 @@ pub struct OffloadSection {
     pub row_group_bytes: usize,
     /// Bytes of object data (decoded row groups, footers) cached for reads.
     pub read_cache_bytes: usize,
+    /// How far above the broker's nice value the threads decoding reads
+    /// from object storage run (0 to 19): a replay then takes the CPU that
+    /// producers and live consumers leave. 0 runs them at the broker's
+    /// priority.
+    pub read_nice: i32,
     /// An offloaded segment stays on local disk this long after its last
     /// message, for fast catch-up, unless retention lets it go earlier.
     pub local_retention_secs: u64,
@@ -162,6 +167,7 @@ impl Default for OffloadSection {
             interval_ms: 1000,
             row_group_bytes: 1024 * 1024,
             read_cache_bytes: 64 * 1024 * 1024,
+            read_nice: 10,
             local_retention_secs: 300,
             max_pending_bytes: 1024 * 1024 * 1024,
             compact_below_bytes: 4 * 1024 * 1024,
@@ -363,6 +369,12 @@ impl Config {
                 "cluster.renew_interval_ms must be above 0 and cluster.lease_ttl_ms at least twice it".into(),
             ));
         }
+        if !(0..=19).contains(&self.offload.read_nice) {
+            return Err(ConfigError::Invalid(format!(
+                "offload.read_nice must be between 0 and 19, not {}",
+                self.offload.read_nice
+            )));
+        }
         if self.limits.consumer_buffer_messages == 0 {
             return Err(ConfigError::Invalid(
                 "limits.consumer_buffer_messages must be above 0".into(),
@@ -557,6 +569,23 @@ mod tests {
             toml::to_string(&defaults).unwrap(),
             "the example must list every key at its default"
         );
+    }
+
+    #[test]
+    fn bounds_that_could_never_work_are_refused_by_name() {
+        for (key, value, named) in [
+            ("SAVA_OFFLOAD__READ_NICE", "20", "offload.read_nice"),
+            ("SAVA_OFFLOAD__READ_NICE", "-5", "offload.read_nice"),
+            (
+                "SAVA_LIMITS__CONSUMER_BUFFER_BYTES",
+                "0",
+                "limits.consumer_buffer_bytes",
+            ),
+        ] {
+            let env = [(key.to_string(), value.to_string())];
+            let error = Config::load(None, env).unwrap_err().to_string();
+            assert!(error.contains(named), "{key}={value}: {error}");
+        }
     }
 
     #[test]

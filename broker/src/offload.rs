@@ -44,6 +44,8 @@ pub fn open_tier(
         compact_below_bytes: offload.compact_below_bytes,
         compact_target_bytes: offload.compact_target_bytes,
         orphan_grace: Duration::from_secs(offload.orphan_grace_secs),
+        read_nice: offload.read_nice,
+        ..TierConfig::default()
     };
     Ok(Some(Tier::new(objects, catalog.clone(), tier_config)))
 }

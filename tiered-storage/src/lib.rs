@@ -25,6 +25,7 @@ mod index;
 pub mod log;
 pub mod metrics;
 pub mod objects;
+mod read_pool;
 pub mod record;
 pub mod recovery;
 pub mod segment;

@@ -14,8 +14,8 @@
 //! Reads fetch the row group holding their offset and the ones after it,
 //! up to a bounded span, with one ranged GET (the descriptor says where
 //! each row group sits), plus the object's footer unless the span runs to
-//! the end of the object and brings it along. They decode on the blocking
-//! pool into a cache bounded in bytes. Row groups before the offset are
+//! the end of the object and brings it along. They decode on the tier's
+//! own low-priority threads (`read_pool.rs`) into a cache bounded in bytes. Row groups before the offset are
 //! never fetched. A read also starts fetching the next object, so a
 //! sequential replay keeps the store busy while it decodes; a second reader
 //! of an object being fetched waits for that fetch instead of repeating it.
@@ -34,6 +34,7 @@ use crate::columnar::{self, EncodedSegment, FOOTER_FETCH_BYTES, PartialObject};
 use crate::error::{Error, Result};
 use crate::log::PartitionLog;
 use crate::objects::ObjectTier;
+use crate::read_pool::ReadPool;
 use crate::record::Record;
 use crate::segment::SegmentInfo;
 
@@ -56,6 +57,12 @@ pub struct TierConfig {
     /// Objects no descriptor names are deleted once this old; replaced
     /// objects this long after compaction replaced them.
     pub orphan_grace: Duration,
+    /// Threads that decode what reads fetched (default: one per core).
+    pub read_threads: usize,
+    /// How far above the broker's nice value those threads run, so that a
+    /// replay takes only the CPU live traffic leaves (default 10; 0 runs
+    /// them at the broker's priority).
+    pub read_nice: i32,
 }
 
 impl Default for TierConfig {
@@ -67,6 +74,8 @@ impl Default for TierConfig {
             compact_below_bytes: 4 * 1024 * 1024,
             compact_target_bytes: 64 * 1024 * 1024,
             orphan_grace: Duration::from_secs(10 * 60),
+            read_threads: std::thread::available_parallelism().map_or(2, usize::from),
+            read_nice: 10,
         }
     }
 }
@@ -99,6 +108,7 @@ pub struct Tier {
     fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Objects replaced by compaction, deleted once their deadline passes.
     replaced: Mutex<Vec<(String, Instant)>>,
+    read_pool: ReadPool,
     stats: TierStats,
 }
 
@@ -114,6 +124,7 @@ impl std::fmt::Debug for Tier {
 impl Tier {
     pub fn new(objects: ObjectTier, catalog: Catalog, config: TierConfig) -> Arc<Tier> {
         let cache = BlockCache::new(config.cache_bytes);
+        let read_pool = ReadPool::start(config.read_threads, config.read_nice);
         Arc::new(Tier {
             objects,
             catalog,
@@ -121,6 +132,7 @@ impl Tier {
             cache: Mutex::new(cache),
             fetching: Mutex::new(HashMap::new()),
             replaced: Mutex::new(Vec::new()),
+            read_pool,
             stats: TierStats::default(),
         })
     }
@@ -455,7 +467,7 @@ impl Tier {
             object.add(footer_start, footer);
             object.add(start, body);
         }
-        // Two halves decode on two blocking threads at once.
+        // Two halves decode on two read threads at once.
         let halves = match last > first {
             true => {
                 let middle = first + (last - first).div_ceil(2);
@@ -465,13 +477,12 @@ impl Tier {
         };
         let decodes = halves.into_iter().map(|(from, to)| {
             let (object, name) = (object.clone(), segment.object_key.clone());
-            tokio::task::spawn_blocking(move || {
-                columnar::decode_row_groups(object, from..=to, &name)
-            })
+            self.read_pool
+                .run(move || columnar::decode_row_groups(object, from..=to, &name))
         });
         let mut decoded = Vec::with_capacity(last - first + 1);
         for half in futures::future::join_all(decodes).await {
-            decoded.extend(half.map_err(|_| Error::Closed)??);
+            decoded.extend(half??);
         }
 
         let mut decoded = decoded.into_iter().map(Arc::new);

@@ -1,0 +1,166 @@
+//! The threads that decode what reads fetch from object storage, at a lower
+//! CPU priority than the rest of the broker.
+//!
+//! Decoding Parquet (zstd, and one copy per record) is most of a replay's
+//! CPU. On a machine whose cores the write path needs, a replay at full
+//! speed takes them from the producers. At a higher nice value the decoding
+//! gets the CPU live traffic leaves over, and all of it when the broker is
+//! otherwise idle. The pool also bounds how many decodes run at once, where
+//! the blocking pool would start a thread for each.
+//!
+//! The priority is per thread, which Linux supports; elsewhere the threads
+//! run at the broker's own priority. An unprivileged process may raise its
+//! nice value but not lower it again, hence threads of their own rather
+//! than blocking-pool threads lent for the length of a decode.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::oneshot;
+
+use crate::error::{Error, Result};
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A fixed set of low-priority threads running decode jobs in arrival order.
+#[derive(Debug)]
+pub(crate) struct ReadPool {
+    /// `None` when no thread could be started: jobs then go to the blocking
+    /// pool at normal priority.
+    jobs: Option<Mutex<mpsc::Sender<Job>>>,
+}
+
+impl ReadPool {
+    /// Starts `threads` threads whose nice value is `nice` above the
+    /// broker's (0 keeps its priority; nice values stop at 19). They end
+    /// once the pool is dropped and their queue is empty.
+    pub(crate) fn start(threads: usize, nice: i32) -> ReadPool {
+        let (sender, receiver) = mpsc::channel::<Job>();
+        let receiver = Arc::new(Mutex::new(receiver));
+        let mut started = 0;
+        for index in 0..threads.max(1) {
+            let receiver = Arc::clone(&receiver);
+            let spawned = std::thread::Builder::new()
+                .name(format!("sava-tier-read-{index}"))
+                .spawn(move || serve(&receiver, nice));
+            match spawned {
+                Ok(_) => started += 1,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot start a tier read thread");
+                }
+            }
+        }
+        ReadPool {
+            jobs: (started > 0).then(|| Mutex::new(sender)),
+        }
+    }
+
+    /// Runs `job` on the pool and returns its result. A job that panics
+    /// gives [`Error::Closed`], as does a pool whose threads are gone.
+    pub(crate) async fn run<T, F>(&self, job: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        let Some(jobs) = &self.jobs else {
+            return tokio::task::spawn_blocking(job)
+                .await
+                .map_err(|_| Error::Closed);
+        };
+        let (done, result) = oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = done.send(job());
+        });
+        let sent = jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .send(job);
+        if sent.is_err() {
+            return Err(Error::Closed);
+        }
+        result.await.map_err(|_| Error::Closed)
+    }
+}
+
+/// One thread's life: lower its priority, then run jobs until the pool is
+/// dropped.
+fn serve(receiver: &Mutex<mpsc::Receiver<Job>>, nice: i32) {
+    lower_priority(nice);
+    loop {
+        let job = receiver
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .recv();
+        let Ok(job) = job else {
+            return;
+        };
+        // A panicking job drops its result sender, which its caller sees.
+        let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn lower_priority(nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    // SAFETY: nice takes no pointers and, on Linux, changes the calling
+    // thread alone; errno is thread-local, so clearing it first is what
+    // tells a failure from a new nice value of -1.
+    let failed = unsafe {
+        *libc::__errno_location() = 0;
+        libc::nice(nice) == -1 && *libc::__errno_location() != 0
+    };
+    if failed {
+        let error = std::io::Error::last_os_error();
+        tracing::warn!(%error, nice, "cannot lower the priority of a tier read thread");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_priority(_nice: i32) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn jobs_run_on_the_pool_and_return_their_results() {
+        let pool = ReadPool::start(2, 0);
+        let names =
+            futures::future::join_all((0..8).map(|i| {
+                pool.run(move || (i * 2, std::thread::current().name().map(str::to_owned)))
+            }))
+            .await;
+        for (i, outcome) in names.into_iter().enumerate() {
+            let (doubled, name) = outcome.unwrap();
+            assert_eq!(doubled, i * 2);
+            assert!(name.unwrap().starts_with("sava-tier-read-"));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_fails_alone_and_the_pool_goes_on() {
+        let pool = ReadPool::start(1, 0);
+        let failed = pool.run(|| -> u32 { panic!("a corrupt object") }).await;
+        assert!(matches!(failed, Err(Error::Closed)), "{failed:?}");
+        assert_eq!(pool.run(|| 7).await.unwrap(), 7);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn the_threads_run_at_the_nice_value_asked_for() {
+        let pool = ReadPool::start(1, 5);
+        let nice = pool
+            .run(|| {
+                // SAFETY: as in lower_priority.
+                unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
+            })
+            .await
+            .unwrap();
+        // SAFETY: as above, for the calling thread.
+        let own = unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };
+        assert_eq!(nice, (own + 5).min(19));
+    }
+}
