@@ -131,23 +131,38 @@ impl Broker {
         // The next segment encodes on its own task while this one uploads.
         let spawn_encode = |segment: SegmentInfo| {
             let (tier, disk, name) = (Arc::clone(tier), Arc::clone(log.disk()), topic.name.clone());
-            tokio::spawn(async move { tier.encode(name.as_str(), &disk, &segment).await })
+            let next_offset = segment.next_offset;
+            let task =
+                tokio::spawn(async move { tier.encode(name.as_str(), &disk, &segment).await });
+            (next_offset, task)
         };
         let mut encoding = segments.next().map(spawn_encode);
         let mut count = 0;
-        while let Some(current) = encoding.take() {
-            let encoded = current
-                .await
-                .map_err(|_| BrokerError::ShuttingDown)?
-                .map_err(BrokerError::Storage)?;
+        while let Some((next_offset, current)) = encoding.take() {
+            let encoded = current.await.map_err(|_| BrokerError::ShuttingDown)?;
             encoding = segments.next().map(spawn_encode);
+            let encoded = match encoded {
+                Ok(encoded) => encoded,
+                // Retention deleted it since it was listed: every
+                // subscription had acknowledged it and nothing keeps it.
+                Err(_) if log.disk().start_offset() >= next_offset => {
+                    tracing::debug!(topic = %topic.name, next_offset, "retention deleted a segment before it was offloaded; skipping it");
+                    continue;
+                }
+                Err(error) => {
+                    if let Some((_, next)) = encoding {
+                        next.abort();
+                    }
+                    return Err(BrokerError::Storage(error));
+                }
+            };
             let uploaded = tier.upload(topic.name.as_str(), encoded, topic.epoch).await;
             let descriptor = match uploaded {
                 Ok(descriptor) => descriptor,
                 Err(error) => {
                     // Its result would be thrown away; the next pass encodes
                     // it again.
-                    if let Some(next) = encoding {
+                    if let Some((_, next)) = encoding {
                         next.abort();
                     }
                     return Err(BrokerError::Storage(error));

@@ -1,8 +1,9 @@
 //! Tiered storage end to end: a broker offloading reliable topics to a real
 //! S3 server started by `localstack/` (moto, and LocalStack once), replay
 //! from object storage after local copies are gone, compaction under a
-//! reader, retention, an unreachable store, a crash between upload and
-//! commit, and the Parquet files read by an independent reader (pyarrow).
+//! reader, retention (also racing an offload), an unreachable store, a
+//! crash between upload and commit, and the Parquet files read by an
+//! independent reader (pyarrow).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -459,6 +460,61 @@ async fn an_unreachable_store_holds_offload_back_and_it_resumes_with_nothing_los
     produce(&client, topic, sent, 10).await;
     let total = sent + 10;
     replays_whole(&client, topic, "audit", total as usize).await;
+}
+
+#[tokio::test]
+async fn an_offload_skips_segments_retention_deleted_after_it_listed_them() {
+    let s3 = S3Server::start(S3ServerKind::Moto).unwrap();
+    // Only the admin command offloads: the offloader's pass is an hour away.
+    let broker = broker_over(&s3, "race", &[("SAVA_OFFLOAD__INTERVAL_MS", "3600000")]).await;
+    // /default keeps nothing every subscription acknowledged.
+    let topic = "/default/raced";
+    let client = Client::builder(broker.service_url()).build().await.unwrap();
+
+    // A subscription that acknowledges nothing yet keeps every segment.
+    produce(&client, topic, 0, 0).await;
+    consume(&client, topic, "holder", StartPosition::Earliest, 0).await;
+    produce(&client, topic, 0, 2000).await;
+    let sealed = segments_of(&broker, topic, "local").len();
+    assert!(sealed >= 4, "only {sealed} local segments");
+
+    // The offload lists them all, then stalls on its first upload.
+    s3.pause().unwrap();
+    let offload = broker
+        .sava_admin_command()
+        .unwrap()
+        .args(["storage", "offload", topic])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    sleep(Duration::from_secs(1)).await;
+
+    // Meanwhile everything is acknowledged, and retention deletes the
+    // local segments the offload has not read yet.
+    consume(&client, topic, "holder", StartPosition::Earliest, 2000).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while segments_of(&broker, topic, "local").len() > 1 {
+        assert!(Instant::now() < deadline, "retention deleted nothing");
+        sleep(Duration::from_millis(200)).await;
+    }
+
+    s3.resume().unwrap();
+    let output = tokio::task::spawn_blocking(move || offload.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "the offload failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // The broker goes on: new messages are offloaded and read back.
+    produce(&client, topic, 2000, 300).await;
+    broker.admin_ok(&["storage", "offload", topic]);
+    let late = consume(&client, topic, "late", StartPosition::Offset(2000), 300).await;
+    assert_messages(&late, 2000);
 }
 
 #[tokio::test]
