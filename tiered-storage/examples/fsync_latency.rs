@@ -18,6 +18,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+#[path = "support/flags.rs"]
+mod flags;
+
 struct Options {
     mbps: f64,
     seconds: f64,
@@ -32,22 +35,15 @@ fn parse_options() -> Options {
         interval: Duration::from_millis(1),
         dir: std::env::temp_dir(),
     };
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let value = args
-            .next()
-            .unwrap_or_else(|| panic!("{flag} needs a value"));
-        let number = || -> f64 {
-            value
-                .parse()
-                .unwrap_or_else(|_| panic!("{flag}: '{value}' is not a number"))
-        };
-        match flag.as_str() {
-            "--mbps" => options.mbps = number(),
-            "--seconds" => options.seconds = number(),
-            "--interval-ms" => options.interval = Duration::from_secs_f64(number() / 1000.0),
-            "--dir" => options.dir = PathBuf::from(value),
-            _ => panic!("unknown flag {flag}"),
+    for flag in flags::flags() {
+        match flag.name.as_str() {
+            "--mbps" => options.mbps = flag.parse(),
+            "--seconds" => options.seconds = flag.parse(),
+            "--interval-ms" => {
+                options.interval = Duration::from_secs_f64(flag.parse::<f64>() / 1000.0)
+            }
+            "--dir" => options.dir = PathBuf::from(&flag.value),
+            _ => flag.unknown(),
         }
     }
     assert!(

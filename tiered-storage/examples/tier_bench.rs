@@ -25,6 +25,9 @@ use sava_storage::{
     PartitionLog, Record, Tier, TierConfig,
 };
 
+#[path = "support/flags.rs"]
+mod flags;
+
 const MESSAGE_BYTES: usize = 1024;
 const TOPIC: &str = "/bench/replay";
 
@@ -45,23 +48,14 @@ fn parse_options() -> Options {
         url: std::env::var("SAVA_STORAGE__OBJECT_STORE")
             .unwrap_or_else(|_| "s3://sava/bench".into()),
     };
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let value = args
-            .next()
-            .unwrap_or_else(|| panic!("{flag} needs a value"));
-        let number = || {
-            value
-                .parse::<u64>()
-                .unwrap_or_else(|_| panic!("{flag}: not a number"))
-        };
-        match flag.as_str() {
-            "--megabytes" => options.megabytes = number(),
-            "--segment-megabytes" => options.segment_megabytes = number(),
-            "--row-group-kib" => options.row_group_kib = number() as usize,
-            "--rounds" => options.rounds = number() as usize,
-            "--url" => options.url = value,
-            other => panic!("unknown flag {other}"),
+    for flag in flags::flags() {
+        match flag.name.as_str() {
+            "--megabytes" => options.megabytes = flag.parse(),
+            "--segment-megabytes" => options.segment_megabytes = flag.parse(),
+            "--row-group-kib" => options.row_group_kib = flag.parse(),
+            "--rounds" => options.rounds = flag.parse(),
+            "--url" => options.url = flag.value,
+            _ => flag.unknown(),
         }
     }
     options

@@ -27,6 +27,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use sava_storage::{AppendAck, CommitConfig, GroupCommitter, LogConfig, PartitionLog, Record};
 
+#[path = "support/flags.rs"]
+mod flags;
+
 const RECORD_BYTES: usize = 1024;
 const BLOCK_BYTES: usize = 1024 * 1024;
 
@@ -52,26 +55,17 @@ fn parse_options() -> Options {
         rounds: 5,
         dir: std::env::temp_dir(),
     };
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let value = args
-            .next()
-            .unwrap_or_else(|| panic!("{flag} needs a value"));
-        let number = || {
-            value
-                .parse::<f64>()
-                .unwrap_or_else(|_| panic!("bad {flag}"))
-        };
-        match flag.as_str() {
-            "--seconds" => options.seconds = number(),
-            "--writers" => options.writers = number() as usize,
-            "--partitions" => options.partitions = number() as usize,
-            "--records" => options.records = number() as usize,
-            "--window" => options.window = number() as usize,
-            "--sync-threads" => options.sync_threads = number() as usize,
-            "--rounds" => options.rounds = number() as usize,
-            "--dir" => options.dir = PathBuf::from(&value),
-            _ => panic!("unknown flag {flag}"),
+    for flag in flags::flags() {
+        match flag.name.as_str() {
+            "--seconds" => options.seconds = flag.parse(),
+            "--writers" => options.writers = flag.parse(),
+            "--partitions" => options.partitions = flag.parse(),
+            "--records" => options.records = flag.parse(),
+            "--window" => options.window = flag.parse(),
+            "--sync-threads" => options.sync_threads = flag.parse(),
+            "--rounds" => options.rounds = flag.parse(),
+            "--dir" => options.dir = PathBuf::from(&flag.value),
+            _ => flag.unknown(),
         }
     }
     options.partitions = options.partitions.clamp(1, options.writers.max(1));
