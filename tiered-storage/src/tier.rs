@@ -41,6 +41,19 @@ use crate::segment::SegmentInfo;
 /// The most bytes one ranged GET of a reader asks for.
 const MAX_SPAN_BYTES: u64 = 8 * 1024 * 1024;
 
+/// An object being fetched, listed in [`Tier`]'s `fetching` map until
+/// this is dropped.
+struct FetchEntry<'a> {
+    fetching: &'a Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    key: &'a str,
+}
+
+impl Drop for FetchEntry<'_> {
+    fn drop(&mut self) {
+        lock(self.fetching).remove(self.key);
+    }
+}
+
 /// Settings of the tier.
 #[derive(Debug, Clone)]
 pub struct TierConfig {
@@ -415,10 +428,16 @@ impl Tier {
                     drop(fetch.lock().await);
                 }
                 Ok(_guard) => {
+                    // Gone from the map however this ends, the read dropped
+                    // mid-fetch included, before the lock is released; else
+                    // the next reader would find the lock free and the
+                    // entry still there, and spin.
+                    let _entry = FetchEntry {
+                        fetching: &self.fetching,
+                        key: &key.0,
+                    };
                     self.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
-                    let result = self.fetch_span(segment, group).await;
-                    lock(&self.fetching).remove(&key.0);
-                    return result;
+                    return self.fetch_span(segment, group).await;
                 }
             }
         }

@@ -130,6 +130,28 @@ fn reads_come_from_the_cache_once_fetched() {
 }
 
 #[test]
+fn a_read_dropped_while_it_fetches_leaves_no_fetch_behind_for_the_next_reader() {
+    let fixture = offloaded(200, 64 * 1024, small_tier());
+    fixture.runtime.block_on(async {
+        let segments = fixture.tier.segments(TOPIC).await.unwrap();
+        // Dropped after its first poll, with the object's fetch under way.
+        let cancelled =
+            tokio::time::timeout(Duration::from_nanos(1), fixture.tier.read(&segments, 0, 50));
+        assert!(
+            cancelled.await.is_err(),
+            "the read finished in its first poll"
+        );
+
+        let next =
+            tokio::time::timeout(Duration::from_secs(10), fixture.tier.read(&segments, 0, 50));
+        let records = next.await.expect("the next reader is not held up").unwrap();
+        // One row group's worth, from the offset asked for.
+        assert!(!records.is_empty());
+        assert_records(&records, 0..records.len() as u64);
+    });
+}
+
+#[test]
 fn a_time_finds_the_first_offset_published_at_or_after_it() {
     let fixture = offloaded(300, 4096, small_tier());
     let segments = fixture
