@@ -145,8 +145,13 @@ impl Broker {
                 Ok(encoded) => encoded,
                 // Retention deleted it since it was listed: every
                 // subscription had acknowledged it and nothing keeps it.
-                Err(_) if log.disk().start_offset() >= next_offset => {
-                    tracing::debug!(topic = %topic.name, next_offset, "retention deleted a segment before it was offloaded; skipping it");
+                Err(error) if log.disk().start_offset() >= next_offset => {
+                    tracing::info!(
+                        topic = %topic.name,
+                        next_offset,
+                        %error,
+                        "retention deleted a segment before it was offloaded; skipping it"
+                    );
                     continue;
                 }
                 Err(error) => {

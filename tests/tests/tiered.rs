@@ -509,6 +509,12 @@ async fn an_offload_skips_segments_retention_deleted_after_it_listed_them() {
         "the offload failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+    let log = std::fs::read_to_string(broker.log_path()).unwrap();
+    assert!(
+        log.contains("retention deleted a segment before it was offloaded"),
+        "the offload never met a segment retention had deleted:\n{}",
+        broker.log_tail()
+    );
 
     // The broker goes on: new messages are offloaded and read back.
     produce(&client, topic, 2000, 300).await;

@@ -28,7 +28,7 @@ type Job = Box<dyn FnOnce() + Send>;
 pub(crate) struct ReadPool {
     /// `None` when no thread could be started: jobs then go to the blocking
     /// pool at normal priority.
-    jobs: Option<Mutex<mpsc::Sender<Job>>>,
+    jobs: Option<mpsc::Sender<Job>>,
 }
 
 impl ReadPool {
@@ -42,7 +42,8 @@ impl ReadPool {
         for index in 0..threads.max(1) {
             let receiver = Arc::clone(&receiver);
             let spawned = std::thread::Builder::new()
-                .name(format!("sava-tier-read-{index}"))
+                // Linux keeps 15 bytes of a thread's name.
+                .name(format!("sava-tierrd-{index}"))
                 .spawn(move || serve(&receiver, nice));
             match spawned {
                 Ok(_) => started += 1,
@@ -52,7 +53,7 @@ impl ReadPool {
             }
         }
         ReadPool {
-            jobs: (started > 0).then(|| Mutex::new(sender)),
+            jobs: (started > 0).then_some(sender),
         }
     }
 
@@ -72,11 +73,7 @@ impl ReadPool {
         let job: Job = Box::new(move || {
             let _ = done.send(job());
         });
-        let sent = jobs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .send(job);
-        if sent.is_err() {
+        if jobs.send(job).is_err() {
             return Err(Error::Closed);
         }
         result.await.map_err(|_| Error::Closed)
@@ -136,7 +133,7 @@ mod tests {
         for (i, outcome) in names.into_iter().enumerate() {
             let (doubled, name) = outcome.unwrap();
             assert_eq!(doubled, i * 2);
-            assert!(name.unwrap().starts_with("sava-tier-read-"));
+            assert!(name.unwrap().starts_with("sava-tierrd-"));
         }
     }
 

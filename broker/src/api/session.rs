@@ -73,7 +73,7 @@ pub fn one_by_one(
     futures::stream::unfold(state, |(mut receiver, mut queue, guard)| async move {
         if queue.is_empty() {
             let chunk = receiver.recv().await?;
-            guard.entry.handle.taken(&chunk);
+            guard.entry.handle.taken(guard.session, &chunk);
             dispatched(&guard.entry, &chunk);
             queue.extend(chunk);
         }
@@ -104,7 +104,7 @@ pub fn batched(
         let handle = &guard.entry.handle;
         let allowed = handle.take_credits(queue.len().min(max)).await;
         let batch: Vec<Delivery> = queue.drain(..allowed).collect();
-        handle.taken(&batch);
+        handle.taken(guard.session, &batch);
         dispatched(&guard.entry, &batch);
         let dropped = handle.take_dropped();
         Some(((batch, dropped), (receiver, queue, guard)))

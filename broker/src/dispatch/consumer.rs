@@ -65,6 +65,7 @@ struct Session {
 /// How much one consumer's buffer holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BufferLimit {
+    /// Messages, whatever their size.
     pub messages: usize,
     /// Payload, key and attributes, as [`Message::message_bytes`] counts them.
     pub bytes: usize,
@@ -192,12 +193,23 @@ impl ConsumerHandle {
         })
     }
 
-    /// Called by the stream task for the messages it moved onto the wire.
-    pub fn taken(&self, deliveries: &[Delivery]) {
+    /// Called by the stream task of session `session` for the messages it
+    /// moved onto the wire. A session that a newer one replaced may still
+    /// hand over what it held; the buffer stopped counting that when the
+    /// newer session attached.
+    pub fn taken(&self, session: u64, deliveries: &[Delivery]) {
         let count = deliveries.len();
         let bytes = delivery_bytes(deliveries);
-        self.buffered.fetch_sub(count, Ordering::AcqRel);
-        self.buffered_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        let current = self.lock_session();
+        if current.id == session {
+            let before = self.buffered.fetch_sub(count, Ordering::AcqRel);
+            let bytes_before = self.buffered_bytes.fetch_sub(bytes, Ordering::AcqRel);
+            debug_assert!(
+                before >= count && bytes_before >= bytes,
+                "buffer counts underflow"
+            );
+        }
+        drop(current);
         self.delivered.fetch_add(count as u64, Ordering::Relaxed);
         self.delivered_counter
             .fetch_add(count as u64, Ordering::Relaxed);
@@ -247,6 +259,8 @@ impl ConsumerHandle {
         session.sender = Some(sender);
         self.buffered.store(0, Ordering::Release);
         self.buffered_bytes.store(0, Ordering::Release);
+        // The new stream's client grants its own credits.
+        self.credits.store(0, Ordering::Release);
         (session.id, receiver)
     }
 
@@ -324,12 +338,17 @@ impl Room {
         &self.messages
     }
 
+    /// Whether no consumer may take another message in this pass.
     pub fn is_exhausted(&self) -> bool {
         self.messages.iter().all(|room| *room == 0)
     }
 
     /// Counts `message` as given to consumer `index`.
     pub fn take(&mut self, index: usize, message: &Message) {
+        debug_assert!(
+            self.messages[index] > 0,
+            "routed to a consumer without room"
+        );
         self.messages[index] -= 1;
         self.bytes[index] = self.bytes[index].saturating_sub(message.message_bytes());
         if self.bytes[index] == 0 {

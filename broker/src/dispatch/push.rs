@@ -216,7 +216,7 @@ mod tests {
     fn bytes_moved_onto_the_wire_make_room_again() {
         let dispatcher = PushDispatcher::new(SubscriptionType::Exclusive, 0);
         let consumer = bounded_consumer(1, "c", 1000, 4 * 1024);
-        let (_, mut receiver) = consumer.attach();
+        let (session, mut receiver) = consumer.attach();
         dispatcher.add(Arc::clone(&consumer)).unwrap();
 
         dispatcher.dispatch(&sized_batch(0, 6, None, 1024));
@@ -224,11 +224,32 @@ mod tests {
             .flatten()
             .collect();
         assert_eq!(first.len(), 4);
-        consumer.taken(&first);
+        consumer.taken(session, &first);
 
         dispatcher.dispatch(&sized_batch(6, 6, None, 1024));
         assert_eq!(offsets(&mut receiver), (6..10).collect::<Vec<_>>());
         assert_eq!(consumer.take_dropped(), 4);
+    }
+
+    #[test]
+    fn what_a_replaced_session_hands_over_late_leaves_the_new_sessions_room_alone() {
+        let dispatcher = PushDispatcher::new(SubscriptionType::Exclusive, 0);
+        let consumer = bounded_consumer(1, "c", 10, 8 * 1024);
+        let (old, mut old_receiver) = consumer.attach();
+        dispatcher.add(Arc::clone(&consumer)).unwrap();
+        dispatcher.dispatch(&sized_batch(0, 4, None, 1024));
+
+        // A reconnect: the old stream still moves its leftovers out.
+        let (_, mut receiver) = consumer.attach();
+        let leftovers: Vec<_> = std::iter::from_fn(|| old_receiver.try_recv().ok())
+            .flatten()
+            .collect();
+        assert_eq!(leftovers.len(), 4);
+        consumer.taken(old, &leftovers);
+
+        assert_eq!((consumer.room(), consumer.byte_room()), (10, 8 * 1024));
+        dispatcher.dispatch(&sized_batch(4, 8, None, 1024));
+        assert_eq!(offsets(&mut receiver), (4..12).collect::<Vec<_>>());
     }
 
     #[test]

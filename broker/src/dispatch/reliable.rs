@@ -922,7 +922,8 @@ mod tests {
         assert_eq!(offsets, [0, 1, 2, 3]);
         nothing_more(&mut receiver).await;
 
-        handle.taken(&first);
+        // The consumer's first session, which the test helper attached.
+        handle.taken(1, &first);
         let next: Vec<u64> = receive(&mut receiver, 4)
             .await
             .iter()
