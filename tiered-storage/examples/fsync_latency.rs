@@ -3,22 +3,23 @@
 //!
 //! ```text
 //! cargo run --release -p sava-storage --example fsync_latency -- \
-//!     [--mbps 200] [--seconds 5] [--interval-ms 1] [--dir DIR]
+//!     [--mbps 200] [--seconds 5] [--chunk-kib 64] [--committers 1] [--dir DIR]
 //! ```
 //!
-//! Every interval it appends what the rate brings in that time to one file
-//! with a single write and then `sync_data`, as a group commit with no
-//! software around it would, and records how long the two took. `--dir`
-//! (default: the current directory, where a broker run with no
+//! The main thread appends chunks to one file at the rate asked for, and
+//! `--committers` threads each take every chunk written so far and call
+//! `sync_data`, as a group commit with no software around it would. Each
+//! chunk's latency runs from its write to the end of the sync that covered
+//! it, which is what a message of a reliable topic waits for at the least.
+//! `--dir` (default: the current directory, where a broker run with no
 //! configuration keeps `./sava-data`) should be on the broker's data disk;
-//! on a tmpfs `sync_data` does nothing. A message arriving during a flush
-//! waits for it and then for the next, which a flush that ran late makes
-//! larger still, so a single committer's tail is at least about twice
-//! this one's. It prints the percentiles and the rate it kept up.
+//! on a tmpfs `sync_data` does nothing. It prints the percentiles and the
+//! rate it kept up.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 #[path = "support/flags.rs"]
@@ -27,7 +28,8 @@ mod flags;
 struct Options {
     mbps: f64,
     seconds: f64,
-    interval: Duration,
+    chunk_bytes: usize,
+    committers: usize,
     dir: PathBuf,
 }
 
@@ -35,25 +37,40 @@ fn parse_options() -> Options {
     let mut options = Options {
         mbps: 200.0,
         seconds: 5.0,
-        interval: Duration::from_millis(1),
+        chunk_bytes: 64 * 1024,
+        committers: 1,
         dir: PathBuf::from("."),
     };
     for flag in flags::flags() {
         match flag.name.as_str() {
             "--mbps" => options.mbps = flag.parse(),
             "--seconds" => options.seconds = flag.parse(),
-            "--interval-ms" => {
-                options.interval = Duration::from_secs_f64(flag.parse::<f64>() / 1000.0)
-            }
+            "--chunk-kib" => options.chunk_bytes = flag.parse::<usize>() * 1024,
+            "--committers" => options.committers = flag.parse(),
             "--dir" => options.dir = PathBuf::from(&flag.value),
             _ => flag.unknown(),
         }
     }
     assert!(
-        options.mbps > 0.0 && options.seconds > 0.0,
-        "rates and times must be positive"
+        options.mbps > 0.0 && options.seconds > 0.0 && options.chunk_bytes > 0,
+        "rates, times and sizes must be positive"
     );
+    options.committers = options.committers.max(1);
     options
+}
+
+/// Chunks written and not yet covered by a sync, by their write time.
+#[derive(Default)]
+struct Pending {
+    written: Vec<Instant>,
+    done: bool,
+}
+
+struct Shared {
+    file: File,
+    pending: Mutex<Pending>,
+    wake: Condvar,
+    latencies: Mutex<Vec<Duration>>,
 }
 
 fn main() {
@@ -61,17 +78,28 @@ fn main() {
     let path = options
         .dir
         .join(format!("fsync-latency-{}.dat", std::process::id()));
-    let mut file = OpenOptions::new()
+    let file = OpenOptions::new()
         .create_new(true)
         .append(true)
         .open(&path)
         .expect("the file can be created");
-    let per_flush = (options.mbps * 1e6 * options.interval.as_secs_f64()).max(1.0) as usize;
-    let block = vec![0x5au8; per_flush];
+    let shared = Arc::new(Shared {
+        file,
+        pending: Mutex::new(Pending::default()),
+        wake: Condvar::new(),
+        latencies: Mutex::new(Vec::new()),
+    });
+    let committers: Vec<_> = (0..options.committers)
+        .map(|_| {
+            let shared = Arc::clone(&shared);
+            std::thread::spawn(move || commit(&shared))
+        })
+        .collect();
 
-    let mut latencies = Vec::new();
-    let started = Instant::now();
+    let chunk = vec![0x5au8; options.chunk_bytes];
+    let every = Duration::from_secs_f64(options.chunk_bytes as f64 / (options.mbps * 1e6));
     let run = Duration::from_secs_f64(options.seconds);
+    let started = Instant::now();
     let mut due = started;
     let mut written = 0u64;
     while started.elapsed() < run {
@@ -79,27 +107,33 @@ fn main() {
         if now < due {
             std::thread::sleep(due - now);
         }
-        let flush = Instant::now();
-        file.write_all(&block).expect("write");
-        file.sync_data().expect("sync_data");
-        latencies.push(flush.elapsed());
-        written += per_flush as u64;
-        // Behind schedule, the next flush starts at once, as under load.
-        due += options.interval;
+        // Behind schedule, the next write follows at once, as under load.
+        due += every;
+        let at = Instant::now();
+        (&shared.file).write_all(&chunk).expect("write");
+        written += chunk.len() as u64;
+        lock(&shared.pending).written.push(at);
+        shared.wake.notify_one();
     }
     let elapsed = started.elapsed().as_secs_f64();
-    drop(file);
+    lock(&shared.pending).done = true;
+    shared.wake.notify_all();
+    for committer in committers {
+        committer.join().expect("committer");
+    }
     let _ = std::fs::remove_file(&path);
 
+    let mut latencies = std::mem::take(&mut *lock(&shared.latencies));
     latencies.sort();
     let at = |q: f64| {
         let index = ((latencies.len() as f64 * q) as usize).min(latencies.len() - 1);
         latencies[index].as_secs_f64() * 1000.0
     };
     println!(
-        "{} flushes of {} KB, {:.0} MB/s kept (asked {:.0}); write + sync_data p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+        "{} chunks of {} KiB, {} committer(s), {:.0} MB/s kept (asked {:.0}); write to durable p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
         latencies.len(),
-        per_flush / 1000,
+        options.chunk_bytes / 1024,
+        options.committers,
         written as f64 / elapsed / 1e6,
         options.mbps,
         at(0.5),
@@ -107,4 +141,30 @@ fn main() {
         at(0.999),
         at(1.0),
     );
+}
+
+/// One committer: syncs whatever was written since, until told to stop.
+fn commit(shared: &Shared) {
+    loop {
+        let covered = {
+            let mut pending = lock(&shared.pending);
+            while pending.written.is_empty() && !pending.done {
+                pending = shared
+                    .wake
+                    .wait(pending)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            if pending.written.is_empty() {
+                return;
+            }
+            std::mem::take(&mut pending.written)
+        };
+        shared.file.sync_data().expect("sync_data");
+        let now = Instant::now();
+        lock(&shared.latencies).extend(covered.iter().map(|at| now - *at));
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
