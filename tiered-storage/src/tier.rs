@@ -16,9 +16,10 @@
 //! each row group sits), plus the object's footer unless the span runs to
 //! the end of the object and brings it along. They decode on the tier's
 //! own low-priority threads (`read_pool.rs`) into a cache bounded in
-//! bytes. Row groups before the offset are never fetched. A read also starts fetching the next object, so a
-//! sequential replay keeps the store busy while it decodes; a second reader
-//! of an object being fetched waits for that fetch instead of repeating it.
+//! bytes. Row groups before the offset are never fetched. A read also
+//! starts fetching the next object, so a sequential replay keeps the store
+//! busy while it decodes; a second reader of an object being fetched waits
+//! for that fetch instead of repeating it.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
