@@ -175,11 +175,12 @@ impl ConsumerHandle {
         }
     }
 
-    /// Pushes deliveries that fit in [`ConsumerHandle::room`]. Returns them
+    /// Pushes deliveries that fit in [`ConsumerHandle::room`], `bytes` of
+    /// messages in all (as [`Room::taken_bytes`] counted them). Returns them
     /// back when no session is open.
-    pub fn push(&self, deliveries: Vec<Delivery>) -> Result<(), Vec<Delivery>> {
+    pub fn push(&self, deliveries: Vec<Delivery>, bytes: usize) -> Result<(), Vec<Delivery>> {
         let count = deliveries.len();
-        let bytes = delivery_bytes(&deliveries);
+        debug_assert_eq!(bytes, delivery_bytes(&deliveries));
         let session = self.lock_session();
         let Some(sender) = &session.sender else {
             return Err(deliveries);
@@ -315,6 +316,8 @@ fn delivery_bytes(deliveries: &[Delivery]) -> usize {
 pub struct Room {
     messages: Vec<usize>,
     bytes: Vec<usize>,
+    /// Bytes given to each consumer in this pass.
+    taken: Vec<usize>,
 }
 
 impl Room {
@@ -330,7 +333,12 @@ impl Room {
             .zip(&bytes)
             .map(|(consumer, &bytes)| if bytes == 0 { 0 } else { messages_of(consumer) })
             .collect();
-        Room { messages, bytes }
+        let taken = vec![0; consumers.len()];
+        Room {
+            messages,
+            bytes,
+            taken,
+        }
     }
 
     /// Messages each consumer may still take, in consumer order.
@@ -349,10 +357,18 @@ impl Room {
             self.messages[index] > 0,
             "routed to a consumer without room"
         );
+        let size = message.message_bytes();
         self.messages[index] -= 1;
-        self.bytes[index] = self.bytes[index].saturating_sub(message.message_bytes());
+        self.bytes[index] = self.bytes[index].saturating_sub(size);
+        self.taken[index] += size;
         if self.bytes[index] == 0 {
             self.messages[index] = 0;
         }
+    }
+
+    /// Bytes of the messages given to consumer `index` in this pass, for
+    /// [`ConsumerHandle::push`].
+    pub fn taken_bytes(&self, index: usize) -> usize {
+        self.taken[index]
     }
 }

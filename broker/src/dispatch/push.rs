@@ -80,10 +80,11 @@ impl PushDispatcher {
             }
         }
 
-        for ((consumer, chunk), missed) in consumers.iter().zip(chunks).zip(missed) {
+        let pushes = consumers.iter().zip(chunks).zip(missed).enumerate();
+        for (index, ((consumer, chunk), missed)) in pushes {
             let mut lost = missed;
             if !chunk.is_empty()
-                && let Err(chunk) = consumer.push(chunk)
+                && let Err(chunk) = consumer.push(chunk, room.taken_bytes(index))
             {
                 lost += chunk.len() as u64;
             }

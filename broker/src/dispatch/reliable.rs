@@ -610,11 +610,11 @@ impl Task {
         }
 
         let mut returned = Vec::new();
-        for (consumer, chunk) in self.consumers.iter().zip(chunks) {
+        for (index, (consumer, chunk)) in self.consumers.iter().zip(chunks).enumerate() {
             if chunk.is_empty() {
                 continue;
             }
-            if let Err(chunk) = consumer.push(chunk) {
+            if let Err(chunk) = consumer.push(chunk, room.taken_bytes(index)) {
                 returned.extend(chunk.into_iter().map(|d| d.message.offset));
             }
         }
