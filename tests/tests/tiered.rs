@@ -488,7 +488,15 @@ async fn an_offload_skips_segments_retention_deleted_after_it_listed_them() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    sleep(Duration::from_secs(1)).await;
+    // It seals the active segment first, then lists what is sealed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while segments_of(&broker, topic, "local")
+        .iter()
+        .any(|s| s["sealed"] == false && s["bytes"] != 0)
+    {
+        assert!(Instant::now() < deadline, "the offload never sealed");
+        sleep(Duration::from_millis(50)).await;
+    }
 
     // Meanwhile everything is acknowledged, and retention deletes the
     // local segments the offload has not read yet.
