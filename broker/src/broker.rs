@@ -1352,7 +1352,7 @@ fn retain(
     let segments = log.disk().segments();
     let acked: Vec<_> = segments
         .iter()
-        .filter(|s| s.sealed && s.next_offset <= floor)
+        .take_while(|s| s.sealed && s.next_offset <= floor)
         .collect();
     let mut retained: u64 = acked.iter().map(|s| s.bytes).sum();
     let mut delete_before = None;

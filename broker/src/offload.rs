@@ -320,13 +320,16 @@ fn tiered(topic: &Topic) -> Option<(&TopicLog, &Arc<Tier>)> {
     Some((log, log.tier()?))
 }
 
-/// The sealed segments of `log` above its offloaded history.
+/// The sealed segments of `log` above its offloaded history, up to the
+/// first one not sealed (the active one, or one a roll just ended), so
+/// segments are offloaded in offset order.
 fn waiting_for_offload(log: &TopicLog) -> Vec<SegmentInfo> {
     let end = log.offloaded_end();
     log.disk()
         .segments()
         .into_iter()
-        .filter(|s| s.sealed && s.next_offset > s.base_offset && s.next_offset > end)
+        .take_while(|s| s.sealed)
+        .filter(|s| s.next_offset > s.base_offset && s.next_offset > end)
         .collect()
 }
 

@@ -12,7 +12,12 @@
 //!
 //! When a flush covers several segments they are synced on up to
 //! `sync_threads` threads at once, so the file system can fold the syncs into
-//! one journal commit.
+//! one journal commit. A segment a roll just created also needs its
+//! directory entry made durable before its first batch is acknowledged; the
+//! flush that first covers it syncs the directory alongside the data.
+//!
+//! The committer also owns the [`Sealer`] thread, which finishes the seals
+//! rolls start (see [`crate::seal`]).
 //!
 //! Known gaps: those helper threads are spawned per flush (tens of µs each,
 //! small next to an fsync), and every partition keeps its own file, so each
@@ -35,7 +40,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
-use crate::segment::SegmentWriter;
+use crate::seal::{SealJob, Sealer};
+use crate::segment::{SegmentWriter, sync_dir};
 
 /// When an append counts as acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -85,6 +91,8 @@ pub struct FlushReport {
     pub bytes: u64,
     /// Distinct segment files synced.
     pub segments: u64,
+    /// Directories synced for segments created since the flush before.
+    pub directories: u64,
     /// Segment files whose sync failed.
     pub failed_segments: u64,
     /// Wall time spent in `sync_data`, all segments together.
@@ -233,6 +241,7 @@ impl Shared {
 pub struct GroupCommitter {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    sealer: Sealer,
 }
 
 impl fmt::Debug for GroupCommitter {
@@ -282,6 +291,7 @@ impl GroupCommitter {
         Ok(Arc::new(GroupCommitter {
             shared,
             thread: Mutex::new(Some(thread)),
+            sealer: Sealer::start()?,
         }))
     }
 
@@ -300,23 +310,27 @@ impl GroupCommitter {
         self.shared.closed.load(Ordering::SeqCst)
     }
 
-    /// Flushes what is pending, stops the thread and fails later appends
-    /// with [`Error::Closed`]. Blocks for the last flush; idempotent.
+    /// Flushes what is pending, finishes the queued seals, stops the
+    /// threads and fails later appends with [`Error::Closed`]. Blocks for
+    /// the last flush; idempotent.
     pub fn shutdown(&self) {
         self.shared.closed.store(true, Ordering::SeqCst);
         self.shared.pending().closed = true;
         self.shared.wake.notify_all();
 
-        let thread = self
-            .thread
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(thread) = thread
-            && thread.join().is_err()
-        {
-            tracing::error!("group commit thread panicked");
-        }
+        join_once(&self.thread, "group commit");
+        self.sealer.shutdown();
+    }
+
+    /// Hands a rolled segment's seal to the sealer thread.
+    pub(crate) fn seal(&self, job: SealJob) {
+        self.sealer.submit(job);
+    }
+
+    /// Blocks until the seals of every roll so far are done: their
+    /// segments are then sealed (or their partition poisoned).
+    pub fn wait_for_seals(&self) {
+        self.sealer.wait();
     }
 
     /// Registers `bytes` just written to `segment`, ending at `next_offset`.
@@ -370,6 +384,17 @@ impl GroupCommitter {
 impl Drop for GroupCommitter {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// Joins the thread in `slot`, if it is still there; `what` names it in
+/// the error a panic logs.
+pub(crate) fn join_once(slot: &Mutex<Option<JoinHandle<()>>>, what: &str) {
+    let thread = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+    if let Some(thread) = thread
+        && thread.join().is_err()
+    {
+        tracing::error!(thread = what, "storage thread panicked");
     }
 }
 
@@ -428,7 +453,7 @@ fn flush(shared: &Shared, waiters: Vec<Waiter>) {
     }
 
     let started = Instant::now();
-    let outcomes = sync_segments(&dirty, shared.config.sync_threads);
+    let (outcomes, directories) = sync_segments(&dirty, shared.config.sync_threads);
     let fsync_latency = started.elapsed();
 
     // Poison first: a partition with a failed sync acknowledges nothing more,
@@ -446,6 +471,7 @@ fn flush(shared: &Shared, waiters: Vec<Waiter>) {
         batches: waiters.len() as u64,
         bytes: waiters.iter().map(|w| w.bytes).sum(),
         segments: dirty.len() as u64,
+        directories,
         failed_segments,
         fsync_latency,
     };
@@ -468,37 +494,83 @@ fn flush(shared: &Shared, waiters: Vec<Waiter>) {
     }
 }
 
-/// Syncs the segments, on up to `threads` threads at once: the file system
-/// folds concurrent syncs into one journal commit, where one after the other
-/// each would pay for its own.
-fn sync_segments(dirty: &[&Waiter], threads: usize) -> Vec<Option<Error>> {
-    let sync = |waiter: &Waiter| {
-        let segment = &waiter.segment;
-        segment
-            .file
-            .sync_data()
-            .err()
-            .map(|e| Error::io(&segment.path, e))
-    };
-    let threads = threads.clamp(1, dirty.len().max(1));
-    if threads == 1 {
-        return dirty.iter().map(|waiter| sync(waiter)).collect();
+/// One sync of a flush: a segment's data, or the directory a new segment
+/// was created in.
+enum SyncTarget<'a> {
+    Data(&'a SegmentWriter),
+    Entry(&'a SegmentWriter),
+}
+
+impl SyncTarget<'_> {
+    fn sync(&self) -> Option<Error> {
+        match self {
+            SyncTarget::Data(segment) => segment
+                .file
+                .sync_data()
+                .err()
+                .map(|e| Error::io(&segment.path, e)),
+            SyncTarget::Entry(segment) => sync_dir(segment.dir()).err(),
+        }
+    }
+}
+
+/// Syncs the segments, and the directories of new ones, on up to `threads`
+/// threads at once: the file system folds concurrent syncs into one journal
+/// commit, where one after the other each would pay for its own. Returns
+/// each segment's first failure, and how many directories were synced.
+fn sync_segments(dirty: &[&Waiter], threads: usize) -> (Vec<Option<Error>>, u64) {
+    let mut targets: Vec<(usize, SyncTarget<'_>)> = Vec::with_capacity(dirty.len() + 1);
+    let mut dirs: Vec<&std::path::Path> = Vec::new();
+    for (i, waiter) in dirty.iter().enumerate() {
+        let segment = &*waiter.segment;
+        targets.push((i, SyncTarget::Data(segment)));
+        // Two new segments of one partition share the directory's sync.
+        if !segment.entry_durable.load(Ordering::Acquire) && !dirs.contains(&segment.dir()) {
+            dirs.push(segment.dir());
+            targets.push((i, SyncTarget::Entry(segment)));
+        }
     }
 
-    // Workers take the next unsynced segment until none is left.
+    let results = run_syncs(&targets, threads);
+    let mut outcomes: Vec<Option<Error>> = Vec::new();
+    outcomes.resize_with(dirty.len(), || None);
+    for ((i, _), result) in targets.iter().zip(results) {
+        if let Some(error) = result {
+            outcomes[*i].get_or_insert(error);
+        }
+    }
+
+    // A directory synced after a segment's creation covers every segment
+    // created in it before; mark them, unless their own sync failed.
+    for (waiter, outcome) in dirty.iter().zip(&outcomes) {
+        if outcome.is_none() && dirs.contains(&waiter.segment.dir()) {
+            waiter.segment.entry_durable.store(true, Ordering::Release);
+        }
+    }
+    (outcomes, dirs.len() as u64)
+}
+
+/// Runs the syncs on up to `threads` threads; results in `targets` order.
+fn run_syncs(targets: &[(usize, SyncTarget<'_>)], threads: usize) -> Vec<Option<Error>> {
+    let threads = threads.clamp(1, targets.len().max(1));
+    if threads == 1 {
+        return targets.iter().map(|(_, target)| target.sync()).collect();
+    }
+
+    // Workers take the next sync until none is left.
     let next = AtomicUsize::new(0);
     let work = || {
         let mut done = Vec::new();
         loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some(waiter) = dirty.get(i) else {
+            let Some((_, target)) = targets.get(i) else {
                 return done;
             };
-            done.push((i, sync(waiter)));
+            done.push((i, target.sync()));
         }
     };
-    let mut outcomes: Vec<Option<Error>> = Vec::new();
-    outcomes.resize_with(dirty.len(), || None);
+    let mut results: Vec<Option<Error>> = Vec::new();
+    results.resize_with(targets.len(), || None);
     std::thread::scope(|scope| {
         let helpers: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
         let mut done = work();
@@ -506,11 +578,11 @@ fn sync_segments(dirty: &[&Waiter], threads: usize) -> Vec<Option<Error>> {
             // A helper only calls sync_data; it has nothing to panic on.
             done.extend(helper.join().unwrap_or_default());
         }
-        for (i, outcome) in done {
-            outcomes[i] = outcome;
+        for (i, result) in done {
+            results[i] = result;
         }
     });
-    outcomes
+    results
 }
 
 fn record(shared: &Shared, report: &FlushReport) {
@@ -542,10 +614,7 @@ mod tests {
     use super::*;
 
     fn writer(file: File, path: &Path) -> Arc<SegmentWriter> {
-        Arc::new(SegmentWriter {
-            file,
-            path: path.to_path_buf(),
-        })
+        SegmentWriter::new(file, path.to_path_buf(), true)
     }
 
     /// `/dev/full` refuses `fdatasync` (EINVAL): a stand-in for a failing disk.
@@ -634,6 +703,58 @@ mod tests {
             block_on(ack).expect("acknowledged despite the observer");
         }
         assert_eq!(committer.stats().flushes, 3);
+    }
+
+    #[test]
+    fn the_first_flush_of_a_new_segment_also_syncs_its_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("segment");
+        let file = File::create(&path).expect("create");
+        let fresh = SegmentWriter::new(file, path, false);
+        let reports = Arc::new(Mutex::new(Vec::new()));
+        let observer: FlushObserver = {
+            let reports = Arc::clone(&reports);
+            Arc::new(move |report: &FlushReport| reports.lock().unwrap().push(*report))
+        };
+        let committer =
+            GroupCommitter::start_with_observer(CommitConfig::default(), Some(observer))
+                .expect("start");
+        let partition = partition();
+
+        for next in 1..3 {
+            let ack = committer
+                .register(&fresh, &partition, next, 1)
+                .expect("register");
+            block_on(ack).expect("acknowledged");
+        }
+
+        let directories: Vec<u64> = reports
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.directories)
+            .collect();
+        assert_eq!(directories, [1, 0]);
+        assert!(fresh.entry_durable.load(Ordering::Acquire));
+    }
+
+    #[test]
+    fn a_failed_directory_sync_fails_the_new_segments_waiters() {
+        // A segment whose directory cannot be opened: the entry's sync fails.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("gone").join("segment");
+        let file = File::create(dir.path().join("segment")).expect("create");
+        let fresh = SegmentWriter::new(file, path, false);
+        let committer = GroupCommitter::start(CommitConfig::default()).expect("start");
+        let partition = partition();
+
+        let ack = committer
+            .register(&fresh, &partition, 1, 1)
+            .expect("register");
+
+        assert!(block_on(ack).is_err());
+        assert!(partition.is_poisoned());
+        assert!(!fresh.entry_durable.load(Ordering::Acquire));
     }
 
     #[test]

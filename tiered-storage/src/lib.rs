@@ -28,6 +28,7 @@ pub mod objects;
 mod read_pool;
 pub mod record;
 pub mod recovery;
+mod seal;
 pub mod segment;
 pub mod tier;
 

@@ -9,8 +9,13 @@
 //!
 //! Durability: an append's bytes are in the page cache when `append` returns;
 //! its [`AppendAck`] resolves when the [`GroupCommitter`] has fsynced them
-//! (or at once in [`FsyncMode::Never`](crate::FsyncMode::Never)). A segment is
-//! synced whole before it is sealed, so sealed segments never have torn tails.
+//! (or at once in [`FsyncMode::Never`](crate::FsyncMode::Never)).
+//!
+//! Rolls do not wait for the disk either: the append that rolls creates the
+//! next segment file and writes on, and the ended segment is synced and
+//! indexed by the sealer thread ([`crate::seal`]), after which it counts as
+//! sealed. The committer syncs the directory before it acknowledges a new
+//! segment's first batch. A sealed segment is whole on disk, never torn.
 //!
 //! Known gap: the last publish time is recovered from the newest segment that
 //! holds records. If retention deleted every sealed segment while the active
@@ -26,11 +31,12 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::group_commit::{AppendAck, GroupCommitter, PartitionDurability};
-use crate::index::{encode_index, write_index_file};
+use crate::index::encode_index;
 use crate::record::{
     BATCH_HEADER_LEN, BatchHeader, MIN_RECORD_LEN, Record, encode_batch, encoded_batch_len,
 };
 use crate::recovery::{self, RecoveryReport};
+use crate::seal::SealJob;
 use crate::segment::{Budget, Segment, SegmentInfo, SegmentWriter, index_path, sync_dir};
 
 /// Encode buffers above this are dropped after use rather than kept.
@@ -172,6 +178,9 @@ impl PartitionLog {
         committer: Arc<GroupCommitter>,
     ) -> Result<(PartitionLog, RecoveryReport)> {
         config.validate()?;
+        // A log of this directory opened before may still have a seal
+        // queued; recovery must not race it for the index file.
+        committer.wait_for_seals();
         let recovered = recovery::recover(dir, &config)?;
         let report = recovered.report;
 
@@ -307,7 +316,8 @@ impl PartitionLog {
         bytes: &[u8],
     ) -> Result<Arc<SegmentWriter>> {
         if self.roll_due(inner.active(), u64::from(header.length)) {
-            self.roll(inner)?;
+            let (_, seal) = self.roll(inner)?;
+            self.committer.seal(seal);
         }
 
         let active = inner.active_mut();
@@ -345,47 +355,40 @@ impl PartitionLog {
         bytes > 0 && (bytes + incoming > self.config.segment_bytes || aged)
     }
 
-    /// Seals the active segment and starts a new one at `next_offset`.
-    ///
-    /// Steps, each durable before the next: sync the segment's data, write
-    /// its index, create the new file, sync the directory. A failure before
-    /// the last step leaves the old segment active (the next append retries);
-    /// a failed data or directory sync poisons the partition.
-    ///
-    /// Known gap: these syncs run inside `append`, under the partition lock
-    /// and on the appender's thread (a runtime worker in the broker), so
-    /// each roll stalls the partition's producers for one to a few fsyncs
-    /// (about 2 ms on the VMs measured), once per `segment_bytes`.
-    fn roll(&self, inner: &mut Inner) -> Result<SegmentInfo> {
+    /// Ends the active segment and starts a new one at `next_offset`. Only
+    /// the new file is created here, under the lock; its directory entry is
+    /// synced by the committer before its first batch is acknowledged, and
+    /// the ended segment's sync and index are left to the returned job. A
+    /// failure leaves the old segment active (the next append retries).
+    fn roll(&self, inner: &mut Inner) -> Result<(SegmentInfo, SealJob)> {
         let next_offset = inner.next_offset;
-        let active = inner.active();
-        let writer = active.writer.as_ref().expect("the last segment is active");
-
-        if let Err(error) = writer.file.sync_data() {
-            self.durability.poison();
-            return Err(Error::io(&writer.path, error));
-        }
-        let index = encode_index(&active.summary, &active.index);
-        write_index_file(&index_path(&self.dir, active.summary.base_offset), &index)?;
-
         let fresh = Segment::create(&self.dir, next_offset)?;
-        if let Err(error) = sync_dir(&self.dir) {
-            self.durability.poison();
-            return Err(error);
-        }
 
-        let sealed = inner.active_mut();
-        sealed.writer = None;
-        sealed.index_file_bytes = index.len() as u64;
-        let info = sealed.info();
+        let ended = inner.active_mut();
+        let writer = ended.writer.take().expect("the last segment is active");
+        let index = encode_index(&ended.summary, &ended.index);
+        ended.index_file_bytes = index.len() as u64;
+        let info = ended.info();
+        let seal = SealJob {
+            writer,
+            partition: Arc::clone(&self.durability),
+            index_path: index_path(&self.dir, info.base_offset),
+            index,
+            sealed: Arc::clone(&ended.sealed),
+            base_offset: info.base_offset,
+            next_offset: info.next_offset,
+        };
         inner.segments.push(fresh);
-        tracing::info!(
-            segment = %info.path.display(),
-            segment.base_offset = info.base_offset,
-            segment.next_offset = info.next_offset,
-            segment.bytes = info.bytes,
-            "sealed segment"
-        );
+        Ok((info, seal))
+    }
+
+    /// Ends the active segment and seals it on this thread, for callers
+    /// that need it sealed when this returns.
+    fn roll_and_seal(&self, mut inner: MutexGuard<'_, Inner>) -> Result<SegmentInfo> {
+        let (mut info, seal) = self.roll(&mut inner)?;
+        drop(inner);
+        seal.run()?;
+        info.sealed = true;
         Ok(info)
     }
 
@@ -487,25 +490,33 @@ impl PartitionLog {
             .sum()
     }
 
+    /// Blocks until the segments this log (and every other one sharing its
+    /// committer) rolled so far are sealed, or their partition poisoned.
+    pub fn wait_for_seals(&self) {
+        self.committer.wait_for_seals();
+    }
+
     /// Seals the active segment now (for offload), unless it is empty.
+    /// Blocks on disk: the segment is sealed when this returns.
     pub fn seal_active(&self) -> Result<Option<SegmentInfo>> {
-        let mut inner = self.lock();
+        let inner = self.lock();
         self.check_writable()?;
         if inner.active().summary.bytes == 0 {
             return Ok(None);
         }
-        self.roll(&mut inner).map(Some)
+        self.roll_and_seal(inner).map(Some)
     }
 
     /// Seals the active segment if it has held records for `segment_age`.
     /// The broker calls it on a timer, so an idle partition still seals.
+    /// Blocks on disk, like [`PartitionLog::seal_active`].
     pub fn seal_if_aged(&self) -> Result<Option<SegmentInfo>> {
-        let mut inner = self.lock();
+        let inner = self.lock();
         self.check_writable()?;
         if !self.roll_due(inner.active(), 0) {
             return Ok(None);
         }
-        self.roll(&mut inner).map(Some)
+        self.roll_and_seal(inner).map(Some)
     }
 
     /// Deletes whole sealed segments whose last offset is below `offset`

@@ -7,6 +7,16 @@
 //! truncated at the end of the last whole batch and synced. Offsets then
 //! continue where the whole batches stop.
 //!
+//! A roll does not wait for the disk: it creates the next segment file and
+//! moves on, and the ended segment's data is synced and its index written
+//! afterwards (see [`crate::log`]). So a segment followed by others but
+//! without an index may be one whose seal a crash interrupted. If its scan
+//! ends torn, or short of where the next segment starts, it is treated as
+//! the last segment: its tail is cut, and the segments after it are removed.
+//! That loses nothing acknowledged: a batch in a later segment is
+//! acknowledged only after a flush that also covered every earlier
+//! segment's data, which then would be whole.
+//!
 //! Damage inside a sealed segment is not truncated: those bytes were sealed,
 //! so they held acknowledged records, and cutting them would hide the loss.
 //! The open succeeds, the damage is reported, and reads that reach it fail
@@ -20,6 +30,7 @@ use std::fs::{self, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
@@ -88,14 +99,27 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered> {
     // Sealed segments through their indexes, then the last one by a scan.
     let mut segments = Vec::with_capacity(bases.len().max(1));
     let interval = u64::from(config.index_interval_bytes);
-    if let Some((&last, sealed)) = bases.split_last() {
-        for &base in sealed {
-            segments.push(load_sealed(dir, base, interval, &mut report)?);
+    let mut last = bases.last().copied();
+    for (i, pair) in bases.windows(2).enumerate() {
+        let (base, next_base) = (pair[0], pair[1]);
+        match load_sealed(dir, base, next_base, interval, &mut report)? {
+            Some(segment) => segments.push(segment),
+            None => {
+                remove_unfinished_successors(dir, &bases[i + 1..], &mut report)?;
+                last = Some(base);
+                break;
+            }
         }
-        segments.push(recover_last(dir, last, config, &mut report)?);
-    } else {
-        segments.push(Segment::create(dir, config.first_offset)?);
-        sync_dir(dir)?;
+    }
+    match last {
+        Some(last) => segments.push(recover_last(dir, last, config, &mut report)?),
+        None => {
+            let segment = Segment::create(dir, config.first_offset)?;
+            sync_dir(dir)?;
+            let writer = segment.writer.as_ref().expect("a new segment is active");
+            writer.entry_durable.store(true, Ordering::Release);
+            segments.push(segment);
+        }
     }
     check_chain(&mut segments, &mut report)?;
 
@@ -167,46 +191,58 @@ fn list_segments(dir: &Path, report: &mut RecoveryReport) -> Result<Vec<u64>> {
     Ok(wals.into_iter().collect())
 }
 
-/// Loads a sealed segment through its index, or rebuilds the index by a scan.
+/// Loads a sealed segment through its index, or rebuilds the index by a
+/// scan. `None` for a segment whose seal a crash interrupted: no index, and
+/// a scan that ends torn or short of `next_base`.
 fn load_sealed(
     dir: &Path,
     base: u64,
+    next_base: u64,
     interval: u64,
     report: &mut RecoveryReport,
-) -> Result<Segment> {
+) -> Result<Option<Segment>> {
     let path = wal_path(dir, base);
     let reader = Arc::new(SegmentReader::open(&path)?);
     let file_bytes = file_len(&reader)?;
     let idx = index_path(dir, base);
 
+    let mut missing = false;
     match fs::read(&idx) {
         Ok(bytes) => match decode_index(&bytes, base, file_bytes) {
             Ok((summary, index)) => {
-                return Ok(sealed_segment(reader, summary, index, bytes.len() as u64));
+                let length = bytes.len() as u64;
+                return Ok(Some(sealed_segment(reader, summary, index, length)));
             }
             Err(reason) => {
                 tracing::warn!(segment = %path.display(), reason = %reason, "segment index is damaged; rebuilding it")
             }
         },
-        Err(error) if error.kind() == io::ErrorKind::NotFound => {
-            tracing::info!(segment = %path.display(), "segment index is missing; rebuilding it")
-        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => missing = true,
         Err(error) => {
             tracing::warn!(segment = %path.display(), error = %error, "segment index is unreadable; rebuilding it")
         }
     }
 
     let scan = scan(&reader, base, file_bytes, interval, report)?;
+    let whole = scan.stop.is_none() && scan.summary.next_offset == next_base;
+    if missing && !whole {
+        tracing::warn!(segment = %path.display(), "segment was rolled but its seal did not finish; recovering it as the last segment");
+        return Ok(None);
+    }
+    if missing {
+        tracing::info!(segment = %path.display(), "segment index is missing; rebuilt it");
+    }
     let Some((position, reason)) = scan.stop else {
         let bytes = encode_index(&scan.summary, &scan.index);
         write_index_file(&idx, &bytes)?;
         report.rebuilt_indexes += 1;
-        return Ok(sealed_segment(
+        let length = bytes.len() as u64;
+        return Ok(Some(sealed_segment(
             reader,
             scan.summary,
             scan.index,
-            bytes.len() as u64,
-        ));
+            length,
+        )));
     };
 
     // Keep the damaged bytes in the readable range, so a read meets the
@@ -224,7 +260,29 @@ fn load_sealed(
     };
     let mut segment = sealed_segment(reader, summary, scan.index, 0);
     segment.damage = Some(damage);
-    Ok(segment)
+    Ok(Some(segment))
+}
+
+/// Removes the segments after one whose seal did not finish: they hold only
+/// batches that were never acknowledged (see the module docs).
+fn remove_unfinished_successors(
+    dir: &Path,
+    bases: &[u64],
+    report: &mut RecoveryReport,
+) -> Result<()> {
+    for &base in bases {
+        for path in [wal_path(dir, base), index_path(dir, base)] {
+            match fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::warn!(file = %path.display(), "removed a segment written after an unfinished seal; it held no acknowledged batch");
+                    report.removed_files.push(path);
+                }
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(error) => return Err(Error::io(&path, error)),
+            }
+        }
+    }
+    sync_dir(dir)
 }
 
 fn sealed_segment(
@@ -241,6 +299,7 @@ fn sealed_segment(
         damage: None,
         first_write_at: None,
         index_file_bytes,
+        sealed: Arc::new(AtomicBool::new(true)),
     }
 }
 
@@ -300,10 +359,12 @@ fn recover_last(
         summary: scan.summary,
         index: scan.index,
         reader,
-        writer: Some(Arc::new(SegmentWriter { file, path })),
+        // The file survived the crash, so its entry is durable.
+        writer: Some(SegmentWriter::new(file, path, true)),
         damage: None,
         first_write_at,
         index_file_bytes: 0,
+        sealed: Arc::new(AtomicBool::new(false)),
     })
 }
 

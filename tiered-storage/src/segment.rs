@@ -3,15 +3,17 @@
 //! A partition directory holds `<base offset, 20 digits>.wal` files, each
 //! with a `.idx` sparse index once sealed. The partition log owns the list of
 //! [`Segment`]s under its lock; the last one is active and has a writer, the
-//! others are sealed and read-only. Readers copy a [`ReadSpan`] (an `Arc` to
-//! a read-only handle plus a byte range) out of the lock and read it with
-//! `pread`, so reads never hold the lock during I/O and appends never wait
-//! for them. A deleted segment's handle stays readable until dropped.
+//! others are read-only: sealing, between the roll that ended them and the
+//! moment their data is durable and their index written, then sealed.
+//! Readers copy a [`ReadSpan`] (an `Arc` to a read-only handle plus a byte
+//! range) out of the lock and read it with `pread`, so reads never hold the
+//! lock during I/O and appends never wait for them. A deleted segment's handle stays readable until dropped.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -32,6 +34,8 @@ pub struct SegmentInfo {
     pub last_publish_time_ms: Option<u64>,
     /// Bytes of the `.wal` file.
     pub bytes: u64,
+    /// Rolled, durable and indexed: offload and retention may take it. A
+    /// segment just rolled is not sealed yet for a moment.
     pub sealed: bool,
     pub path: PathBuf,
     /// Set when recovery found this sealed segment damaged.
@@ -101,6 +105,25 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 pub(crate) struct SegmentWriter {
     pub(crate) file: File,
     pub(crate) path: PathBuf,
+    /// Whether the file's directory entry is durable. A segment a roll
+    /// created is not, until the committer syncs its directory, which it
+    /// does before it acknowledges the segment's first batch.
+    pub(crate) entry_durable: AtomicBool,
+}
+
+impl SegmentWriter {
+    pub(crate) fn new(file: File, path: PathBuf, entry_durable: bool) -> Arc<SegmentWriter> {
+        Arc::new(SegmentWriter {
+            file,
+            path,
+            entry_durable: AtomicBool::new(entry_durable),
+        })
+    }
+
+    /// The directory the segment's entry lives in.
+    pub(crate) fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
 }
 
 /// A read-only handle, shared with readers running outside the lock.
@@ -141,11 +164,16 @@ pub(crate) struct Segment {
     pub(crate) first_write_at: Option<Instant>,
     /// Bytes of the `.idx` file, 0 while the segment is active.
     pub(crate) index_file_bytes: u64,
+    /// Set once the segment's data is durable and its index written (at
+    /// once for segments recovery found sealed). Until then the segment is
+    /// sealing: readable, but neither offloaded nor deleted.
+    pub(crate) sealed: Arc<AtomicBool>,
 }
 
 impl Segment {
-    /// Creates a new, empty, active segment file at `base_offset`. The caller
-    /// syncs the directory.
+    /// Creates a new, empty, active segment file at `base_offset`. Its
+    /// directory entry is not synced: the committer does that before the
+    /// first batch in it is acknowledged.
     pub(crate) fn create(dir: &Path, base_offset: u64) -> Result<Segment> {
         let path = wal_path(dir, base_offset);
         let file = OpenOptions::new()
@@ -159,10 +187,11 @@ impl Segment {
             summary: SegmentSummary::empty(base_offset),
             index: SparseIndex::default(),
             reader: Arc::new(SegmentReader::open(&path)?),
-            writer: Some(Arc::new(SegmentWriter { file, path })),
+            writer: Some(SegmentWriter::new(file, path, false)),
             damage: None,
             first_write_at: None,
             index_file_bytes: 0,
+            sealed: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -170,8 +199,9 @@ impl Segment {
         &self.reader.path
     }
 
+    /// Rolled, durable and indexed.
     pub(crate) fn is_sealed(&self) -> bool {
-        self.writer.is_none()
+        self.writer.is_none() && self.sealed.load(Ordering::Acquire)
     }
 
     pub(crate) fn info(&self) -> SegmentInfo {

@@ -4,6 +4,7 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use common::*;
 use sava_storage::{Error, FormatError, FsyncMode, PartitionLog};
@@ -250,29 +251,68 @@ fn a_damaged_index_is_rebuilt_by_a_scan() {
 }
 
 #[test]
-fn a_sealed_segment_without_index_and_with_damage_stays_readable_up_to_it() {
+fn a_torn_segment_without_index_is_an_unfinished_seal_and_the_log_ends_there() {
     let dir = tempfile::tempdir().expect("tempdir");
     write_segments(dir.path());
+    // A crash during the seal: no index yet, and the tail not yet on disk.
     fs::remove_file(index_path(dir.path(), 5)).expect("remove index");
-    let damaged = segment_path(dir.path(), 5);
-    let mut bytes = fs::read(&damaged).expect("segment");
+    let torn = segment_path(dir.path(), 5);
+    let mut bytes = fs::read(&torn).expect("segment");
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
-    fs::write(&damaged, &bytes).expect("write");
+    fs::write(&torn, &bytes).expect("write");
+
+    let committer = committer(FsyncMode::Always);
+    let (log, report) =
+        PartitionLog::open(dir.path(), small_config(1 << 30), Arc::clone(&committer))
+            .expect("log opens");
+
+    assert_eq!((report.segments, report.next_offset), (2, 9));
+    assert_eq!(report.truncation.as_ref().map(|t| &t.segment), Some(&torn));
+    assert!(report.damaged_segments.is_empty());
+    for later in [10, 15] {
+        let path = segment_path(dir.path(), later);
+        assert!(
+            report.removed_files.contains(&path),
+            "{:?}",
+            report.removed_files
+        );
+        assert!(!path.exists());
+    }
+    assert!(!index_path(dir.path(), 10).exists());
+    assert_records(&read_all(&log, 0), 0..9);
+
+    append_all(&log, 4, 2);
+    drop(log);
+    let log = open(dir.path(), small_config(1 << 30), &committer);
+    assert_records(&read_all(&log, 0), 0..13);
+}
+
+#[test]
+fn a_segment_without_index_that_ends_short_of_the_next_one_is_an_unfinished_seal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_segments(dir.path());
+    // The same segment with its last record missing at a batch boundary, as
+    // when the file's size reached the disk but not its last write.
+    let shorter = tempfile::tempdir().expect("tempdir");
+    {
+        let committer = committer(FsyncMode::Never);
+        let log = open(shorter.path(), small_config(1 << 30), &committer);
+        append_all(&log, 5, 1);
+        log.seal_active().expect("seal");
+        append_all(&log, 4, 1);
+    }
+    fs::copy(segment_path(shorter.path(), 5), segment_path(dir.path(), 5)).expect("copy");
+    fs::remove_file(index_path(dir.path(), 5)).expect("remove index");
 
     let committer = committer(FsyncMode::Always);
     let (log, report) =
         PartitionLog::open(dir.path(), small_config(1 << 30), committer).expect("log opens");
 
-    assert_eq!(report.damaged_segments.len(), 1);
-    assert_eq!(report.damaged_segments[0].segment, damaged);
-    assert_eq!(
-        log.segments()[1].damage,
-        Some(report.damaged_segments[0].clone())
-    );
-    assert_records(&log.read(5, 4, 1 << 20).expect("before the damage"), 5..9);
-    assert!(matches!(log.read(9, 1, 1), Err(Error::Corrupt { .. })));
-    assert_records(&read_all(&log, 10), 10..20);
+    assert_eq!((report.segments, report.next_offset), (2, 9));
+    assert!(report.truncation.is_none());
+    assert!(!segment_path(dir.path(), 10).exists());
+    assert_records(&read_all(&log, 0), 0..9);
 }
 
 #[test]

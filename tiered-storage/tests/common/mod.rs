@@ -61,7 +61,8 @@ pub fn batch(first: u64, count: u64) -> Vec<Record> {
     (first..first + count).map(record).collect()
 }
 
-/// Appends `count` records in batches of `per_batch` and waits for each ack.
+/// Appends `count` records in batches of `per_batch`, waits for each ack,
+/// and at the end for the seals of the segments the appends rolled.
 pub fn append_all(log: &PartitionLog, count: u64, per_batch: u64) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -74,6 +75,7 @@ pub fn append_all(log: &PartitionLog, count: u64, per_batch: u64) {
         runtime.block_on(ack).expect("ack");
         offset += n;
     }
+    log.wait_for_seals();
 }
 
 /// Reads every record from `from` to the end, in small reads.
