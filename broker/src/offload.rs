@@ -146,7 +146,7 @@ impl Broker {
                 // Retention deleted it since it was listed: every
                 // subscription had acknowledged it and nothing keeps it.
                 Err(error) if log.disk().start_offset() >= next_offset => {
-                    tracing::info!(
+                    tracing::debug!(
                         topic = %topic.name,
                         next_offset,
                         %error,

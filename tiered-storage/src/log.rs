@@ -497,14 +497,19 @@ impl PartitionLog {
     }
 
     /// Seals the active segment now (for offload), unless it is empty.
-    /// Blocks on disk: the segment is sealed when this returns.
+    /// Blocks on disk: when this returns, every segment but the new active
+    /// one is sealed, those earlier rolls ended included.
     pub fn seal_active(&self) -> Result<Option<SegmentInfo>> {
         let inner = self.lock();
         self.check_writable()?;
         if inner.active().summary.bytes == 0 {
+            drop(inner);
+            self.wait_for_seals();
             return Ok(None);
         }
-        self.roll_and_seal(inner).map(Some)
+        let sealed = self.roll_and_seal(inner)?;
+        self.wait_for_seals();
+        Ok(Some(sealed))
     }
 
     /// Seals the active segment if it has held records for `segment_age`.

@@ -90,6 +90,26 @@ fn seal_active_seals_a_non_empty_segment_only() {
 }
 
 #[test]
+fn seal_active_returns_once_the_segments_earlier_rolls_ended_are_sealed_too() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let committer = committer(FsyncMode::Never);
+    let log = open(dir.path(), small_config(256), &committer);
+
+    // Every batch rolls, and nothing here waits for the seals they start.
+    for offset in (0..100).step_by(2) {
+        drop(log.append(&batch(offset, 2)).expect("append"));
+    }
+    log.seal_active().expect("seal");
+
+    let segments = log.segments();
+    assert!(segments.len() > 40, "{} segments", segments.len());
+    let (active, ended) = segments.split_last().expect("segments");
+    assert!(ended.iter().all(|s| s.sealed), "{ended:?}");
+    assert!(!active.sealed);
+    assert!(ended.iter().all(|s| s.path.with_extension("idx").is_file()));
+}
+
+#[test]
 fn reads_from_any_offset_start_at_that_offset() {
     let dir = tempfile::tempdir().expect("tempdir");
     let committer = committer(FsyncMode::Never);
