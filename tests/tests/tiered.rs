@@ -466,7 +466,15 @@ async fn an_unreachable_store_holds_offload_back_and_it_resumes_with_nothing_los
 async fn an_offload_skips_segments_retention_deleted_after_it_listed_them() {
     let s3 = S3Server::start(S3ServerKind::Moto).unwrap();
     // Only the admin command offloads: the offloader's pass is an hour away.
-    let broker = broker_over(&s3, "race", &[("SAVA_OFFLOAD__INTERVAL_MS", "3600000")]).await;
+    // The skip this test looks for is logged at debug.
+    let extra = [
+        ("SAVA_OFFLOAD__INTERVAL_MS", "3600000"),
+        (
+            "RUST_LOG",
+            "info,sava_broker::offload=debug,h2=warn,tower=warn,hyper=warn",
+        ),
+    ];
+    let broker = broker_over(&s3, "race", &extra).await;
     // /default keeps nothing every subscription acknowledged.
     let topic = "/default/raced";
     let client = Client::builder(broker.service_url()).build().await.unwrap();

@@ -494,11 +494,11 @@ fn flush(shared: &Shared, waiters: Vec<Waiter>) {
     }
 }
 
-/// One sync of a flush: a segment's data, or the directory a new segment
-/// was created in.
+/// One sync of a flush: a segment's data, or the directory new segments
+/// were created in.
 enum SyncTarget<'a> {
     Data(&'a SegmentWriter),
-    Entry(&'a SegmentWriter),
+    Entries(&'a std::path::Path),
 }
 
 impl SyncTarget<'_> {
@@ -509,7 +509,7 @@ impl SyncTarget<'_> {
                 .sync_data()
                 .err()
                 .map(|e| Error::io(&segment.path, e)),
-            SyncTarget::Entry(segment) => sync_dir(segment.dir()).err(),
+            SyncTarget::Entries(dir) => sync_dir(dir).err(),
         }
     }
 }
@@ -519,42 +519,42 @@ impl SyncTarget<'_> {
 /// commit, where one after the other each would pay for its own. Returns
 /// each segment's first failure, and how many directories were synced.
 fn sync_segments(dirty: &[&Waiter], threads: usize) -> (Vec<Option<Error>>, u64) {
-    let mut targets: Vec<(usize, SyncTarget<'_>)> = Vec::with_capacity(dirty.len() + 1);
+    let new_entry = |waiter: &Waiter| !waiter.segment.entry_durable.load(Ordering::Acquire);
+    let mut targets: Vec<SyncTarget<'_>> = Vec::with_capacity(dirty.len() + 1);
+    targets.extend(dirty.iter().map(|waiter| SyncTarget::Data(&waiter.segment)));
+    // One sync per directory covers every new segment in it.
     let mut dirs: Vec<&std::path::Path> = Vec::new();
-    for (i, waiter) in dirty.iter().enumerate() {
-        let segment = &*waiter.segment;
-        targets.push((i, SyncTarget::Data(segment)));
-        // Two new segments of one partition share the directory's sync.
-        if !segment.entry_durable.load(Ordering::Acquire) && !dirs.contains(&segment.dir()) {
-            dirs.push(segment.dir());
-            targets.push((i, SyncTarget::Entry(segment)));
+    for waiter in dirty.iter().filter(|waiter| new_entry(waiter)) {
+        if !dirs.contains(&waiter.segment.dir()) {
+            dirs.push(waiter.segment.dir());
+            targets.push(SyncTarget::Entries(waiter.segment.dir()));
         }
     }
 
-    let results = run_syncs(&targets, threads);
-    let mut outcomes: Vec<Option<Error>> = Vec::new();
-    outcomes.resize_with(dirty.len(), || None);
-    for ((i, _), result) in targets.iter().zip(results) {
-        if let Some(error) = result {
-            outcomes[*i].get_or_insert(error);
+    let mut results = run_syncs(&targets, threads);
+    let dir_results = results.split_off(dirty.len());
+    let mut outcomes = results;
+    for (waiter, outcome) in dirty.iter().zip(&mut outcomes) {
+        if !new_entry(waiter) {
+            continue;
         }
-    }
-
-    // A directory synced after a segment's creation covers every segment
-    // created in it before; mark them, unless their own sync failed.
-    for (waiter, outcome) in dirty.iter().zip(&outcomes) {
-        if outcome.is_none() && dirs.contains(&waiter.segment.dir()) {
-            waiter.segment.entry_durable.store(true, Ordering::Release);
+        let at = dirs.iter().position(|dir| *dir == waiter.segment.dir());
+        match at.and_then(|at| dir_results[at].as_ref()) {
+            Some(error) => drop(outcome.get_or_insert_with(|| error.duplicate())),
+            None if outcome.is_none() => {
+                waiter.segment.entry_durable.store(true, Ordering::Release);
+            }
+            None => {}
         }
     }
     (outcomes, dirs.len() as u64)
 }
 
 /// Runs the syncs on up to `threads` threads; results in `targets` order.
-fn run_syncs(targets: &[(usize, SyncTarget<'_>)], threads: usize) -> Vec<Option<Error>> {
+fn run_syncs(targets: &[SyncTarget<'_>], threads: usize) -> Vec<Option<Error>> {
     let threads = threads.clamp(1, targets.len().max(1));
     if threads == 1 {
-        return targets.iter().map(|(_, target)| target.sync()).collect();
+        return targets.iter().map(SyncTarget::sync).collect();
     }
 
     // Workers take the next sync until none is left.
@@ -563,7 +563,7 @@ fn run_syncs(targets: &[(usize, SyncTarget<'_>)], threads: usize) -> Vec<Option<
         let mut done = Vec::new();
         loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some((_, target)) = targets.get(i) else {
+            let Some(target) = targets.get(i) else {
                 return done;
             };
             done.push((i, target.sync()));
@@ -739,22 +739,38 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_directory_sync_fails_the_new_segments_waiters() {
-        // A segment whose directory cannot be opened: the entry's sync fails.
+    fn a_failed_directory_sync_fails_the_waiters_of_every_new_segment_in_it() {
+        // New segments whose directory cannot be opened: its sync fails.
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("gone").join("segment");
-        let file = File::create(dir.path().join("segment")).expect("create");
-        let fresh = SegmentWriter::new(file, path, false);
-        let committer = GroupCommitter::start(CommitConfig::default()).expect("start");
-        let partition = partition();
+        let gone = dir.path().join("gone");
+        let fresh = |name: &str| {
+            let file = File::create(dir.path().join(name)).expect("create");
+            SegmentWriter::new(file, gone.join(name), false)
+        };
+        let (first, second) = (fresh("first"), fresh("second"));
+        let config = CommitConfig {
+            flush_interval: Duration::from_millis(200),
+            ..CommitConfig::default()
+        };
+        let committer = GroupCommitter::start(config).expect("start");
 
-        let ack = committer
-            .register(&fresh, &partition, 1, 1)
-            .expect("register");
+        // A first flush starts the interval, so the next two share a flush.
+        let path = dir.path().join("old");
+        let old = writer(File::create(&path).expect("create"), &path);
+        let warm_up = committer.register(&old, &partition(), 1, 1);
+        block_on(warm_up.expect("register")).expect("healthy sync");
+        let (one, two) = (partition(), partition());
+        let acks = [
+            committer.register(&first, &one, 1, 1).expect("register"),
+            committer.register(&second, &two, 1, 1).expect("register"),
+        ];
 
-        assert!(block_on(ack).is_err());
-        assert!(partition.is_poisoned());
-        assert!(!fresh.entry_durable.load(Ordering::Acquire));
+        for ack in acks {
+            assert!(block_on(ack).is_err());
+        }
+        assert!(one.is_poisoned() && two.is_poisoned());
+        assert!(!first.entry_durable.load(Ordering::Acquire));
+        assert!(!second.entry_durable.load(Ordering::Acquire));
     }
 
     #[test]
