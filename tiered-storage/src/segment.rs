@@ -7,7 +7,8 @@
 //! moment their data is durable and their index written, then sealed.
 //! Readers copy a [`ReadSpan`] (an `Arc` to a read-only handle plus a byte
 //! range) out of the lock and read it with `pread`, so reads never hold the
-//! lock during I/O and appends never wait for them. A deleted segment's handle stays readable until dropped.
+//! lock during I/O and appends never wait for them. A deleted segment's
+//! handle stays readable until dropped.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
