@@ -460,7 +460,13 @@ impl Broker {
         if !continues && dir.exists() {
             tracing::warn!(topic = %name, epoch = owner.epoch, first_offset, dir = %dir.display(), "dropping local segments of an older ownership epoch; the topic continues after its durable history");
             let stale = dir.clone();
-            tokio::task::spawn_blocking(move || std::fs::remove_dir_all(stale))
+            // A seal still queued for this directory would write into it.
+            let committer = Arc::clone(&self.committer);
+            let remove = move || {
+                committer.wait_for_seals();
+                std::fs::remove_dir_all(stale)
+            };
+            tokio::task::spawn_blocking(remove)
                 .await
                 .map_err(|_| BrokerError::ShuttingDown)?
                 .map_err(|error| BrokerError::Storage(sava_storage::Error::io(&dir, error)))?;
@@ -773,7 +779,8 @@ impl Broker {
             .disk()
             .segments()
             .iter()
-            .filter(|s| s.sealed && s.next_offset > floor)
+            .take_while(|s| s.sealed)
+            .filter(|s| s.next_offset > floor)
         {
             if remaining <= quota {
                 break;
@@ -1079,14 +1086,25 @@ impl Broker {
                 }
             }
         }
-        for part in &names {
-            let dir = self.log_dir(&TopicName::parse(part)?);
-            if let Err(error) = std::fs::remove_dir_all(&dir)
-                && error.kind() != std::io::ErrorKind::NotFound
-            {
-                tracing::warn!(dir = %dir.display(), %error, "cannot remove a deleted topic's segments");
+        let dirs = names
+            .iter()
+            .map(|part| Ok(self.log_dir(&TopicName::parse(part)?)))
+            .collect::<Result<Vec<_>, BrokerError>>()?;
+        // A seal still queued for these directories would write into them.
+        let committer = Arc::clone(&self.committer);
+        let remove = move || {
+            committer.wait_for_seals();
+            for dir in dirs {
+                if let Err(error) = std::fs::remove_dir_all(&dir)
+                    && error.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!(dir = %dir.display(), %error, "cannot remove a deleted topic's segments");
+                }
             }
-        }
+        };
+        tokio::task::spawn_blocking(remove)
+            .await
+            .map_err(|_| BrokerError::ShuttingDown)?;
         let mut deleted = names;
         if record.partitions > 0 {
             deleted.insert(0, name.to_string());

@@ -382,12 +382,19 @@ impl PartitionLog {
         Ok((info, seal))
     }
 
-    /// Ends the active segment and seals it on this thread, for callers
-    /// that need it sealed when this returns.
+    /// Ends the active segment and waits until it and every segment earlier
+    /// rolls ended are sealed. The seal goes through the sealer thread like
+    /// any other, so two seals never write one index file at once.
     fn roll_and_seal(&self, mut inner: MutexGuard<'_, Inner>) -> Result<SegmentInfo> {
         let (mut info, seal) = self.roll(&mut inner)?;
         drop(inner);
-        seal.run()?;
+        self.committer.seal(seal);
+        self.wait_for_seals();
+        if self.durability.is_poisoned() {
+            return Err(Error::Poisoned {
+                path: self.dir.clone(),
+            });
+        }
         info.sealed = true;
         Ok(info)
     }
@@ -507,9 +514,7 @@ impl PartitionLog {
             self.wait_for_seals();
             return Ok(None);
         }
-        let sealed = self.roll_and_seal(inner)?;
-        self.wait_for_seals();
-        Ok(Some(sealed))
+        self.roll_and_seal(inner).map(Some)
     }
 
     /// Seals the active segment if it has held records for `segment_age`.

@@ -122,6 +122,10 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered> {
         }
     }
     check_chain(&mut segments, &mut report)?;
+    // After a process crash the files may be in the page cache only: make
+    // their entries (and rebuilt indexes) durable before anything builds
+    // on them.
+    sync_dir(dir)?;
 
     report.segments = segments.len();
     report.start_offset = segments[0].summary.base_offset;
@@ -233,6 +237,8 @@ fn load_sealed(
         tracing::info!(segment = %path.display(), "segment index is missing; rebuilt it");
     }
     let Some((position, reason)) = scan.stop else {
+        // An index on disk means the data is whole: sync it first.
+        reader.file.sync_data().map_err(|e| Error::io(&path, e))?;
         let bytes = encode_index(&scan.summary, &scan.index);
         write_index_file(&idx, &bytes)?;
         report.rebuilt_indexes += 1;
@@ -341,6 +347,10 @@ fn recover_last(
             position,
             reason,
         });
+    } else {
+        // What a killed process wrote may be in the page cache only; it
+        // counts as durable from here on, so sync it.
+        file.sync_data().map_err(|e| Error::io(&path, e))?;
     }
 
     // An index next to the active segment is stale; it is rewritten at seal.

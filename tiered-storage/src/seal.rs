@@ -4,11 +4,12 @@
 //! never waits for the disk. The segment it ended is finished here: its
 //! data is synced (usually nothing is left to write, the committer got
 //! there first), then its sparse index is written to a temporary file,
-//! synced and renamed, and then it counts as sealed, so offload and
-//! retention may take it. An index on disk therefore means the segment's
-//! data is whole, which is how recovery tells a finished seal from one a
-//! crash interrupted. The rename is not made durable: a lost index is
-//! rebuilt by a scan.
+//! synced and renamed, then the directory is synced, and then it counts as
+//! sealed, so offload and retention may take it. An index on disk
+//! therefore means the segment's data is whole, which is how recovery
+//! tells a finished seal from one a crash interrupted; and a sealed
+//! segment's index and the next segment's file are both durable, so a
+//! crash cannot turn an offloaded segment back into the active one.
 
 use std::fs;
 use std::path::PathBuf;
@@ -19,7 +20,7 @@ use std::thread::JoinHandle;
 use crate::error::{Error, Result};
 use crate::group_commit::{PartitionDurability, join_once};
 use crate::index::write_index_file;
-use crate::segment::SegmentWriter;
+use crate::segment::{SegmentWriter, sync_dir};
 
 /// The work left after a roll ended a segment.
 #[derive(Debug)]
@@ -47,13 +48,18 @@ impl SealJob {
             return Err(Error::io(path, error));
         }
 
-        match write_index_file(&self.index_path, &self.index) {
-            Err(error) => {
-                tracing::warn!(segment = %path.display(), %error, "cannot write the segment index; the next open rebuilds it");
-            }
+        if let Err(error) = write_index_file(&self.index_path, &self.index) {
+            tracing::warn!(segment = %path.display(), %error, "cannot write the segment index; the next open rebuilds it");
+        }
+        if !path.exists() {
             // The partition's directory was deleted meanwhile; so goes the index.
-            Ok(()) if !path.exists() => drop(fs::remove_file(&self.index_path)),
-            Ok(()) => {}
+            drop(fs::remove_file(&self.index_path));
+            return Ok(());
+        }
+        if let Err(error) = sync_dir(self.writer.dir()) {
+            tracing::error!(segment = %path.display(), %error, "cannot sync the directory of a rolled segment; partition refuses appends until reopened");
+            self.partition.poison();
+            return Err(error);
         }
 
         self.sealed.store(true, Ordering::Release);
