@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use sava_metadata::{Catalog, DispatchMode, SubscriptionRecord, TopicRecord, TopicSchema};
-use sava_storage::{CommitConfig, FsyncMode, GroupCommitter, LogConfig, Tier};
+use sava_storage::{CommitConfig, FsyncMode, GroupCommitter, LogConfig, ReadPool, Tier};
 
 use crate::cluster::{Cluster, Owner};
 use crate::config::{Config, FsyncSetting};
@@ -128,6 +128,8 @@ pub struct Broker {
     stopping: AtomicBool,
     /// The one fsync thread of every reliable topic's log.
     committer: Arc<GroupCommitter>,
+    /// Low-priority threads for catch-up reads of local segments.
+    disk_reads: Arc<ReadPool>,
     /// This broker, for the dead-letter sinks its subscriptions hold.
     me: std::sync::Weak<Broker>,
     /// The object storage tier, unless offload is off.
@@ -169,6 +171,8 @@ impl Broker {
         let committer = GroupCommitter::start_with_observer(commit, Some(metrics.flush_observer()))
             .map_err(BrokerError::Storage)?;
         let tier = crate::offload::open_tier(&config, &catalog)?;
+        let threads = std::thread::available_parallelism().map_or(2, usize::from);
+        let disk_reads = Arc::new(ReadPool::start("sava-diskrd", threads, storage.read_nice));
         let advertised_url = config.advertised_url();
         let broker_id = advertised_url
             .trim_start_matches("http://")
@@ -200,6 +204,7 @@ impl Broker {
             next_id: AtomicU64::new(1),
             stopping: AtomicBool::new(false),
             committer,
+            disk_reads,
         }))
     }
 
@@ -481,9 +486,10 @@ impl Broker {
             ..LogConfig::default()
         };
         let committer = Arc::clone(&self.committer);
+        let reads = Arc::clone(&self.disk_reads);
         let tail_bytes = storage.tail_cache_bytes;
         let (log, report) = tokio::task::spawn_blocking(move || {
-            TopicLog::open(&dir, config, committer, tail_bytes)
+            TopicLog::open(&dir, config, committer, reads, tail_bytes)
         })
         .await
         .map_err(|_| BrokerError::ShuttingDown)?

@@ -241,6 +241,9 @@ pub struct StorageSection {
     /// Newest messages of each reliable topic kept in memory, so consumers
     /// that keep up never read from disk.
     pub tail_cache_bytes: usize,
+    /// How far above the broker's nice value (0 to 19) the threads reading
+    /// local segments for consumers behind the memory tail run.
+    pub read_nice: i32,
     /// Subscription cursors are written to metadata at most this long after
     /// they change.
     pub cursor_flush_ms: u64,
@@ -268,6 +271,7 @@ impl Default for StorageSection {
             segment_bytes: 8 * 1024 * 1024,
             segment_age_secs: 10,
             tail_cache_bytes: 8 * 1024 * 1024,
+            read_nice: 10,
             cursor_flush_ms: 100,
         }
     }
@@ -369,11 +373,15 @@ impl Config {
                 "cluster.renew_interval_ms must be above 0 and cluster.lease_ttl_ms at least twice it".into(),
             ));
         }
-        if !(0..=19).contains(&self.offload.read_nice) {
-            return Err(ConfigError::Invalid(format!(
-                "offload.read_nice must be between 0 and 19, not {}",
-                self.offload.read_nice
-            )));
+        for (key, nice) in [
+            ("storage.read_nice", self.storage.read_nice),
+            ("offload.read_nice", self.offload.read_nice),
+        ] {
+            if !(0..=19).contains(&nice) {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} must be between 0 and 19, not {nice}"
+                )));
+            }
         }
         if self.limits.consumer_buffer_messages == 0 {
             return Err(ConfigError::Invalid(
@@ -575,6 +583,7 @@ mod tests {
     fn bounds_that_could_never_work_are_refused_by_name() {
         for (key, value, named) in [
             ("SAVA_OFFLOAD__READ_NICE", "20", "offload.read_nice"),
+            ("SAVA_STORAGE__READ_NICE", "-1", "storage.read_nice"),
             ("SAVA_OFFLOAD__READ_NICE", "-5", "offload.read_nice"),
             (
                 "SAVA_LIMITS__CONSUMER_BUFFER_BYTES",

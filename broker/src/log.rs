@@ -17,7 +17,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use sava_metadata::SegmentDescriptor;
-use sava_storage::{GroupCommitter, LogConfig, PartitionLog, Record, RecoveryReport, Tier};
+use sava_storage::{
+    GroupCommitter, LogConfig, PartitionLog, ReadPool, Record, RecoveryReport, Tier,
+};
 
 use std::collections::VecDeque;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -158,6 +160,8 @@ impl MemoryLog {
 #[derive(Debug)]
 pub struct TopicLog {
     disk: Arc<PartitionLog>,
+    /// Where catch-up reads of `disk` run.
+    disk_reads: Arc<ReadPool>,
     tail: MemoryLog,
     /// Payload bytes catch-up reads fetched from segment files.
     bytes_read_from_disk: AtomicU64,
@@ -173,18 +177,20 @@ pub struct TopicLog {
 }
 
 impl TopicLog {
-    /// Opens (recovering) the partition's log in `dir`. Blocking: call it
-    /// from the blocking pool.
+    /// Opens (recovering) the partition's log in `dir`, whose catch-up
+    /// reads run on `disk_reads`. Blocking: call it from the blocking pool.
     pub fn open(
         dir: &Path,
         config: LogConfig,
         committer: Arc<GroupCommitter>,
+        disk_reads: Arc<ReadPool>,
         tail_bytes: usize,
     ) -> Result<(TopicLog, RecoveryReport), sava_storage::Error> {
         let (disk, report) = PartitionLog::open(dir, config, committer)?;
         let tail = MemoryLog::new(disk.next_offset(), tail_bytes);
         let log = TopicLog {
             disk: Arc::new(disk),
+            disk_reads,
             tail,
             bytes_read_from_disk: AtomicU64::new(0),
             tier: None,
@@ -290,18 +296,25 @@ impl TopicLog {
             return self.read_remote(from, max, local_start).await;
         }
 
+        // The messages are built on the read threads too, so as much of a
+        // catch-up as can runs at their priority.
         let disk = Arc::clone(&self.disk);
-        let records = tokio::task::spawn_blocking(move || disk.read(from, max, DISK_READ_BYTES))
-            .await
-            .map_err(|_| sava_storage::Error::Closed)??;
-        let bytes: usize = records.iter().map(|r| r.payload.len()).sum();
+        let (messages, bytes) = self
+            .disk_reads
+            .run(move || {
+                let records = disk.read(from, max, DISK_READ_BYTES)?;
+                let bytes: usize = records.iter().map(|r| r.payload.len()).sum();
+                let messages: Vec<_> = records
+                    .into_iter()
+                    .filter(|r| r.offset < end)
+                    .map(from_record)
+                    .collect();
+                Ok::<_, sava_storage::Error>((messages, bytes))
+            })
+            .await??;
         self.bytes_read_from_disk
             .fetch_add(bytes as u64, Ordering::Relaxed);
-        Ok(records
-            .into_iter()
-            .filter(|r| r.offset < end)
-            .map(from_record)
-            .collect())
+        Ok(messages)
     }
 
     /// Reads below the local segments: from the offloaded segment holding

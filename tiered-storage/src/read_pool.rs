@@ -1,12 +1,16 @@
-//! The threads that decode what reads fetch from object storage, at a lower
-//! CPU priority than the rest of the broker.
+//! Threads for catch-up reads, at a lower CPU priority than the rest of the
+//! broker: decoding what replays fetch from object storage, and reading
+//! local segments for consumers behind the memory tail.
 //!
 //! Decoding Parquet (zstd, and one copy per record) is most of a replay's
-//! CPU. On a machine whose cores the write path needs, a replay at full
-//! speed takes them from the producers. At a higher nice value the decoding
-//! gets the CPU live traffic leaves over, and all of it when the broker is
-//! otherwise idle. The pool also bounds how many decodes run at once, where
-//! the blocking pool would start a thread for each.
+//! CPU, and a catch-up from local segments copies and checksums every
+//! batch. On a machine whose cores the write path needs, a catch-up at full
+//! speed takes them from the producers. At a higher nice value the reads
+//! get the CPU live traffic leaves over, and all of it when the broker is
+//! otherwise idle; the delivery of what they read waits for them, so the
+//! whole catch-up slows down, not only its reads. The pool also bounds how
+//! many reads run at once, where the blocking pool would start a thread for
+//! each.
 //!
 //! The priority is per thread, which Linux supports; elsewhere the threads
 //! run at the broker's own priority. An unprivileged process may raise its
@@ -23,19 +27,20 @@ use crate::error::{Error, Result};
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// A fixed set of low-priority threads running decode jobs in arrival order.
+/// A fixed set of low-priority threads running read jobs in arrival order.
 #[derive(Debug)]
-pub(crate) struct ReadPool {
+pub struct ReadPool {
     /// `None` when no thread could be started: jobs then go to the blocking
     /// pool at normal priority.
     jobs: Option<mpsc::Sender<Job>>,
 }
 
 impl ReadPool {
-    /// Starts `threads` threads whose nice value is `nice` above the
-    /// broker's (0 keeps its priority; nice values stop at 19). They end
-    /// once the pool is dropped and their queue is empty.
-    pub(crate) fn start(threads: usize, nice: i32) -> ReadPool {
+    /// Starts `threads` threads named `name` and their number, whose nice
+    /// value is `nice` above the broker's (0 keeps its priority; nice values
+    /// stop at 19). They end once the pool is dropped and their queue is
+    /// empty.
+    pub fn start(name: &str, threads: usize, nice: i32) -> ReadPool {
         let (sender, receiver) = mpsc::channel::<Job>();
         let receiver = Arc::new(Mutex::new(receiver));
         let mut started = 0;
@@ -43,12 +48,12 @@ impl ReadPool {
             let receiver = Arc::clone(&receiver);
             let spawned = std::thread::Builder::new()
                 // Linux keeps 15 bytes of a thread's name.
-                .name(format!("sava-tierrd-{index}"))
+                .name(format!("{name}-{index}"))
                 .spawn(move || serve(&receiver, nice));
             match spawned {
                 Ok(_) => started += 1,
                 Err(error) => {
-                    tracing::warn!(%error, "cannot start a tier read thread");
+                    tracing::warn!(%error, pool = name, "cannot start a read thread");
                 }
             }
         }
@@ -59,7 +64,7 @@ impl ReadPool {
 
     /// Runs `job` on the pool and returns its result. A job that panics
     /// gives [`Error::Closed`], as does a pool whose threads are gone.
-    pub(crate) async fn run<T, F>(&self, job: F) -> Result<T>
+    pub async fn run<T, F>(&self, job: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,
@@ -111,7 +116,7 @@ fn lower_priority(nice: i32) {
     };
     if failed {
         let error = std::io::Error::last_os_error();
-        tracing::warn!(%error, nice, "cannot lower the priority of a tier read thread");
+        tracing::warn!(%error, nice, "cannot lower the priority of a read thread");
     }
 }
 
@@ -124,7 +129,7 @@ mod tests {
 
     #[tokio::test]
     async fn jobs_run_on_the_pool_and_return_their_results() {
-        let pool = ReadPool::start(2, 0);
+        let pool = ReadPool::start("sava-test", 2, 0);
         let names =
             futures::future::join_all((0..8).map(|i| {
                 pool.run(move || (i * 2, std::thread::current().name().map(str::to_owned)))
@@ -133,13 +138,13 @@ mod tests {
         for (i, outcome) in names.into_iter().enumerate() {
             let (doubled, name) = outcome.unwrap();
             assert_eq!(doubled, i * 2);
-            assert!(name.unwrap().starts_with("sava-tierrd-"));
+            assert!(name.unwrap().starts_with("sava-test-"));
         }
     }
 
     #[tokio::test]
     async fn a_panicking_job_fails_alone_and_the_pool_goes_on() {
-        let pool = ReadPool::start(1, 0);
+        let pool = ReadPool::start("sava-test", 1, 0);
         let failed = pool.run(|| -> u32 { panic!("a corrupt object") }).await;
         assert!(matches!(failed, Err(Error::Closed)), "{failed:?}");
         assert_eq!(pool.run(|| 7).await.unwrap(), 7);
@@ -148,7 +153,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn the_threads_run_at_the_nice_value_asked_for() {
-        let pool = ReadPool::start(1, 5);
+        let pool = ReadPool::start("sava-test", 1, 5);
         let nice = pool
             .run(|| {
                 // SAFETY: as in lower_priority.

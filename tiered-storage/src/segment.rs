@@ -285,24 +285,31 @@ impl ReadSpan {
         budget: &mut Budget,
         out: &mut Vec<Record>,
     ) -> Result<()> {
-        let mut cursor = BatchCursor::new(self, chunk_bytes);
+        let mut cursor = BatchCursor::new(self, chunk_bytes.min(FIRST_READ_BYTES));
+        let mut seen = SizeEstimate::default();
         while !budget.is_spent() {
             let Some((header, batch)) = cursor.next_batch()? else {
                 break;
             };
-            if header.next_offset() <= from {
-                continue;
-            }
-
-            let records = decode_verified(&header, &batch)
-                .map_err(|reason| self.reader.corrupt(cursor.batch_position, reason))?;
-            for record in records.into_iter().filter(|record| record.offset >= from) {
-                budget.spend(&record);
-                out.push(record);
-                if budget.is_spent() {
-                    break;
+            seen.add(batch.len(), header.record_count);
+            if header.next_offset() > from {
+                let records = decode_verified(&header, &batch)
+                    .map_err(|reason| self.reader.corrupt(cursor.batch_position, reason))?;
+                for record in records.into_iter().filter(|record| record.offset >= from) {
+                    budget.spend(&record);
+                    out.push(record);
+                    if budget.is_spent() {
+                        break;
+                    }
                 }
             }
+
+            // Every file read is copied and its buffer zeroed first, so a
+            // read of a few hundred records must not fetch megabytes.
+            cursor.chunk_bytes = seen
+                .bytes_for(budget)
+                .max(FIRST_READ_BYTES)
+                .min(chunk_bytes);
         }
         Ok(())
     }
@@ -323,6 +330,32 @@ impl ReadSpan {
             return Ok(found.map(|record| record.offset));
         }
         Ok(None)
+    }
+}
+
+/// The first file read of a [`ReadSpan::read`], before the size of the
+/// span's records is known.
+const FIRST_READ_BYTES: usize = 64 * 1024;
+
+/// The batch bytes per record a read has met so far.
+#[derive(Debug, Default)]
+struct SizeEstimate {
+    bytes: usize,
+    records: usize,
+}
+
+impl SizeEstimate {
+    fn add(&mut self, bytes: usize, records: u32) {
+        self.bytes += bytes;
+        self.records += records as usize;
+    }
+
+    /// About the file bytes that hold what `budget` still allows.
+    fn bytes_for(&self, budget: &Budget) -> usize {
+        let per_record = self.bytes.div_ceil(self.records.max(1));
+        per_record
+            .saturating_mul(budget.records)
+            .min(budget.bytes.saturating_add(per_record))
     }
 }
 

@@ -138,7 +138,7 @@ impl std::fmt::Debug for Tier {
 impl Tier {
     pub fn new(objects: ObjectTier, catalog: Catalog, config: TierConfig) -> Arc<Tier> {
         let cache = BlockCache::new(config.cache_bytes);
-        let read_pool = ReadPool::start(config.read_threads, config.read_nice);
+        let read_pool = ReadPool::start("sava-tierrd", config.read_threads, config.read_nice);
         Arc::new(Tier {
             objects,
             catalog,

@@ -159,6 +159,50 @@ fn reads_stop_at_the_record_limit_and_near_the_byte_limit() {
 }
 
 #[test]
+fn reads_are_whole_when_record_sizes_change_under_the_size_estimate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let committer = committer(FsyncMode::Never);
+    let log = open(dir.path(), small_config(1 << 30), &committer);
+    // Runs of tiny records, then records far larger than a first read, so
+    // each read's estimate of the bytes it needs is wrong both ways.
+    let size = |offset: u64| match (offset / 40) % 3 {
+        0 => 3,
+        1 => 150_000,
+        _ => 900,
+    };
+    let sized = |offset: u64| Record {
+        payload: Bytes::from(vec![(offset % 251) as u8; size(offset)]),
+        ..record(offset)
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    for first in (0..240).step_by(6) {
+        let records: Vec<Record> = (first..first + 6).map(sized).collect();
+        runtime
+            .block_on(log.append(&records).expect("append"))
+            .expect("durable");
+    }
+
+    for from in (0..240).step_by(7) {
+        for max_records in [1, 13, 64, 500] {
+            let read = log.read(from, max_records, 8 << 20).expect("read");
+            let end = (from + max_records as u64).min(240);
+            let offsets: Vec<u64> = read.iter().map(|r| r.offset).collect();
+            assert_eq!(offsets.first(), Some(&from));
+            assert!(offsets.windows(2).all(|w| w[1] == w[0] + 1));
+            assert!(offsets.len() as u64 <= end - from);
+            for record in &read {
+                assert_eq!(*record, sized(record.offset), "record {}", record.offset);
+            }
+            // Only the byte limit may cut a read short.
+            let bytes: usize = read.iter().map(Record::encoded_len).sum();
+            assert!(offsets.len() as u64 == end - from || bytes >= 8 << 20);
+        }
+    }
+}
+
+#[test]
 fn reads_outside_the_log_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let committer = committer(FsyncMode::Never);

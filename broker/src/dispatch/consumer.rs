@@ -346,6 +346,11 @@ impl Room {
         &self.messages
     }
 
+    /// Messages all consumers together may still take.
+    pub fn total_messages(&self) -> usize {
+        self.messages.iter().sum()
+    }
+
     /// Whether no consumer may take another message in this pass.
     pub fn is_exhausted(&self) -> bool {
         self.messages.iter().all(|room| *room == 0)

@@ -667,7 +667,9 @@ impl Task {
             if room.is_exhausted() {
                 return Ok(());
             }
-            let batch = self.log.read(self.next_read, READ_STEP).await?;
+            // What no consumer has room for would be read again next time.
+            let wanted = READ_STEP.min(room.total_messages());
+            let batch = self.log.read(self.next_read, wanted).await?;
             if batch.is_empty() {
                 return Ok(());
             }
@@ -749,7 +751,7 @@ fn ranges(offsets: &BTreeSet<u64>) -> Vec<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
-    use sava_storage::{CommitConfig, FsyncMode, GroupCommitter, LogConfig};
+    use sava_storage::{CommitConfig, FsyncMode, GroupCommitter, LogConfig, ReadPool};
     use tokio::time::timeout;
 
     use super::*;
@@ -767,8 +769,9 @@ mod tests {
             ..CommitConfig::default()
         })
         .unwrap();
+        let reads = Arc::new(ReadPool::start("sava-test", 1, 0));
         let (log, _) =
-            TopicLog::open(dir.path(), LogConfig::default(), committer, 1 << 20).unwrap();
+            TopicLog::open(dir.path(), LogConfig::default(), committer, reads, 1 << 20).unwrap();
         let log = Arc::new(log);
         append(&log, 0, count).await;
         TestLog { log, _dir: dir }
