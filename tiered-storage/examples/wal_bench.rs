@@ -231,7 +231,7 @@ async fn writer(
                 offset: first + i,
                 publish_time_ms,
                 producer_id: 1,
-                producer_name: "bench".to_owned(),
+                producer_name: "bench".into(),
                 payload: payload.clone(),
                 ..Record::default()
             }));

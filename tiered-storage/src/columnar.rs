@@ -21,8 +21,11 @@
 //! }
 //! ```
 //!
-//! Columns are zstd-compressed, with statistics per page and the page index,
-//! so lakehouse tools can prune by offset or time. The encoder cuts row
+//! The message columns (routing key, attributes, payload) are
+//! zstd-compressed; offsets and publish times are delta-encoded, and the
+//! producer and schema columns dictionary-encoded, neither compressed.
+//! Pages carry statistics, and the file the page index, so lakehouse tools
+//! can prune by offset or time. The encoder cuts row
 //! groups at a byte budget of messages, and reports where each one sits in
 //! the file, so a reader fetches exactly the row groups it needs with one
 //! ranged GET each, plus the footer.
@@ -30,7 +33,7 @@
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::column::reader::{ColumnReader, get_typed_column_reader};
 use parquet::data_type::{ByteArray, ByteArrayType, DataType, Int32Type, Int64Type};
 use parquet::errors::ParquetError;
@@ -113,12 +116,32 @@ pub fn encode_segment(records: &[Record], row_group_bytes: usize) -> Result<Enco
     };
 
     let schema = Arc::new(parse_message_type(SCHEMA).map_err(wrap)?);
-    let properties = WriterProperties::builder()
+    let mut properties = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_column_dictionary_enabled(ColumnPath::from("payload"), false)
-        .set_max_row_group_row_count(None)
-        .build();
+        .set_max_row_group_row_count(None);
+    // Offsets count up by one and times barely move: delta encoding makes
+    // them about a byte a row. Those, and the columns dictionary encoding
+    // leaves a few bits a row, are not compressed, so a reader creates no
+    // zstd context for them (one per column per row group).
+    for column in ["offset", "publish_time"] {
+        properties = properties
+            .set_column_dictionary_enabled(ColumnPath::from(column), false)
+            .set_column_encoding(ColumnPath::from(column), Encoding::DELTA_BINARY_PACKED);
+    }
+    for column in [
+        "offset",
+        "publish_time",
+        "producer_id",
+        "producer_name",
+        "schema_id",
+        "schema_version",
+    ] {
+        properties =
+            properties.set_column_compression(ColumnPath::from(column), Compression::UNCOMPRESSED);
+    }
+    let properties = properties.build();
     let mut writer =
         SerializedFileWriter::new(Vec::new(), schema, Arc::new(properties)).map_err(wrap)?;
 
@@ -416,30 +439,50 @@ fn decode_group(group: &dyn RowGroupReader) -> Result<Vec<Record>, ParquetError>
     let versions = read_optional::<Int32Type>(group.get_column_reader(8)?, rows)?;
     let payloads = read_required::<ByteArrayType>(group.get_column_reader(9)?, rows)?;
 
+    // One buffer holds the row group's payloads, and each record a slice
+    // of it: one allocation where there would be one per record.
+    let mut payload_bytes = Vec::with_capacity(payloads.iter().map(ByteArray::len).sum());
+    for payload in &payloads {
+        payload_bytes.extend_from_slice(payload.data());
+    }
+    let payload_bytes = Bytes::from(payload_bytes);
+
     let mut records = Vec::with_capacity(rows);
+    let (mut producer, mut payload_start): (Option<Arc<str>>, usize) = (None, 0);
     for row in 0..rows {
         let attributes = names[row]
             .iter()
             .zip(&values[row])
             .map(|(name, value)| Ok((utf8(name)?, utf8(value)?)))
             .collect::<Result<Vec<_>, ParquetError>>()?;
+        let name = utf8_str(&producer_names[row])?;
+        let producer_name = match &producer {
+            Some(shared) if **shared == *name => Arc::clone(shared),
+            _ => Arc::clone(producer.insert(Arc::from(name))),
+        };
+        let payload_end = payload_start + payloads[row].len();
         records.push(Record {
             offset: offsets[row] as u64,
             publish_time_ms: times[row] as u64,
             producer_id: producer_ids[row] as u64,
-            producer_name: utf8(&producer_names[row])?,
+            producer_name,
             key: keys[row].as_ref().map(utf8).transpose()?,
             attributes,
             schema_id: schema_ids[row].map(|id| id as u64),
             schema_version: versions[row].map(|v| v as u32),
-            payload: Bytes::copy_from_slice(payloads[row].data()),
+            payload: payload_bytes.slice(payload_start..payload_end),
         });
+        payload_start = payload_end;
     }
     Ok(records)
 }
 
 fn utf8(bytes: &ByteArray) -> Result<String, ParquetError> {
-    String::from_utf8(bytes.data().to_vec())
+    utf8_str(bytes).map(str::to_owned)
+}
+
+fn utf8_str(bytes: &ByteArray) -> Result<&str, ParquetError> {
+    std::str::from_utf8(bytes.data())
         .map_err(|_| ParquetError::General("a string column holds bytes that are not UTF-8".into()))
 }
 
@@ -549,6 +592,30 @@ mod tests {
         let end = start + group.byte_len as usize;
         object.add(group.byte_start, encoded.bytes.slice(start..end));
         object
+    }
+
+    #[test]
+    fn a_row_groups_records_share_their_producers_name_and_one_payload_buffer() {
+        let mut input = records(0, 40);
+        for record in &mut input[20..] {
+            record.producer_name = "producer-b".into();
+        }
+        let encoded = encode_segment(&input, 1 << 20).unwrap();
+        assert_eq!(encoded.row_groups.len(), 1);
+
+        let decoded = decode_object(encoded.bytes, "test").unwrap();
+
+        assert_eq!(decoded, input);
+        for run in [&decoded[..20], &decoded[20..]] {
+            assert!(
+                run.windows(2)
+                    .all(|pair| Arc::ptr_eq(&pair[0].producer_name, &pair[1].producer_name))
+            );
+        }
+        assert!(decoded.windows(2).all(|pair| {
+            let end = pair[0].payload.as_ptr() as usize + pair[0].payload.len();
+            end == pair[1].payload.as_ptr() as usize
+        }));
     }
 
     #[test]

@@ -41,6 +41,8 @@
 //! The magic, version, flags and length are checked by value; everything after
 //! the CRC is covered by it, so a torn or flipped batch fails to decode.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use crate::error::{Error, Result};
@@ -66,7 +68,9 @@ pub struct Record {
     pub offset: u64,
     pub publish_time_ms: u64,
     pub producer_id: u64,
-    pub producer_name: String,
+    /// Shared by the records of one producer, so copies of a record do not
+    /// copy it.
+    pub producer_name: Arc<str>,
     pub key: Option<String>,
     pub attributes: Vec<(String, String)>,
     pub schema_id: Option<u64>,
@@ -397,10 +401,11 @@ pub(crate) fn decode_verified(
     let mut records = Vec::with_capacity((header.record_count as usize).min(most_records));
     let mut reader = Reader::new(batch, BATCH_HEADER_LEN, header.len());
     let mut last_ms = header.first_publish_time_ms;
+    let mut producer: Option<Arc<str>> = None;
 
     for index in 0..header.record_count {
         let offset = header.base_offset + u64::from(index);
-        let record = decode_record(&mut reader, offset)
+        let record = decode_record(&mut reader, offset, &mut producer)
             .map_err(|what| FormatError::BadRecord { index, what })?;
         if record.publish_time_ms < last_ms {
             return Err(FormatError::BadRecord {
@@ -426,7 +431,14 @@ pub(crate) fn decode_verified(
     Ok(records)
 }
 
-fn decode_record(reader: &mut Reader<'_>, offset: u64) -> Result<Record, &'static str> {
+/// Decodes the record at `reader`, whose producer name is `producer`'s
+/// when they are equal (a batch usually holds one producer's records), and
+/// becomes `producer` otherwise.
+fn decode_record(
+    reader: &mut Reader<'_>,
+    offset: u64,
+    producer: &mut Option<Arc<str>>,
+) -> Result<Record, &'static str> {
     let length = reader.u32()? as usize;
     let end = reader
         .position
@@ -442,7 +454,11 @@ fn decode_record(reader: &mut Reader<'_>, offset: u64) -> Result<Record, &'stati
     if flags & !KNOWN_FLAGS != 0 {
         return Err("unknown presence flags");
     }
-    let producer_name = fields.string("producer name is not utf-8")?;
+    let name = fields.str("producer name is not utf-8")?;
+    let producer_name = match producer {
+        Some(shared) if **shared == *name => Arc::clone(shared),
+        _ => Arc::clone(producer.insert(Arc::from(name))),
+    };
 
     let key = if flags & FLAG_KEY != 0 {
         Some(fields.string("key is not utf-8")?)
@@ -532,12 +548,14 @@ impl<'a> Reader<'a> {
         Ok(le_u64(self.take(8)?, 0))
     }
 
-    fn string(&mut self, not_utf8: &'static str) -> Result<String, &'static str> {
+    fn str(&mut self, not_utf8: &'static str) -> Result<&'a str, &'static str> {
         let len = self.u32()? as usize;
         let bytes = self.take(len)?;
-        std::str::from_utf8(bytes)
-            .map(str::to_owned)
-            .map_err(|_| not_utf8)
+        std::str::from_utf8(bytes).map_err(|_| not_utf8)
+    }
+
+    fn string(&mut self, not_utf8: &'static str) -> Result<String, &'static str> {
+        self.str(not_utf8).map(str::to_owned)
     }
 
     fn slice(&mut self, len: usize) -> Result<Bytes, &'static str> {

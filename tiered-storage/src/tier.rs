@@ -17,9 +17,10 @@
 //! the end of the object and brings it along. They decode on the tier's
 //! own low-priority threads (`read_pool.rs`) into a cache bounded in
 //! bytes. Row groups before the offset are never fetched. A read also
-//! starts fetching the next object, so a sequential replay keeps the store
-//! busy while it decodes; a second reader of an object being fetched waits
-//! for that fetch instead of repeating it.
+//! starts fetching the next two objects (fewer when their messages would
+//! fill more than a quarter of the cache), so in a sequential replay one
+//! downloads while another decodes; a second reader of an object being
+//! fetched waits for that fetch instead of repeating it.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,6 +42,9 @@ use crate::segment::SegmentInfo;
 
 /// The most bytes one ranged GET of a reader asks for.
 const MAX_SPAN_BYTES: u64 = 8 * 1024 * 1024;
+
+/// The most objects a sequential reader fetches ahead of the one it reads.
+const READAHEAD_OBJECTS: usize = 2;
 
 /// An object being fetched, listed in [`Tier`]'s `fetching` map until
 /// this is dropped.
@@ -353,12 +357,13 @@ impl Tier {
         let records: Vec<Record> = rows.iter().skip(skip).take(max).cloned().collect();
 
         // Readahead: the next row group of this object (when the span
-        // fetched stopped short of it) and the start of the next object, so
-        // the store is fetching while this one is being read.
+        // fetched stopped short of it) and the start of the next objects,
+        // so the store is fetching one while the one before decodes.
         if group + 1 < segment.row_groups.len() {
             self.prefetch(segment.clone(), group + 1);
         }
-        if let Some(next) = segments.get(position + 1) {
+        let ahead = self.readahead_objects(&segments[position..]);
+        for next in segments.iter().skip(position + 1).take(ahead) {
             self.prefetch(next.clone(), 0);
         }
         Ok(records)
@@ -381,6 +386,21 @@ impl Tier {
             }
         }
         Ok(Some(segment.next_offset))
+    }
+
+    /// How many objects after `segments[0]` to fetch ahead: two, so that
+    /// one downloads while the other decodes, unless their messages would
+    /// take more than a quarter of the cache, as one fetch may; at least
+    /// one.
+    fn readahead_objects(&self, segments: &[SegmentDescriptor]) -> usize {
+        let budget = (self.config.cache_bytes / 4) as u64;
+        let mut taken = 0;
+        let ahead = segments.iter().skip(1).take(READAHEAD_OBJECTS);
+        let fits = ahead.take_while(|segment| {
+            taken += segment.message_bytes;
+            taken <= budget
+        });
+        fits.count().max(1)
     }
 
     fn prefetch(self: &Arc<Self>, segment: SegmentDescriptor, group: usize) {

@@ -130,6 +130,44 @@ fn reads_come_from_the_cache_once_fetched() {
 }
 
 #[test]
+fn a_read_fetches_the_next_two_objects_ahead_and_no_more() {
+    let fixture = offloaded(300, 2048, small_tier());
+    let segments = fixture
+        .runtime
+        .block_on(fixture.tier.segments(TOPIC))
+        .unwrap();
+    assert!(segments.len() > 4, "{} objects", segments.len());
+    let roomy = TierConfig {
+        cache_bytes: 16 << 20,
+        ..small_tier()
+    };
+    let reader = Tier::new(fixture.tier.objects().clone(), catalog_of(&fixture), roomy);
+
+    let first = fixture
+        .runtime
+        .block_on(reader.read(&segments, 0, 1))
+        .unwrap();
+    assert_records(&first, 0..1);
+
+    // Each object comes in one GET from its first row group to its end,
+    // footer included.
+    let fetched = || {
+        reader
+            .stats()
+            .bytes_fetched
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let span = |s: &sava_metadata::SegmentDescriptor| s.object_bytes - s.row_groups[0].byte_start;
+    let three: u64 = segments[..3].iter().map(span).sum();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while fetched() < three && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(fetched(), three);
+}
+
+#[test]
 fn a_read_dropped_while_it_fetches_leaves_no_fetch_behind_for_the_next_reader() {
     let fixture = offloaded(200, 64 * 1024, small_tier());
     fixture.runtime.block_on(async {

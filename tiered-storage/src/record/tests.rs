@@ -8,7 +8,7 @@ fn record(offset: u64, publish_time_ms: u64, payload: &[u8]) -> Record {
         offset,
         publish_time_ms,
         producer_id: 7,
-        producer_name: "producer-a".to_owned(),
+        producer_name: "producer-a".into(),
         key: Some("key".to_owned()),
         attributes: vec![("trace".to_owned(), "00-abc".to_owned())],
         schema_id: Some(3),
@@ -44,6 +44,21 @@ fn a_batch_round_trips_with_every_field() {
     );
     assert_eq!(header.len(), bytes.len());
     assert_eq!(encoded_batch_len(&records), bytes.len() as u64);
+}
+
+#[test]
+fn records_of_one_producer_in_a_batch_share_its_name() {
+    let mut records: Vec<Record> = (0..6).map(|i| record(i, 100, b"p")).collect();
+    for record in &mut records[3..] {
+        record.producer_name = "producer-b".into();
+    }
+
+    let (_, decoded) = decode_batch(&encode(&records)).expect("valid batch");
+
+    assert_eq!(decoded, records);
+    let shared = |a: &Record, b: &Record| Arc::ptr_eq(&a.producer_name, &b.producer_name);
+    assert!(shared(&decoded[0], &decoded[2]) && shared(&decoded[3], &decoded[5]));
+    assert!(!shared(&decoded[2], &decoded[3]));
 }
 
 #[test]
@@ -239,7 +254,7 @@ fn arbitrary_record() -> impl Strategy<Value = Record> {
                     offset: 0,
                     publish_time_ms: 0,
                     producer_id,
-                    producer_name,
+                    producer_name: producer_name.into(),
                     key,
                     attributes,
                     schema_id,

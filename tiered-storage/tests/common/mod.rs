@@ -48,7 +48,7 @@ pub fn record(offset: u64) -> Record {
         offset,
         publish_time_ms: time(offset),
         producer_id: 1,
-        producer_name: "test-producer".to_owned(),
+        producer_name: "test-producer".into(),
         key: offset.is_multiple_of(2).then(|| format!("key-{offset}")),
         attributes: vec![("n".to_owned(), offset.to_string())],
         schema_id: None,
