@@ -156,7 +156,7 @@ impl PartitionDurability {
         self.poisoned.load(Ordering::SeqCst)
     }
 
-    fn poisoned_error(&self) -> Error {
+    pub(crate) fn poisoned_error(&self) -> Error {
         Error::Poisoned {
             path: self.dir.clone(),
         }
