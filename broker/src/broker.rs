@@ -20,6 +20,7 @@ use crate::dispatch::reliable::{
     Cursor, DeadLetterSink, DeliveryPolicy, FailurePolicy, Origin, StartPosition,
 };
 use crate::error::BrokerError;
+use crate::gates::LoadGates;
 use crate::log::TopicLog;
 use crate::metrics::BrokerMetrics;
 use crate::names::{TopicName, check_label};
@@ -121,7 +122,7 @@ pub struct Broker {
     pub started_at_ms: u64,
     catalog: Catalog,
     topics: RwLock<HashMap<String, Arc<Topic>>>,
-    loading: tokio::sync::Mutex<()>,
+    loading: LoadGates,
     producers: RwLock<HashMap<u64, AttachedProducer>>,
     consumers: RwLock<HashMap<u64, ConsumerEntry>>,
     next_id: AtomicU64,
@@ -198,7 +199,7 @@ impl Broker {
             config,
             catalog,
             topics: RwLock::new(HashMap::new()),
-            loading: tokio::sync::Mutex::new(()),
+            loading: LoadGates::default(),
             producers: RwLock::new(HashMap::new()),
             consumers: RwLock::new(HashMap::new()),
             next_id: AtomicU64::new(1),
@@ -338,7 +339,7 @@ impl Broker {
         if let Some(topic) = self.loaded(name.as_str()) {
             return Ok(topic);
         }
-        let _guard = self.loading.lock().await;
+        let _pass = self.loading.enter(name.as_str()).await;
         if let Some(topic) = self.loaded(name.as_str()) {
             return Ok(topic);
         }

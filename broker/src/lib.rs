@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod config;
 pub mod dispatch;
 pub mod error;
+mod gates;
 pub mod http;
 pub mod log;
 pub mod message;
