@@ -156,7 +156,7 @@ impl PartitionDurability {
         self.poisoned.load(Ordering::SeqCst)
     }
 
-    pub(crate) fn poisoned_error(&self) -> Error {
+    fn poisoned_error(&self) -> Error {
         Error::Poisoned {
             path: self.dir.clone(),
         }

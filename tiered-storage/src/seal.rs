@@ -20,12 +20,14 @@ use std::thread::JoinHandle;
 use crate::error::{Error, Result};
 use crate::group_commit::{PartitionDurability, join_once};
 use crate::index::write_index_file;
-use crate::segment::{SegmentWriter, sync_dir};
+use crate::segment::{SegmentReader, SegmentWriter, sync_dir};
 
 /// The work left after a roll ended a segment.
 #[derive(Debug)]
 pub(crate) struct SealJob {
     pub(crate) writer: Arc<SegmentWriter>,
+    /// The segment's read-only handle, which the seal syncs through.
+    pub(crate) reader: Arc<SegmentReader>,
     pub(crate) partition: Arc<PartitionDurability>,
     pub(crate) index_path: PathBuf,
     /// The encoded index, taken under the log's lock at the roll.
@@ -42,24 +44,15 @@ impl SealJob {
     /// failed index write only costs the next open a scan.
     pub(crate) fn run(self) -> Result<()> {
         let path = &self.writer.path;
-        // Through a file description of its own: Linux reports a writeback
-        // error once to each open file description, so had this sync used
-        // the writer's, an error it took would not reach the committer's
-        // next sync of the file, which would then acknowledge lost data.
-        let own = match fs::File::open(path) {
-            Ok(file) => file,
-            // The partition's directory was deleted meanwhile.
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(error) => return Err(self.fail(error)),
-        };
-        if let Err(error) = own.sync_data() {
-            return Err(self.fail(error));
-        }
-        // A failed sync the committer took first: the data may be gone, so
-        // the segment must not be offloaded or trusted by an index.
-        if self.partition.is_poisoned() {
-            tracing::warn!(segment = %path.display(), "not sealing a segment of a partition a failed sync stopped");
-            return Err(self.partition.poisoned_error());
+        // Through the reader's file description, opened when the segment
+        // was: Linux reports a writeback error once to each description
+        // open when it happened. The writer's, which the committer syncs,
+        // would hand an error to whichever sync came first, and the other
+        // would then succeed on lost data.
+        if let Err(error) = self.reader.file.sync_data() {
+            tracing::error!(segment = %path.display(), %error, "cannot sync a rolled segment; partition refuses appends until reopened");
+            self.partition.poison();
+            return Err(Error::io(path, error));
         }
 
         if let Err(error) = write_index_file(&self.index_path, &self.index) {
@@ -84,14 +77,6 @@ impl SealJob {
             "sealed segment"
         );
         Ok(())
-    }
-
-    /// Poisons the partition for a failed sync of its ended segment.
-    fn fail(&self, error: std::io::Error) -> Error {
-        let path = &self.writer.path;
-        tracing::error!(segment = %path.display(), %error, "cannot sync a rolled segment; partition refuses appends until reopened");
-        self.partition.poison();
-        Error::io(path, error)
     }
 }
 
