@@ -296,13 +296,15 @@ impl TopicLog {
             return self.read_remote(from, max, local_start).await;
         }
 
-        // The messages are built on the read threads too, so as much of a
-        // catch-up as can runs at their priority.
-        let disk = Arc::clone(&self.disk);
+        // The ranges are picked here, under the partition lock; the read
+        // threads take no lock, so their low priority never holds up an
+        // append. The messages are built there too, so as much of a
+        // catch-up as can runs at that priority.
+        let plan = self.disk.plan_read(from, DISK_READ_BYTES)?;
         let (messages, bytes) = self
             .disk_reads
             .run(move || {
-                let records = disk.read(from, max, DISK_READ_BYTES)?;
+                let records = plan.read(max, DISK_READ_BYTES)?;
                 let bytes: usize = records.iter().map(|r| r.payload.len()).sum();
                 let messages: Vec<_> = records
                     .into_iter()

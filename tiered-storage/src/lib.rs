@@ -36,7 +36,7 @@ pub use error::{Error, Result};
 pub use group_commit::{
     AppendAck, CommitConfig, CommitStats, FlushObserver, FlushReport, FsyncMode, GroupCommitter,
 };
-pub use log::{LogConfig, PartitionLog};
+pub use log::{LogConfig, PartitionLog, ReadPlan};
 pub use objects::{ObjectStoreConfig, ObjectTier};
 pub use read_pool::ReadPool;
 pub use record::{BatchHeader, FormatError, Record};

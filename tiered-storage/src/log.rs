@@ -37,7 +37,7 @@ use crate::record::{
 };
 use crate::recovery::{self, RecoveryReport};
 use crate::seal::SealJob;
-use crate::segment::{Budget, Segment, SegmentInfo, SegmentWriter, index_path, sync_dir};
+use crate::segment::{Budget, ReadSpan, Segment, SegmentInfo, SegmentWriter, index_path, sync_dir};
 
 /// Encode buffers above this are dropped after use rather than kept.
 const KEPT_ENCODE_BUFFER: usize = 1024 * 1024;
@@ -152,6 +152,52 @@ impl Inner {
             start_offset: self.start_offset(),
             next_offset: self.next_offset,
         })
+    }
+}
+
+/// The byte ranges of a read [`PartitionLog::plan_read`] picked.
+#[derive(Debug)]
+pub struct ReadPlan {
+    from: u64,
+    spans: Vec<ReadSpan>,
+}
+
+impl ReadPlan {
+    /// Reads at most `max_records` and roughly `max_bytes` (at least one
+    /// record, however large) from the plan's offset on. Blocks on disk
+    /// reads and takes no lock.
+    ///
+    /// # Errors
+    ///
+    /// `Corrupt` when the first record to return sits in damaged bytes (a
+    /// read that reaches damage after some records returns those, and the
+    /// next one, starting at the damage, gets the error).
+    pub fn read(&self, max_records: usize, max_bytes: usize) -> Result<Vec<Record>> {
+        let mut budget = Budget {
+            records: max_records,
+            bytes: max_bytes.max(1),
+        };
+        let chunk_bytes = max_bytes.clamp(64 * 1024, 4 * 1024 * 1024);
+        let (mut records, mut cursor) = (Vec::new(), self.from);
+
+        for span in &self.spans {
+            if budget.is_spent() {
+                break;
+            }
+            // Hand out what came before damaged bytes; the next read, which
+            // starts at them, gets the error.
+            if let Err(error) = span.read(cursor, chunk_bytes, &mut budget, &mut records) {
+                if records.is_empty() {
+                    return Err(error);
+                }
+                break;
+            }
+            match span.next_offset {
+                Some(next) if next > cursor => cursor = next,
+                _ => break,
+            }
+        }
+        Ok(records)
     }
 }
 
@@ -371,6 +417,7 @@ impl PartitionLog {
         let info = ended.info();
         let seal = SealJob {
             writer,
+            reader: Arc::clone(&ended.reader),
             partition: Arc::clone(&self.durability),
             index_path: index_path(&self.dir, info.base_offset),
             index,
@@ -401,9 +448,10 @@ impl PartitionLog {
 
     /// Records from `from` on: at most `max_records`, and roughly `max_bytes`
     /// (at least one record, however large). Empty at the end of the log.
+    /// The same as [`PartitionLog::plan_read`] then [`ReadPlan::read`].
     ///
     /// Blocks on disk reads: call it from `spawn_blocking`. The lock is held
-    /// only to pick the byte range, never during I/O. Payloads share the
+    /// only to pick the byte ranges, never during I/O. Payloads share the
     /// buffer they were read into (up to `max_bytes`, at least 64 KiB).
     ///
     /// # Errors
@@ -413,44 +461,36 @@ impl PartitionLog {
     /// bytes (a read that reaches damage after some records returns those,
     /// and the next one, starting at the damage, gets the error).
     pub fn read(&self, from: u64, max_records: usize, max_bytes: usize) -> Result<Vec<Record>> {
-        let mut budget = Budget {
-            records: max_records,
-            bytes: max_bytes.max(1),
-        };
-        let chunk_bytes = max_bytes.clamp(64 * 1024, 4 * 1024 * 1024);
-        let mut records = Vec::new();
-        let mut cursor = from;
+        self.plan_read(from, max_bytes)?
+            .read(max_records, max_bytes)
+    }
 
-        while !budget.is_spent() {
-            let span = {
-                let inner = self.lock();
-                // Retention may delete what a long read was heading for.
-                match inner.check_range(cursor) {
-                    Err(error) if records.is_empty() => return Err(error),
-                    Err(_) => break,
-                    Ok(()) => {}
-                }
-                if cursor >= inner.next_offset {
-                    break;
-                }
-                inner.segment_for(cursor).span_from(cursor)
-            };
-
-            // Hand out what came before damaged bytes; the next read, which
-            // starts at them, gets the error.
-            if let Err(error) = span.read(cursor, chunk_bytes, &mut budget, &mut records) {
-                if records.is_empty() {
-                    return Err(error);
-                }
-                break;
+    /// The byte ranges a read of about `max_bytes` from `from` covers,
+    /// picked under the partition lock and without I/O, so that the read
+    /// itself ([`ReadPlan::read`]) can run on a thread that must not hold
+    /// the lock: one of low priority, which could be preempted while
+    /// appends wait for it. The plan holds the segment files open, so
+    /// retention deleting them meanwhile does not fail the read.
+    ///
+    /// # Errors
+    ///
+    /// `OffsetOutOfRange` when `from` is below the start offset or above the
+    /// next offset.
+    pub fn plan_read(&self, from: u64, max_bytes: usize) -> Result<ReadPlan> {
+        let inner = self.lock();
+        inner.check_range(from)?;
+        let (mut spans, mut cursor, mut bytes) = (Vec::new(), from, 0);
+        while cursor < inner.next_offset && bytes < max_bytes.max(1) {
+            let span = inner.segment_for(cursor).span_from(cursor);
+            let next = span.next_offset.filter(|next| *next > cursor);
+            bytes += (span.end - span.start) as usize;
+            spans.push(span);
+            match next {
+                Some(next) => cursor = next,
+                None => break,
             }
-            let span_end = span.next_offset.unwrap_or(cursor);
-            if span_end <= cursor {
-                break;
-            }
-            cursor = span_end;
         }
-        Ok(records)
+        Ok(ReadPlan { from, spans })
     }
 
     /// The first offset whose publish time is at or above `time_ms`, or
