@@ -46,6 +46,33 @@ const MAX_SPAN_BYTES: u64 = 8 * 1024 * 1024;
 /// The most objects a sequential reader fetches ahead of the one it reads.
 const READAHEAD_OBJECTS: usize = 2;
 
+/// The row groups one fetch from row group `first` of `segment` takes:
+/// the last one, and the message bytes they decode to. At most
+/// [`MAX_SPAN_BYTES`] of the object and `decoded_budget` of messages, and
+/// always `first` itself.
+fn span_from(segment: &SegmentDescriptor, first: usize, decoded_budget: u64) -> (usize, u64) {
+    let groups = &segment.row_groups;
+    let message_bytes =
+        |g: &RowGroupDescriptor| g.records * segment.message_bytes / segment.records().max(1);
+    let Some(start) = groups.get(first) else {
+        return (first, 0);
+    };
+    let (mut last, mut fetched, mut decoded) = (first, start.byte_len, message_bytes(start));
+    while let Some(next) = groups.get(last + 1) {
+        if fetched + next.byte_len > MAX_SPAN_BYTES
+            || decoded + message_bytes(next) > decoded_budget
+        {
+            break;
+        }
+        (last, fetched, decoded) = (
+            last + 1,
+            fetched + next.byte_len,
+            decoded + message_bytes(next),
+        );
+    }
+    (last, decoded)
+}
+
 /// An object being fetched, listed in [`Tier`]'s `fetching` map until
 /// this is dropped.
 struct FetchEntry<'a> {
@@ -389,18 +416,23 @@ impl Tier {
     }
 
     /// How many objects after `segments[0]` to fetch ahead: two, so that
-    /// one downloads while the other decodes, unless their messages would
-    /// take more than a quarter of the cache, as one fetch may; at least
-    /// one.
+    /// one downloads while the other decodes, unless the first fetches of
+    /// both would decode more than one fetch may (a quarter of the cache);
+    /// at least one.
     fn readahead_objects(&self, segments: &[SegmentDescriptor]) -> usize {
-        let budget = (self.config.cache_bytes / 4) as u64;
+        let budget = self.decoded_budget();
         let mut taken = 0;
         let ahead = segments.iter().skip(1).take(READAHEAD_OBJECTS);
         let fits = ahead.take_while(|segment| {
-            taken += segment.message_bytes;
+            taken += span_from(segment, 0, budget).1;
             taken <= budget
         });
         fits.count().max(1)
+    }
+
+    /// The most message bytes one fetch decodes into the cache.
+    fn decoded_budget(&self) -> u64 {
+        (self.config.cache_bytes / 4) as u64
     }
 
     fn prefetch(self: &Arc<Self>, segment: SegmentDescriptor, group: usize) {
@@ -474,23 +506,7 @@ impl Tier {
         first: usize,
     ) -> Result<Arc<Vec<Record>>> {
         let groups = &segment.row_groups;
-        let message_bytes =
-            |g: &RowGroupDescriptor| g.records * segment.message_bytes / segment.records().max(1);
-        let decoded_budget = (self.config.cache_bytes / 4) as u64;
-        let (mut last, mut fetched, mut decoded) =
-            (first, groups[first].byte_len, message_bytes(&groups[first]));
-        while let Some(next) = groups.get(last + 1) {
-            if fetched + next.byte_len > MAX_SPAN_BYTES
-                || decoded + message_bytes(next) > decoded_budget
-            {
-                break;
-            }
-            (last, fetched, decoded) = (
-                last + 1,
-                fetched + next.byte_len,
-                decoded + message_bytes(next),
-            );
-        }
+        let (last, _) = span_from(segment, first, self.decoded_budget());
 
         let start = groups[first].byte_start;
         let mut object = PartialObject::new(segment.object_bytes);

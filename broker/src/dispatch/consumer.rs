@@ -348,7 +348,9 @@ impl Room {
 
     /// Messages all consumers together may still take.
     pub fn total_messages(&self) -> usize {
-        self.messages.iter().sum()
+        self.messages
+            .iter()
+            .fold(0, |sum, room| sum.saturating_add(*room))
     }
 
     /// Whether no consumer may take another message in this pass.

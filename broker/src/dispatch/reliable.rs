@@ -667,8 +667,11 @@ impl Task {
             if room.is_exhausted() {
                 return Ok(());
             }
-            // What no consumer has room for would be read again next time.
-            let wanted = READ_STEP.min(room.total_messages());
+            // What no consumer has room for would be read again next time;
+            // acknowledged offsets in the way take no room.
+            let window = self.next_read..self.next_read + READ_STEP as u64;
+            let acked = self.acked_above.range(window).count();
+            let wanted = READ_STEP.min(room.total_messages().saturating_add(acked));
             let batch = self.log.read(self.next_read, wanted).await?;
             if batch.is_empty() {
                 return Ok(());
