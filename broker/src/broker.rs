@@ -484,6 +484,7 @@ impl Broker {
             segment_age: Duration::from_secs(storage.segment_age_secs),
             max_batch_bytes: (self.config.limits.max_message_bytes * 4).max(16 << 20),
             first_offset,
+            spare_segments: storage.spare_segments,
             ..LogConfig::default()
         };
         let committer = Arc::clone(&self.committer);
@@ -1359,6 +1360,10 @@ fn subscription_record(
     }
 }
 
+/// How long a partition's spare segment files wait for a roll to reuse
+/// them before retention starts deleting them, one a pass.
+const SPARE_IDLE: Duration = Duration::from_secs(30);
+
 /// Deletes the local segments of `log` that retention lets go: history
 /// every subscription acknowledged and the namespace no longer keeps, and,
 /// with offload on (`local_retention` set), offloaded segments older than
@@ -1408,6 +1413,7 @@ fn retain(
             "retention deleted segments"
         );
     }
+    log.disk().trim_spares(SPARE_IDLE);
     Ok(())
 }
 

@@ -238,6 +238,10 @@ pub struct StorageSection {
     pub segment_bytes: u64,
     /// A segment file is sealed once it is this old.
     pub segment_age_secs: u64,
+    /// Retired segment files each reliable partition keeps for later rolls
+    /// to reuse, instead of deleting them and creating new ones; 0 deletes
+    /// them at once.
+    pub spare_segments: usize,
     /// Newest messages of each reliable topic kept in memory, so consumers
     /// that keep up never read from disk.
     pub tail_cache_bytes: usize,
@@ -270,6 +274,7 @@ impl Default for StorageSection {
             flush_bytes: 1024 * 1024,
             segment_bytes: 8 * 1024 * 1024,
             segment_age_secs: 10,
+            spare_segments: 32,
             tail_cache_bytes: 8 * 1024 * 1024,
             read_nice: 10,
             cursor_flush_ms: 100,

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sava_client::{Client, Message, StartPosition, SubscriptionType};
+use sava_client::{Client, Message, Producer, StartPosition, SubscriptionType};
 use sava_tests::Broker;
 use tokio::time::{Instant, timeout};
 
@@ -18,6 +18,34 @@ async fn client(broker: &Broker) -> Client {
         .build()
         .await
         .expect("client connects")
+}
+
+/// Sends the messages `make(seq)` gives (with their payload as text) until
+/// the producer fails, and records each acknowledged one in `acked`.
+fn keep_sending(
+    producer: Producer,
+    acked: &Acked,
+    make: impl Fn(u64) -> (String, Message) + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    let acked = Arc::clone(acked);
+    tokio::spawn(async move {
+        for seq in 0.. {
+            let (payload, message) = make(seq);
+            let Ok(sent) = producer.send(message).await else {
+                return;
+            };
+            let acked = Arc::clone(&acked);
+            tokio::spawn(async move {
+                if let Ok(id) = sent.await {
+                    let key = (id.topic.to_string(), id.offset);
+                    acked.lock().unwrap().insert(key, payload);
+                }
+            });
+            if seq % 64 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+    })
 }
 
 /// Runs `producers` producers until the broker is killed after `run_for`.
@@ -39,27 +67,10 @@ async fn produce_until_killed(
             .create()
             .await
             .expect("producer");
-        let acked = Arc::clone(acked);
-        tasks.push(tokio::spawn(async move {
-            for seq in 0.. {
-                let payload = format!("r{round}-p{p}-{seq}");
-                let message = Message::new(payload.clone()).with_key(format!("k{}", seq % 5));
-                let Ok(sent) = producer.send(message).await else {
-                    return;
-                };
-                let acked = Arc::clone(&acked);
-                tokio::spawn(async move {
-                    if let Ok(id) = sent.await {
-                        acked
-                            .lock()
-                            .unwrap()
-                            .insert((id.topic.to_string(), id.offset), payload);
-                    }
-                });
-                if seq % 64 == 0 {
-                    tokio::task::yield_now().await;
-                }
-            }
+        tasks.push(keep_sending(producer, acked, move |seq| {
+            let payload = format!("r{round}-p{p}-{seq}");
+            let message = Message::new(payload.clone()).with_key(format!("k{}", seq % 5));
+            (payload, message)
         }));
     }
     tokio::time::sleep(run_for).await;
@@ -280,4 +291,134 @@ async fn a_danube_reliable_producer_keeps_working_across_a_broker_restart() {
         got.push(String::from_utf8(message.payload.to_vec()).unwrap());
     }
     assert_eq!(got, vec!["before", "after"]);
+}
+
+/// Inodes of the files in `dir` ending in `.extension`.
+fn inodes(dir: &std::path::Path, extension: &str) -> std::collections::HashSet<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Default::default();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_name().to_string_lossy().ends_with(extension))
+        .filter_map(|entry| entry.metadata().ok())
+        .map(|metadata| metadata.ino())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_killed_while_it_writes_into_reused_segment_files_loses_nothing_acknowledged() {
+    // Small segments and a consumer that acknowledges as it reads: retention
+    // retires segments every second, and rolls reuse their files, which
+    // still hold their earlier batches past what is written into them.
+    let env = [("SAVA_STORAGE__SEGMENT_BYTES", "16384".to_owned())];
+    let mut broker = Broker::start_with_env(Vec::<String>::new(), &env)
+        .await
+        .unwrap();
+    let topic = "/default/reuse";
+    let dir = broker.data_dir().join("topics/default/reuse");
+
+    for (round, linger_ms) in [0u64, 150, 400].into_iter().enumerate() {
+        let client = client(&broker).await;
+        let producer = client
+            .producer(topic)
+            .reliable(true)
+            .create()
+            .await
+            .unwrap();
+        let mut consumer = client
+            .consumer(topic, "s")
+            .name("c")
+            .start(StartPosition::Earliest)
+            .subscribe()
+            .await
+            .unwrap();
+        let acked: Acked = Arc::default();
+        let consumed: Acked = Arc::default();
+        let reading = {
+            let consumed = Arc::clone(&consumed);
+            tokio::spawn(async move {
+                while let Some(Ok(message)) = consumer.recv().await {
+                    let payload = String::from_utf8(message.payload.to_vec()).unwrap();
+                    let key = (message.topic.to_string(), message.offset);
+                    consumed.lock().unwrap().insert(key, payload);
+                    consumer.ack(&message).unwrap();
+                }
+            })
+        };
+        let producing = keep_sending(producer, &acked, move |seq| {
+            let payload = format!("round {round} message {seq} {}", "x".repeat(200));
+            (payload.clone(), Message::new(payload))
+        });
+
+        // Kill once a file that was a spare holds the segment being written.
+        let mut spares = std::collections::HashSet::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            spares.extend(inodes(&dir, ".spare"));
+            if !inodes(&dir, ".wal").is_disjoint(&spares) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no segment reused a spare within 30 s\n{}",
+                broker.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(linger_ms)).await;
+        broker.kill().unwrap();
+        producing.abort();
+        reading.abort();
+        broker.restart().await.unwrap();
+
+        // Everything acknowledged and not read before the kill comes now,
+        // in order and once.
+        let client = self::client(&broker).await;
+        let mut consumer = client
+            .consumer(topic, "s")
+            .name("c")
+            .subscribe()
+            .await
+            .unwrap();
+        let acked = acked.lock().unwrap().clone();
+        let consumed = consumed.lock().unwrap().clone();
+        let mut missing: std::collections::BTreeSet<_> = acked
+            .keys()
+            .filter(|key| !consumed.contains_key(*key))
+            .cloned()
+            .collect();
+        eprintln!(
+            "round {round}: {} acknowledged, {} read before the kill, {} to come",
+            acked.len(),
+            consumed.len(),
+            missing.len()
+        );
+        let mut last = None;
+        while !missing.is_empty() {
+            let Ok(Some(Ok(message))) = timeout(Duration::from_secs(30), consumer.recv()).await
+            else {
+                panic!(
+                    "{} acknowledged messages never came, e.g. {:?}\n{}",
+                    missing.len(),
+                    missing.first(),
+                    broker.log_tail()
+                );
+            };
+            assert!(
+                last.is_none_or(|last| message.offset > last),
+                "offset {} after {last:?}",
+                message.offset
+            );
+            last = Some(message.offset);
+            let key = (message.topic.to_string(), message.offset);
+            if let Some(payload) = acked.get(&key) {
+                assert_eq!(payload.as_bytes(), &message.payload[..], "{key:?}");
+            }
+            missing.remove(&key);
+            consumer.ack(&message).unwrap();
+        }
+        consumer.close().await;
+    }
 }

@@ -7,7 +7,9 @@
 //! [`GroupCommitter`] per broker fsyncs them all, so a producer's ack means
 //! its batch is on disk while many producers share each fsync. Opening a log
 //! recovers it: a torn tail from a killed process is cut at the last whole
-//! batch, and offsets continue, dense, from there.
+//! batch, and offsets continue, dense, from there. Retired segment files are
+//! reused by later rolls rather than deleted ([`spare`]), which keeps the
+//! file system's block allocation and trimming off the fsync path.
 //!
 //! The [`tier`] offloads sealed segments ([`columnar`] documents the
 //! Parquet schema, [`objects`] the key layout), records them in the segment
@@ -30,6 +32,7 @@ pub mod record;
 pub mod recovery;
 mod seal;
 pub mod segment;
+mod spare;
 pub mod tier;
 
 pub use error::{Error, Result};

@@ -38,6 +38,7 @@ use crate::record::{
 use crate::recovery::{self, RecoveryReport};
 use crate::seal::SealJob;
 use crate::segment::{Budget, ReadSpan, Segment, SegmentInfo, SegmentWriter, index_path, sync_dir};
+use crate::spare::SparePool;
 
 /// Encode buffers above this are dropped after use rather than kept.
 const KEPT_ENCODE_BUFFER: usize = 1024 * 1024;
@@ -61,6 +62,10 @@ pub struct LogConfig {
     /// durable history a new owner takes over ends. Ignored when the
     /// directory holds segments.
     pub first_offset: u64,
+    /// Retired segment files kept for later rolls to reuse instead of
+    /// deleting them and creating new ones (see [`crate::spare`]); 0 deletes
+    /// them at once. Default 32.
+    pub spare_segments: usize,
 }
 
 impl Default for LogConfig {
@@ -71,6 +76,7 @@ impl Default for LogConfig {
             index_interval_bytes: 4096,
             max_batch_bytes: 16 * 1024 * 1024,
             first_offset: 0,
+            spare_segments: 32,
         }
     }
 }
@@ -209,6 +215,8 @@ pub struct PartitionLog {
     committer: Arc<GroupCommitter>,
     durability: Arc<PartitionDurability>,
     inner: Mutex<Inner>,
+    /// Taken under `inner` by rolls, alone by retention.
+    spares: Mutex<SparePool>,
 }
 
 impl PartitionLog {
@@ -237,12 +245,14 @@ impl PartitionLog {
             encode_buffer: Vec::new(),
         };
         let durability = PartitionDurability::new(dir.to_path_buf(), report.next_offset);
+        let spares = SparePool::new(dir, config.spare_segments, recovered.spares);
         let log = PartitionLog {
             dir: dir.to_path_buf(),
             config,
             committer,
             durability: Arc::new(durability),
             inner: Mutex::new(inner),
+            spares: Mutex::new(spares),
         };
         Ok((log, report))
     }
@@ -330,6 +340,12 @@ impl PartitionLog {
         if buffer.capacity() <= KEPT_ENCODE_BUFFER {
             inner.encode_buffer = buffer;
         }
+        if let Err(error) = &written
+            && error.is_disk_full()
+        {
+            // The retry the caller is told to make may then find room.
+            self.lock_spares().release();
+        }
         let (writer, header) = written?;
 
         // Registered under the lock, so acks complete in offset order.
@@ -408,7 +424,11 @@ impl PartitionLog {
     /// failure leaves the old segment active (the next append retries).
     fn roll(&self, inner: &mut Inner) -> Result<(SegmentInfo, SealJob)> {
         let next_offset = inner.next_offset;
-        let fresh = Segment::create(&self.dir, next_offset)?;
+        let spare = self.lock_spares().take(next_offset);
+        let fresh = match spare {
+            Some(spare) => Segment::reuse(&self.dir, next_offset, &spare),
+            None => Segment::create(&self.dir, next_offset),
+        }?;
 
         let ended = inner.active_mut();
         let writer = ended.writer.take().expect("the last segment is active");
@@ -424,6 +444,7 @@ impl PartitionLog {
             sealed: Arc::clone(&ended.sealed),
             base_offset: info.base_offset,
             next_offset: info.next_offset,
+            data_bytes: info.bytes,
         };
         inner.segments.push(fresh);
         Ok((info, seal))
@@ -571,11 +592,14 @@ impl PartitionLog {
 
     /// Deletes whole sealed segments whose last offset is below `offset`
     /// (retention decides the offset), oldest first, and returns them. The
-    /// active segment is never deleted.
+    /// active segment is never deleted. While the spare pool has room, a
+    /// segment file is kept as a spare for a later roll instead (see
+    /// [`crate::spare`]); its index is deleted either way.
     ///
     /// Segments leave the log before their files are removed; readers that
-    /// already picked one finish on their open handle. If a removal fails,
-    /// the error is returned and the file comes back at the next open.
+    /// already picked one finish on their open handle (such a file is
+    /// deleted, never reused). If a removal fails, the error is returned and
+    /// the file comes back at the next open.
     pub fn delete_before(&self, offset: u64) -> Result<Vec<SegmentInfo>> {
         let removed: Vec<Segment> = {
             let mut inner = self.lock();
@@ -591,19 +615,41 @@ impl PartitionLog {
         }
 
         let mut first_error = None;
+        let mut spares = Vec::new();
+        let mut room = self.lock_spares().room();
         for segment in &removed {
             let index = index_path(&self.dir, segment.summary.base_offset);
-            for path in [segment.path(), index.as_path()] {
-                if let Err(error) = remove_if_present(path) {
-                    tracing::warn!(segment = %path.display(), error = %error, "cannot delete segment file");
-                    first_error.get_or_insert(error);
+            if let Err(error) = remove_if_present(&index) {
+                tracing::warn!(segment = %index.display(), error = %error, "cannot delete segment index");
+                first_error.get_or_insert(error);
+            }
+            // No read holds the file once only this list does, and none can
+            // start: the segment has left the log.
+            let unread = Arc::strong_count(&segment.reader) == 1;
+            if room > 0 && unread && segment.damage.is_none() {
+                let bound = segment.summary.next_offset;
+                match SparePool::retire(segment.path(), &self.dir, bound) {
+                    Ok(spare) => {
+                        spares.push(spare);
+                        room -= 1;
+                        continue;
+                    }
+                    Err(error) => {
+                        tracing::warn!(segment = %segment.path().display(), %error, "cannot keep a retired segment as a spare; deleting it")
+                    }
                 }
             }
+            if let Err(error) = remove_if_present(segment.path()) {
+                tracing::warn!(segment = %segment.path().display(), error = %error, "cannot delete segment file");
+                first_error.get_or_insert(error);
+            }
         }
+        let kept = spares.len();
+        self.lock_spares().extend(spares);
         if let Err(error) = sync_dir(&self.dir) {
             first_error.get_or_insert(error);
         }
-        tracing::info!(dir = %self.dir.display(), segments = removed.len(), offset, "deleted segments");
+        tracing::info!(dir = %self.dir.display(), segments = removed.len(), kept_as_spares = kept, offset, "deleted segments");
 
         match first_error {
             Some(error) => Err(error),
@@ -611,10 +657,28 @@ impl PartitionLog {
         }
     }
 
+    /// Deletes one spare segment file if no roll took one for `idle`, so a
+    /// partition that slowed down gives its spares' disk space back a file
+    /// at a time. The broker calls it on its retention timer.
+    pub fn trim_spares(&self, idle: Duration) {
+        if self.lock_spares().trim(idle) {
+            tracing::debug!(dir = %self.dir.display(), "deleted an idle spare segment");
+        }
+    }
+
+    /// Spare segment files kept for reuse.
+    pub fn spare_segments(&self) -> usize {
+        self.lock_spares().len()
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // Every change to `Inner` is made after its I/O succeeded, so a lock
         // poisoned by a panic still guards consistent state.
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_spares(&self) -> MutexGuard<'_, SparePool> {
+        self.spares.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 

@@ -17,6 +17,12 @@
 //! acknowledged only after a flush that also covered every earlier
 //! segment's data, which then would be whole.
 //!
+//! A segment file reused from a spare (see [`crate::spare`]) may hold
+//! batches of its earlier life after its own. Those all have offsets below
+//! the segment's base offset, which no batch of its own can have, so the
+//! first one marks the end of the segment's data like the end of the file
+//! would; it is not damage. A sealed segment rebuilt by a scan is cut there.
+//!
 //! Damage inside a sealed segment is not truncated: those bytes were sealed,
 //! so they held acknowledged records, and cutting them would hide the loss.
 //! The open succeeds, the damage is reported, and reads that reach it fail
@@ -41,6 +47,7 @@ use crate::segment::{
     BatchCursor, FileKind, ReadSpan, Segment, SegmentDamage, SegmentReader, SegmentWriter,
     classify, index_path, sync_dir, wal_path,
 };
+use crate::spare::Spare;
 
 /// Bytes read at a time while scanning a segment.
 const SCAN_CHUNK_BYTES: usize = 1024 * 1024;
@@ -64,6 +71,8 @@ pub struct RecoveryReport {
     pub damaged_segments: Vec<SegmentDamage>,
     /// Leftovers removed: half-written and orphaned index files.
     pub removed_files: Vec<PathBuf>,
+    /// Spare segment files found, kept for reuse.
+    pub spare_segments: usize,
     /// Bytes read by scans (the last segment, and segments without an index).
     pub scanned_bytes: u64,
     pub elapsed: Duration,
@@ -72,6 +81,7 @@ pub struct RecoveryReport {
 /// The segments recovery hands to the log, and its report.
 pub(crate) struct Recovered {
     pub(crate) segments: Vec<Segment>,
+    pub(crate) spares: Vec<Spare>,
     pub(crate) report: RecoveryReport,
 }
 
@@ -90,11 +100,13 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered> {
         rebuilt_indexes: 0,
         damaged_segments: Vec::new(),
         removed_files: Vec::new(),
+        spare_segments: 0,
         scanned_bytes: 0,
         elapsed: Duration::ZERO,
     };
     create_dir(dir)?;
-    let bases = list_segments(dir, &mut report)?;
+    let (bases, spares) = list_files(dir, &mut report)?;
+    report.spare_segments = spares.len();
 
     // Sealed segments through their indexes, then the last one by a scan.
     let mut segments = Vec::with_capacity(bases.len().max(1));
@@ -146,7 +158,11 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered> {
         elapsed_ms = report.elapsed.as_millis() as u64,
         "recovered partition log"
     );
-    Ok(Recovered { segments, report })
+    Ok(Recovered {
+        segments,
+        spares,
+        report,
+    })
 }
 
 /// Creates `dir` if missing, syncing its parent so the new entry is durable.
@@ -165,10 +181,12 @@ fn create_dir(dir: &Path) -> Result<()> {
     }
 }
 
-/// The base offsets of the segment files, sorted; removes leftover files.
-fn list_segments(dir: &Path, report: &mut RecoveryReport) -> Result<Vec<u64>> {
+/// The base offsets of the segment files, sorted, and the spare files;
+/// removes leftover files.
+fn list_files(dir: &Path, report: &mut RecoveryReport) -> Result<(Vec<u64>, Vec<Spare>)> {
     let mut wals = BTreeSet::new();
     let mut indexes = BTreeSet::new();
+    let mut spares = Vec::new();
     let mut leftovers = Vec::new();
 
     let entries = fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
@@ -178,6 +196,10 @@ fn list_segments(dir: &Path, report: &mut RecoveryReport) -> Result<Vec<u64>> {
         match name.to_str().and_then(classify) {
             Some(FileKind::Wal(base)) => drop(wals.insert(base)),
             Some(FileKind::Index(base)) => drop(indexes.insert(base)),
+            Some(FileKind::Spare(bound)) => spares.push(Spare {
+                path: entry.path(),
+                bound,
+            }),
             Some(FileKind::Temporary) => leftovers.push(entry.path()),
             None => {
                 tracing::warn!(file = %entry.path().display(), "ignoring a file that is no segment")
@@ -192,7 +214,7 @@ fn list_segments(dir: &Path, report: &mut RecoveryReport) -> Result<Vec<u64>> {
         tracing::info!(file = %path.display(), "removed leftover index file");
         report.removed_files.push(path);
     }
-    Ok(wals.into_iter().collect())
+    Ok((wals.into_iter().collect(), spares))
 }
 
 /// Loads a sealed segment through its index, or rebuilds the index by a
@@ -228,7 +250,10 @@ fn load_sealed(
     }
 
     let scan = scan(&reader, base, file_bytes, interval, report)?;
-    let whole = scan.stop.is_none() && scan.summary.next_offset == next_base;
+    // A segment never grows past the offset its roll ended it at, so when
+    // its batches reach the next segment's base, whatever follows them is
+    // a reused file's earlier life (see `crate::spare`), not its data.
+    let whole = scan.summary.next_offset == next_base;
     if missing && !whole {
         tracing::warn!(segment = %path.display(), "segment was rolled but its seal did not finish; recovering it as the last segment");
         return Ok(None);
@@ -236,8 +261,14 @@ fn load_sealed(
     if missing {
         tracing::info!(segment = %path.display(), "segment index is missing; rebuilt it");
     }
-    let Some((position, reason)) = scan.stop else {
-        // An index on disk means the data is whole: sync it first.
+    let stop = scan.stop.clone().filter(|_| !whole);
+    let Some((position, reason)) = stop else {
+        // An index on disk means the data is whole: cut what follows it
+        // and sync it first.
+        if scan.end < file_bytes {
+            tracing::info!(segment = %path.display(), position = scan.end, bytes_cut = file_bytes - scan.end, "cutting the bytes after a sealed segment's last batch");
+            cut(&path, scan.end)?;
+        }
         reader.file.sync_data().map_err(|e| Error::io(&path, e))?;
         let bytes = encode_index(&scan.summary, &scan.index);
         write_index_file(&idx, &bytes)?;
@@ -337,7 +368,7 @@ fn recover_last(
             });
         }
         let cut = file_bytes - position;
-        tracing::warn!(segment = %path.display(), position, bytes_cut = cut, reason = %reason, "truncating torn or corrupt segment tail");
+        tracing::warn!(segment = %path.display(), position, bytes_cut = cut, reason = %reason, "truncating the last segment after its last whole batch: a torn or corrupt tail, or a reused file's earlier contents");
         file.set_len(position)
             .and_then(|()| file.sync_all())
             .map_err(|e| Error::io(&path, e))?;
@@ -394,6 +425,8 @@ struct Scan {
     index: SparseIndex,
     /// Where and why the scan stopped before the end of the file.
     stop: Option<(u64, FormatError)>,
+    /// The end of the last whole batch: the end of the data.
+    end: u64,
 }
 
 /// Reads a segment batch by batch, checking each one, and rebuilds its
@@ -421,6 +454,11 @@ fn scan(
         let header = match cursor.next_batch() {
             Ok(Some((header, _))) => header,
             Ok(None) => break None,
+            // A reused file's earlier life: the segment's data ends here.
+            Err(Error::Corrupt {
+                reason: FormatError::OffsetGap { found, .. },
+                ..
+            }) if found < base => break None,
             Err(Error::Corrupt {
                 position, reason, ..
             }) => break Some((position, reason)),
@@ -444,6 +482,7 @@ fn scan(
         summary,
         index,
         stop,
+        end: cursor.position(),
     })
 }
 
@@ -487,6 +526,17 @@ fn check_chain(segments: &mut [Segment], report: &mut RecoveryReport) -> Result<
         }
     }
     Ok(())
+}
+
+/// Cuts the file at `path` to `len` bytes, durably.
+fn cut(path: &Path, len: u64) -> Result<()> {
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    file.set_len(len)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| Error::io(path, e))
 }
 
 fn file_len(reader: &SegmentReader) -> Result<u64> {

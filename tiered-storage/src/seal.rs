@@ -1,8 +1,8 @@
 //! The sealer: one thread per broker that finishes what rolls start.
 //!
 //! A roll only creates the next segment file, so an append that rolls
-//! never waits for the disk. The segment it ended is finished here: its
-//! data is synced (usually nothing is left to write, the committer got
+//! never waits for the disk. The segment it ended is finished here: a
+//! reused file is cut to the segment's data, the data is synced (usually nothing is left to write, the committer got
 //! there first), then its sparse index is written to a temporary file,
 //! synced and renamed, then the directory is synced, and then it counts as
 //! sealed, so offload and retention may take it. An index on disk
@@ -36,6 +36,8 @@ pub(crate) struct SealJob {
     pub(crate) sealed: Arc<AtomicBool>,
     pub(crate) base_offset: u64,
     pub(crate) next_offset: u64,
+    /// Bytes of the segment's batches; a reused file may be longer.
+    pub(crate) data_bytes: u64,
 }
 
 impl SealJob {
@@ -44,12 +46,21 @@ impl SealJob {
     /// failed index write only costs the next open a scan.
     pub(crate) fn run(self) -> Result<()> {
         let path = &self.writer.path;
+        // A reused file may hold an earlier life's batches past the data;
+        // a sealed segment ends at its data, as its index says.
+        let cut = self.cut_leftovers();
+
         // Through the reader's file description, opened when the segment
         // was: Linux reports a writeback error once to each description
         // open when it happened. The writer's, which the committer syncs,
         // would hand an error to whichever sync came first, and the other
-        // would then succeed on lost data.
-        if let Err(error) = self.reader.file.sync_data() {
+        // would then succeed on lost data. A cut changed the file's size,
+        // which only a full sync is sure to make durable.
+        let synced = match cut {
+            true => self.reader.file.sync_all(),
+            false => self.reader.file.sync_data(),
+        };
+        if let Err(error) = synced {
             tracing::error!(segment = %path.display(), %error, "cannot sync a rolled segment; partition refuses appends until reopened");
             self.partition.poison();
             return Err(Error::io(path, error));
@@ -77,6 +88,27 @@ impl SealJob {
             "sealed segment"
         );
         Ok(())
+    }
+
+    /// Cuts the file to the segment's data; returns whether it was longer.
+    /// A failed cut only costs the next open a scan, as the index then
+    /// disagrees with the file's length.
+    fn cut_leftovers(&self) -> bool {
+        let path = &self.writer.path;
+        let longer = match self.reader.file.metadata() {
+            Ok(metadata) => metadata.len() > self.data_bytes,
+            Err(_) => false,
+        };
+        if !longer {
+            return false;
+        }
+        match self.writer.file.set_len(self.data_bytes) {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(segment = %path.display(), %error, "cannot cut a reused segment file to its data; the next open rescans it");
+                false
+            }
+        }
     }
 }
 

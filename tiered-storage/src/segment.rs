@@ -1,7 +1,8 @@
 //! Segment files of a partition: their names, handles, and reading batches.
 //!
 //! A partition directory holds `<base offset, 20 digits>.wal` files, each
-//! with a `.idx` sparse index once sealed. The partition log owns the list of
+//! with a `.idx` sparse index once sealed, and `<bound>.spare` files,
+//! retired segments kept for reuse (see [`crate::spare`]). The partition log owns the list of
 //! [`Segment`]s under its lock; the last one is active and has a writer, the
 //! others are read-only: sealing, between the roll that ended them and the
 //! moment their data is durable and their index written, then sealed.
@@ -10,7 +11,7 @@
 //! lock during I/O and appends never wait for them. A deleted segment's
 //! handle stays readable until dropped.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -68,11 +69,18 @@ pub(crate) fn index_path(dir: &Path, base_offset: u64) -> PathBuf {
     dir.join(format!("{base_offset:020}.idx"))
 }
 
+/// The path of a spare file that held offsets below `bound`.
+pub(crate) fn spare_path(dir: &Path, bound: u64) -> PathBuf {
+    dir.join(format!("{bound:020}.spare"))
+}
+
 /// The kinds of file a partition directory may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum FileKind {
     Wal(u64),
     Index(u64),
+    /// A retired segment kept for reuse, with its bound.
+    Spare(u64),
     /// A half-written index from a crash during sealing.
     Temporary,
 }
@@ -90,6 +98,7 @@ pub(crate) fn classify(name: &str) -> Option<FileKind> {
     match extension {
         "wal" => Some(FileKind::Wal(base_offset)),
         "idx" => Some(FileKind::Index(base_offset)),
+        "spare" => Some(FileKind::Spare(base_offset)),
         _ => None,
     }
 }
@@ -183,7 +192,31 @@ impl Segment {
             .create_new(true)
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
+        Segment::active(file, path, base_offset)
+    }
 
+    /// Like [`Segment::create`], but reuses the spare file at `spare`: it is
+    /// renamed to the segment's name and written over from its start, on
+    /// blocks the file system already allocated. What lies past the data
+    /// written is a leftover of the file's earlier life, below
+    /// `base_offset` (see [`crate::spare`]).
+    pub(crate) fn reuse(dir: &Path, base_offset: u64, spare: &Path) -> Result<Segment> {
+        let path = wal_path(dir, base_offset);
+        fs::rename(spare, &path).map_err(|e| Error::io(spare, e))?;
+        let opened = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))
+            .and_then(|file| Segment::active(file, path.clone(), base_offset));
+        if opened.is_err() {
+            // The next roll creates a file of this name.
+            drop(fs::remove_file(&path));
+        }
+        opened
+    }
+
+    fn active(file: File, path: PathBuf, base_offset: u64) -> Result<Segment> {
         Ok(Segment {
             summary: SegmentSummary::empty(base_offset),
             index: SparseIndex::default(),

@@ -1,0 +1,146 @@
+//! Spare segment files: retired segments kept for later rolls to reuse.
+//!
+//! Deleting a segment and creating the next one costs the file system more
+//! than the bytes written: it frees blocks and allocates new ones, and on a
+//! disk mounted with `discard` the freed blocks are trimmed inside a journal
+//! commit, which every fsync acknowledging publishes then waits behind. So
+//! retention renames a retired segment to `<bound>.spare` instead of
+//! deleting it, and a roll renames a spare to the new segment's name and
+//! overwrites it from the start, on blocks the file already has.
+//!
+//! A reused file still holds batches of its earlier life past the new data.
+//! They are told apart by offset: `bound` is one past every offset the file
+//! ever held, and a spare is reused only for a segment whose base offset is
+//! at or above it. A checksummed batch below a segment's base offset is
+//! therefore a leftover and marks where the segment's data ends (recovery
+//! relies on this), and a seal cuts the file to its data, so leftovers only
+//! ever follow the data of the active segment.
+//!
+//! The pool is bounded (`LogConfig::spare_segments`); retired segments it
+//! has no room for are deleted. Spares no roll asked for in a while are
+//! deleted one at a time, so an idle partition gives its disk space back
+//! without a burst of deletions.
+
+use std::collections::VecDeque;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::segment::spare_path;
+
+/// A spare file and the bound of the offsets it held.
+#[derive(Debug)]
+pub(crate) struct Spare {
+    pub(crate) path: PathBuf,
+    pub(crate) bound: u64,
+}
+
+/// The spares of one partition directory.
+#[derive(Debug)]
+pub(crate) struct SparePool {
+    dir: PathBuf,
+    capacity: usize,
+    /// Oldest first.
+    spares: VecDeque<Spare>,
+    /// When a roll last took a spare, or the pool last filled up.
+    last_used: Instant,
+}
+
+impl SparePool {
+    /// A pool of the spares recovery found; those beyond `capacity` are
+    /// deleted.
+    pub(crate) fn new(dir: &Path, capacity: usize, mut found: Vec<Spare>) -> SparePool {
+        found.sort_by_key(|spare| spare.bound);
+        let mut pool = SparePool {
+            dir: dir.to_path_buf(),
+            capacity,
+            spares: found.into(),
+            last_used: Instant::now(),
+        };
+        while pool.spares.len() > capacity {
+            pool.delete_oldest();
+        }
+        pool
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.spares.len()
+    }
+
+    /// How many more spares the pool takes.
+    pub(crate) fn room(&self) -> usize {
+        self.capacity.saturating_sub(self.spares.len())
+    }
+
+    /// A spare a segment starting at `base_offset` may reuse. Spares whose
+    /// bound is above it (left from before the log's offsets were reset)
+    /// may never be reused, and are deleted.
+    pub(crate) fn take(&mut self, base_offset: u64) -> Option<PathBuf> {
+        while let Some(spare) = self.spares.pop_front() {
+            if spare.bound <= base_offset {
+                self.last_used = Instant::now();
+                return Some(spare.path);
+            }
+            tracing::warn!(spare = %spare.path.display(), bound = spare.bound, base_offset, "deleting a spare segment that held offsets above the new segment's");
+            delete(&spare.path);
+        }
+        None
+    }
+
+    /// Renames the retired segment file at `path`, whose offsets were all
+    /// below `bound`, to a spare. The caller checked [`SparePool::room`]
+    /// and that nothing reads the file any more.
+    pub(crate) fn retire(path: &Path, dir: &Path, bound: u64) -> Result<Spare> {
+        let spare = spare_path(dir, bound);
+        fs::rename(path, &spare).map_err(|e| Error::io(path, e))?;
+        Ok(Spare { path: spare, bound })
+    }
+
+    /// Adds spares [`SparePool::retire`] made.
+    pub(crate) fn extend(&mut self, spares: Vec<Spare>) {
+        if spares.is_empty() {
+            return;
+        }
+        self.spares.extend(spares);
+        self.spares
+            .make_contiguous()
+            .sort_by_key(|spare| spare.bound);
+        self.last_used = Instant::now();
+    }
+
+    /// Deletes the oldest spare when no roll took one for `idle`; returns
+    /// whether it did.
+    pub(crate) fn trim(&mut self, idle: Duration) -> bool {
+        if self.spares.is_empty() || self.last_used.elapsed() < idle {
+            return false;
+        }
+        self.delete_oldest();
+        true
+    }
+
+    /// Deletes every spare, for a disk that ran full.
+    pub(crate) fn release(&mut self) {
+        if !self.spares.is_empty() {
+            tracing::info!(dir = %self.dir.display(), spares = self.spares.len(), "deleting spare segments to free disk space");
+        }
+        while !self.spares.is_empty() {
+            self.delete_oldest();
+        }
+    }
+
+    fn delete_oldest(&mut self) {
+        if let Some(spare) = self.spares.pop_front() {
+            delete(&spare.path);
+        }
+    }
+}
+
+/// Deletes a spare; a failure only leaves a file the next open finds again.
+fn delete(path: &Path) {
+    if let Err(error) = fs::remove_file(path)
+        && error.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(spare = %path.display(), %error, "cannot delete spare segment");
+    }
+}

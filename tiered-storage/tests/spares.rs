@@ -1,0 +1,265 @@
+//! Spare segment files: retired segments that later rolls reuse, and how
+//! recovery reads a reused file whose earlier batches lie past its data.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use sava_storage::{FsyncMode, LogConfig, PartitionLog};
+
+fn spares_config(spare_segments: usize) -> LogConfig {
+    LogConfig {
+        spare_segments,
+        ..small_config(1024)
+    }
+}
+
+/// The names of the files in `dir` ending in `.extension`, sorted.
+fn files(dir: &Path, extension: &str) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .expect("list")
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .into_string()
+                .expect("utf-8")
+        })
+        .filter(|name| name.ends_with(&format!(".{extension}")))
+        .collect();
+    names.sort();
+    names
+}
+
+fn inode(path: &Path) -> u64 {
+    fs::metadata(path).expect("metadata").ino()
+}
+
+#[test]
+fn retired_segments_become_spares_that_the_next_rolls_reuse() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let committer = committer(FsyncMode::Never);
+    let log = open(dir.path(), spares_config(4), &committer);
+    append_all(&log, 60, 2);
+    let segments = log.segments();
+    let third = segments[2].base_offset;
+    let retired_inodes: Vec<u64> = segments[..2].iter().map(|s| inode(&s.path)).collect();
+
+    let deleted = log.delete_before(third).expect("retire");
+
+    assert_eq!(deleted, segments[..2].to_vec());
+    assert_eq!(log.spare_segments(), 2);
+    assert_eq!(files(dir.path(), "spare").len(), 2);
+    for info in &deleted {
+        assert!(!info.path.exists() && !info.path.with_extension("idx").exists());
+    }
+
+    // The next two rolls take the spares; the data reads back whole.
+    let before = log.segments().len();
+    while log.segments().len() < before + 2 {
+        append_all(&log, 2, 2);
+    }
+    assert_eq!(log.spare_segments(), 0);
+    assert!(files(dir.path(), "spare").is_empty());
+    let reused: Vec<u64> = log.segments()[before - 1..]
+        .iter()
+        .skip(1)
+        .map(|s| inode(&s.path))
+        .collect();
+    assert_eq!(reused, retired_inodes, "the new segments are the old files");
+    let next = log.next_offset();
+    assert_records(&read_all(&log, third), third..next);
+}
+
+#[test]
+fn a_reused_file_is_cut_to_its_segment_when_sealed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let committer = committer(FsyncMode::Never);
+    let log = open(dir.path(), spares_config(4), &committer);
+    append_all(&log, 60, 2);
+    let retired_bytes = fs::metadata(&log.segments()[0].path).expect("size").len();
+    log.delete_before(log.segments()[1].base_offset)
+        .expect("retire");
+
+    // Roll into the spare and seal it after one record, far shorter than
+    // the file's earlier life.
+    let before = log.segments().len();
+    while log.segments().len() == before {
+        append_all(&log, 1, 1);
+    }
+    assert_eq!(log.spare_segments(), 0);
+    let sealed = log.seal_active().expect("seal").expect("non-empty");
+    assert_eq!(sealed.next_offset - sealed.base_offset, 1);
+
+    let on_disk = fs::metadata(&sealed.path).expect("size").len();
+    assert!(sealed.bytes < retired_bytes, "{} bytes", sealed.bytes);
+    assert_eq!(on_disk, sealed.bytes);
+    drop(log);
+
+    let (log, report) =
+        PartitionLog::open(dir.path(), spares_config(4), committer).expect("reopens");
+    assert_eq!(report.rebuilt_indexes, 0, "the index agrees with the file");
+    let start = log.start_offset();
+    let next = log.next_offset();
+    assert_records(&read_all(&log, start), start..next);
+}
+
+#[test]
+fn a_crash_leaves_a_reused_active_segment_whose_old_batches_recovery_ignores() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let committer = committer(FsyncMode::Never);
+    let next = {
+        let log = open(dir.path(), spares_config(4), &committer);
+        append_all(&log, 60, 2);
+        log.delete_before(log.segments()[2].base_offset)
+            .expect("retire");
+        // Roll into a spare and write a little: the old life lies behind.
+        let before = log.segments().len();
+        while log.segments().len() == before {
+            append_all(&log, 1, 1);
+        }
+        append_all(&log, 1, 1);
+        let active = log.segments().last().expect("active").clone();
+        assert!(fs::metadata(&active.path).expect("size").len() > active.bytes);
+        log.next_offset()
+    };
+
+    let (log, report) = PartitionLog::open(dir.path(), spares_config(4), Arc::clone(&committer))
+        .expect("a leftover is no damage");
+
+    // What follows the new batches is the old life's bytes, cut like a
+    // torn tail; nothing before them is lost.
+    assert_eq!(report.next_offset, next);
+    assert!(report.damaged_segments.is_empty());
+    assert_eq!(report.spare_segments, 1);
+    append_all(&log, 30, 3);
+    drop(log);
+    let log = open(dir.path(), spares_config(4), &committer);
+    let start = log.start_offset();
+    assert_records(&read_all(&log, start), start..next + 30);
+}
+
+#[test]
+fn a_reused_segment_whose_seal_a_crash_stopped_is_whole_when_its_data_is() {
+    // The earlier life's bytes may start at one of its batches or inside one.
+    for skip in [0, 10] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let committer = committer(FsyncMode::Never);
+        let log = open(dir.path(), spares_config(4), &committer);
+        append_all(&log, 60, 2);
+        let segments = log.segments();
+        drop(log);
+
+        // As a crash before the seal leaves a reused file: no index, and
+        // bytes of its earlier life (lower offsets) after its own batches.
+        let middle = &segments[2];
+        let earlier = fs::read(&segments[0].path).expect("read");
+        let mut bytes = fs::read(&middle.path).expect("read");
+        bytes.extend_from_slice(&earlier[skip..]);
+        fs::write(&middle.path, &bytes).expect("write");
+        fs::remove_file(middle.path.with_extension("idx")).expect("remove index");
+
+        let (log, report) =
+            PartitionLog::open(dir.path(), spares_config(4), committer).expect("reopens");
+
+        assert_eq!(report.rebuilt_indexes, 1, "skip {skip}");
+        assert!(
+            report.removed_files.is_empty(),
+            "{:?}",
+            report.removed_files
+        );
+        assert!(report.damaged_segments.is_empty(), "skip {skip}");
+        assert_eq!(log.segments().len(), segments.len(), "no segment dropped");
+        let on_disk = fs::metadata(&middle.path).expect("size").len();
+        assert_eq!(on_disk, middle.bytes, "cut to the segment's data");
+        assert_records(&read_all(&log, 0), 0..60);
+    }
+}
+
+#[test]
+fn a_file_a_read_still_holds_is_deleted_not_reused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let committer = committer(FsyncMode::Never);
+    let log = open(dir.path(), spares_config(4), &committer);
+    append_all(&log, 60, 2);
+    let third = log.segments()[2].base_offset;
+    let plan = log.plan_read(0, 256).expect("plan");
+
+    log.delete_before(third).expect("retire");
+
+    assert_eq!(log.spare_segments(), 1, "only the unread segment is kept");
+    // Rolls reuse the one spare; the planned read still sees its records.
+    while log.spare_segments() > 0 {
+        append_all(&log, 2, 2);
+    }
+    let records = plan.read(100, 1 << 20).expect("read");
+    let last = records.last().expect("records").offset;
+    assert_records(&records, 0..last + 1);
+}
+
+#[test]
+fn the_pool_keeps_at_most_its_bound_and_gives_idle_spares_back_one_at_a_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let committer = committer(FsyncMode::Never);
+    let log = open(dir.path(), spares_config(2), &committer);
+    append_all(&log, 100, 2);
+    let fifth = log.segments()[4].base_offset;
+
+    log.delete_before(fifth).expect("retire");
+    assert_eq!(log.spare_segments(), 2);
+    assert_eq!(files(dir.path(), "spare").len(), 2);
+
+    log.trim_spares(Duration::from_secs(3600));
+    assert_eq!(log.spare_segments(), 2, "not idle for an hour");
+    log.trim_spares(Duration::ZERO);
+    assert_eq!(files(dir.path(), "spare").len(), 1);
+    log.trim_spares(Duration::ZERO);
+    assert_eq!(log.spare_segments(), 0);
+    assert!(files(dir.path(), "spare").is_empty());
+}
+
+#[test]
+fn without_spares_retired_segments_are_deleted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let committer = committer(FsyncMode::Never);
+    let log = open(dir.path(), spares_config(0), &committer);
+    append_all(&log, 60, 2);
+
+    log.delete_before(log.segments()[2].base_offset)
+        .expect("retire");
+
+    assert_eq!(log.spare_segments(), 0);
+    assert!(files(dir.path(), "spare").is_empty());
+    assert_eq!(files(dir.path(), "wal").len(), log.segments().len());
+}
+
+#[test]
+fn a_spare_that_held_offsets_above_a_new_segment_is_deleted_not_reused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let committer = committer(FsyncMode::Never);
+    {
+        let log = open(dir.path(), spares_config(4), &committer);
+        append_all(&log, 60, 2);
+    }
+    // A spare from a log whose offsets went past where this one rolls next.
+    let stray = dir.path().join(format!("{:020}.spare", 1_000_000));
+    fs::copy(dir.path().join(files(dir.path(), "wal")[0].clone()), &stray).expect("copy");
+
+    let (log, report) =
+        PartitionLog::open(dir.path(), spares_config(4), committer).expect("reopens");
+    assert_eq!(report.spare_segments, 1);
+    let before = log.segments().len();
+    while log.segments().len() == before {
+        append_all(&log, 2, 2);
+    }
+
+    assert!(!stray.exists());
+    assert_eq!(log.spare_segments(), 0);
+    let next = log.next_offset();
+    assert_records(&read_all(&log, 0), 0..next);
+}
