@@ -19,9 +19,7 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
 
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if cli.threads > 0 {
-        runtime.worker_threads(cli.threads);
-    }
+    runtime.worker_threads(cli.worker_threads());
     let runtime = match runtime.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {

@@ -25,11 +25,13 @@ pub(crate) struct Cli {
     )]
     service_url: String,
 
-    /// Threads that run the client (0: one per core). On a machine shared
-    /// with a broker, fewer threads than cores leave the broker room and
-    /// spare the cost of waking threads across cores.
+    /// Threads that run the client (0: one per two producers or consumers
+    /// the command drives, at most one per core). One thread keeps a
+    /// producer and a consumer at full speed; more only add the cost of
+    /// waking each other across cores, and on a machine shared with a
+    /// broker they take its room.
     #[arg(long, global = true, env = "SAVA_THREADS", default_value_t = 0)]
-    pub(crate) threads: usize,
+    threads: usize,
 
     #[command(subcommand)]
     command: Command,
@@ -44,6 +46,21 @@ enum Command {
     Consume(consume::ConsumeArgs),
     /// Measure throughput and latency.
     Bench(bench::BenchArgs),
+}
+
+impl Cli {
+    /// The runtime's worker threads, from `--threads` or the command.
+    pub(crate) fn worker_threads(&self) -> usize {
+        if self.threads > 0 {
+            return self.threads;
+        }
+        let tasks = match &self.command {
+            Command::Bench(args) => args.tasks(),
+            Command::Produce(_) | Command::Consume(_) => 1,
+        };
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        tasks.div_ceil(2).clamp(1, cores)
+    }
 }
 
 /// The subscription types as spelled on the command line.
@@ -82,5 +99,34 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Produce(args) => produce::run(&client, args).await,
         Command::Consume(args) => consume::run(&client, args).await,
         Command::Bench(args) => bench::run(&client, args).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn threads(args: &str) -> usize {
+        let args = std::iter::once("sava").chain(args.split_whitespace());
+        Cli::parse_from(args).worker_threads()
+    }
+
+    #[test]
+    fn the_runtime_gets_a_thread_per_two_producers_or_consumers_up_to_the_cores() {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+
+        assert_eq!(threads("produce --topic /a/b"), 1);
+        assert_eq!(threads("bench e2e --topic /a/b"), 1);
+        assert_eq!(
+            threads("bench produce --topic /a/b --producers 3"),
+            2.min(cores)
+        );
+        let many = "bench e2e --topic /a/b --producers 8 --consumers 8";
+        assert_eq!(threads(many), 8.min(cores));
+    }
+
+    #[test]
+    fn threads_asked_for_are_taken_as_they_are() {
+        assert_eq!(threads("--threads 3 bench e2e --topic /a/b"), 3);
     }
 }

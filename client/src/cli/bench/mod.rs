@@ -113,6 +113,17 @@ pub(crate) struct BenchArgs {
     output: OutputArg,
 }
 
+impl BenchArgs {
+    /// The producers and consumers the run drives.
+    pub(crate) fn tasks(&self) -> usize {
+        match self.mode {
+            Mode::Produce => self.producers,
+            Mode::Consume => self.consumers,
+            Mode::E2e => self.producers + self.consumers,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Mode {
     Produce,
