@@ -24,7 +24,10 @@
 # sealed bytes waiting for offload (offload.max_pending_bytes) is raised
 # for the run: a producer at full speed outpaces the Parquet encoding on a
 # small machine, and this bench measures the read's impact, not that bound.
-# Everything stops at the end.
+# READER_NICE (default 0) runs the reading client at that nice value: on one
+# machine its own CPU competes with the producer too, where a consumer in a
+# deployment runs elsewhere; 19 leaves mostly the broker's share of the
+# catch-up in the figure. Everything stops at the end.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 bin="$root/target/release"
@@ -98,7 +101,7 @@ rate() { python3 -c 'import json,sys; print(json.load(sys.stdin)["msgs_per_sec"]
 alone=(); during=()
 for round in $(seq "$rounds"); do
   alone+=("$("$bin/sava" bench produce --topic "/default/alone-$round" --reliable --duration "$seconds" --output json | rate)")
-  "$bin/sava" bench consume --topic /hist/history --subscription "catch-up-$round" \
+  nice -n "${READER_NICE:-0}" "$bin/sava" bench consume --topic /hist/history --subscription "catch-up-$round" \
     --count "$history" --output json >/dev/null &
   reader=$!
   sleep 1
