@@ -245,7 +245,7 @@ impl PartitionLog {
             encode_buffer: Vec::new(),
         };
         let durability = PartitionDurability::new(dir.to_path_buf(), report.next_offset);
-        let spares = SparePool::new(dir, config.spare_segments, recovered.spares);
+        let spares = SparePool::new(dir, config.spare_segments);
         let log = PartitionLog {
             dir: dir.to_path_buf(),
             config,
@@ -644,11 +644,21 @@ impl PartitionLog {
                 first_error.get_or_insert(error);
             }
         }
-        let kept = spares.len();
+        // A spare is reused only once its new name is durable: a power cut
+        // could otherwise bring the old segment name back over a file a
+        // roll already wrote new batches into.
+        let kept = match sync_dir(&self.dir) {
+            Ok(()) => spares.len(),
+            Err(error) => {
+                spares
+                    .iter()
+                    .for_each(|spare| crate::spare::delete(&spare.path));
+                spares.clear();
+                first_error.get_or_insert(error);
+                0
+            }
+        };
         self.lock_spares().extend(spares);
-        if let Err(error) = sync_dir(&self.dir) {
-            first_error.get_or_insert(error);
-        }
         tracing::info!(dir = %self.dir.display(), segments = removed.len(), kept_as_spares = kept, offset, "deleted segments");
 
         match first_error {
@@ -661,9 +671,12 @@ impl PartitionLog {
     /// partition that slowed down gives its spares' disk space back a file
     /// at a time. The broker calls it on its retention timer.
     pub fn trim_spares(&self, idle: Duration) {
-        if self.lock_spares().trim(idle) {
-            tracing::debug!(dir = %self.dir.display(), "deleted an idle spare segment");
-        }
+        // Deleted outside the lock a roll takes.
+        let Some(spare) = self.lock_spares().trim(idle) else {
+            return;
+        };
+        crate::spare::delete(&spare);
+        tracing::debug!(spare = %spare.display(), "deleted an idle spare segment");
     }
 
     /// Spare segment files kept for reuse.

@@ -21,7 +21,9 @@
 //! batches of its earlier life after its own. Those all have offsets below
 //! the segment's base offset, which no batch of its own can have, so the
 //! first one marks the end of the segment's data like the end of the file
-//! would; it is not damage. A sealed segment rebuilt by a scan is cut there.
+//! would; it is not damage. The file is cut there, whether it is the last
+//! segment or a sealed one rebuilt by a scan. Spare files themselves are
+//! deleted.
 //!
 //! Damage inside a sealed segment is not truncated: those bytes were sealed,
 //! so they held acknowledged records, and cutting them would hide the loss.
@@ -47,7 +49,6 @@ use crate::segment::{
     BatchCursor, FileKind, ReadSpan, Segment, SegmentDamage, SegmentReader, SegmentWriter,
     classify, index_path, sync_dir, wal_path,
 };
-use crate::spare::Spare;
 
 /// Bytes read at a time while scanning a segment.
 const SCAN_CHUNK_BYTES: usize = 1024 * 1024;
@@ -71,8 +72,6 @@ pub struct RecoveryReport {
     pub damaged_segments: Vec<SegmentDamage>,
     /// Leftovers removed: half-written and orphaned index files.
     pub removed_files: Vec<PathBuf>,
-    /// Spare segment files found, kept for reuse.
-    pub spare_segments: usize,
     /// Bytes read by scans (the last segment, and segments without an index).
     pub scanned_bytes: u64,
     pub elapsed: Duration,
@@ -81,7 +80,6 @@ pub struct RecoveryReport {
 /// The segments recovery hands to the log, and its report.
 pub(crate) struct Recovered {
     pub(crate) segments: Vec<Segment>,
-    pub(crate) spares: Vec<Spare>,
     pub(crate) report: RecoveryReport,
 }
 
@@ -100,13 +98,11 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered> {
         rebuilt_indexes: 0,
         damaged_segments: Vec::new(),
         removed_files: Vec::new(),
-        spare_segments: 0,
         scanned_bytes: 0,
         elapsed: Duration::ZERO,
     };
     create_dir(dir)?;
-    let (bases, spares) = list_files(dir, &mut report)?;
-    report.spare_segments = spares.len();
+    let bases = list_segments(dir, &mut report)?;
 
     // Sealed segments through their indexes, then the last one by a scan.
     let mut segments = Vec::with_capacity(bases.len().max(1));
@@ -158,11 +154,7 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered> {
         elapsed_ms = report.elapsed.as_millis() as u64,
         "recovered partition log"
     );
-    Ok(Recovered {
-        segments,
-        spares,
-        report,
-    })
+    Ok(Recovered { segments, report })
 }
 
 /// Creates `dir` if missing, syncing its parent so the new entry is durable.
@@ -181,12 +173,12 @@ fn create_dir(dir: &Path) -> Result<()> {
     }
 }
 
-/// The base offsets of the segment files, sorted, and the spare files;
-/// removes leftover files.
-fn list_files(dir: &Path, report: &mut RecoveryReport) -> Result<(Vec<u64>, Vec<Spare>)> {
+/// The base offsets of the segment files, sorted; removes leftover files,
+/// spare segment files among them (see [`crate::spare`] for why they are
+/// not kept across an open).
+fn list_segments(dir: &Path, report: &mut RecoveryReport) -> Result<Vec<u64>> {
     let mut wals = BTreeSet::new();
     let mut indexes = BTreeSet::new();
-    let mut spares = Vec::new();
     let mut leftovers = Vec::new();
 
     let entries = fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
@@ -196,11 +188,7 @@ fn list_files(dir: &Path, report: &mut RecoveryReport) -> Result<(Vec<u64>, Vec<
         match name.to_str().and_then(classify) {
             Some(FileKind::Wal(base)) => drop(wals.insert(base)),
             Some(FileKind::Index(base)) => drop(indexes.insert(base)),
-            Some(FileKind::Spare(bound)) => spares.push(Spare {
-                path: entry.path(),
-                bound,
-            }),
-            Some(FileKind::Temporary) => leftovers.push(entry.path()),
+            Some(FileKind::Spare(_) | FileKind::Temporary) => leftovers.push(entry.path()),
             None => {
                 tracing::warn!(file = %entry.path().display(), "ignoring a file that is no segment")
             }
@@ -211,10 +199,10 @@ fn list_files(dir: &Path, report: &mut RecoveryReport) -> Result<(Vec<u64>, Vec<
     leftovers.extend(indexes.difference(&wals).map(|&base| index_path(dir, base)));
     for path in leftovers {
         fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
-        tracing::info!(file = %path.display(), "removed leftover index file");
+        tracing::info!(file = %path.display(), "removed leftover file");
         report.removed_files.push(path);
     }
-    Ok((wals.into_iter().collect(), spares))
+    Ok(wals.into_iter().collect())
 }
 
 /// Loads a sealed segment through its index, or rebuilds the index by a
@@ -255,6 +243,16 @@ fn load_sealed(
     // a reused file's earlier life (see `crate::spare`), not its data.
     let whole = scan.summary.next_offset == next_base;
     if missing && !whole {
+        // A torn write ends an unfinished seal; a whole batch that breaks
+        // the offsets is no such thing, and the segments after it may hold
+        // acknowledged batches.
+        if let Some((position, reason)) = scan.stop.clone().filter(|(_, r)| r.is_inconsistent()) {
+            return Err(Error::Corrupt {
+                segment: path,
+                position,
+                reason,
+            });
+        }
         tracing::warn!(segment = %path.display(), "segment was rolled but its seal did not finish; recovering it as the last segment");
         return Ok(None);
     }
@@ -378,6 +376,13 @@ fn recover_last(
             position,
             reason,
         });
+    } else if scan.end < file_bytes {
+        // A reused file's earlier life, cut like a torn tail: pages a power
+        // cut kept out of order may hold batches of this life after it.
+        tracing::info!(segment = %path.display(), position = scan.end, bytes_cut = file_bytes - scan.end, "cutting the bytes of a reused file after the last segment's data");
+        file.set_len(scan.end)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| Error::io(&path, e))?;
     } else {
         // What a killed process wrote may be in the page cache only; it
         // counts as durable from here on, so sync it.

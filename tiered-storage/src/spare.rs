@@ -16,10 +16,26 @@
 //! relies on this), and a seal cuts the file to its data, so leftovers only
 //! ever follow the data of the active segment.
 //!
+//! Both renames must be durable before a roll writes into the file, or a
+//! power cut could leave new batches under an old name: retention syncs
+//! the directory before a spare joins the pool, and recovery deletes the
+//! spares it finds, since a roll's rename may not have reached the disk
+//! when the batches it wrote did (none of those was acknowledged: the
+//! committer syncs the directory before it acknowledges a new segment's
+//! first batch).
+//!
 //! The pool is bounded (`LogConfig::spare_segments`); retired segments it
 //! has no room for are deleted. Spares no roll asked for in a while are
 //! deleted one at a time, so an idle partition gives its disk space back
 //! without a burst of deletions.
+//!
+//! Known gap: telling a leftover from data by offset assumes the bytes at
+//! the end of a segment's data are either batches this partition wrote or
+//! garbage. A payload that itself holds a whole Sava batch, with a valid
+//! checksum and the very offset the segment continues at, lying exactly
+//! where a crash ended the data of a reused file, would be read as data.
+//! A per-file value mixed into each batch's checksum would rule that out;
+//! the batch format has no room for one yet.
 
 use std::collections::VecDeque;
 use std::fs;
@@ -48,20 +64,14 @@ pub(crate) struct SparePool {
 }
 
 impl SparePool {
-    /// A pool of the spares recovery found; those beyond `capacity` are
-    /// deleted.
-    pub(crate) fn new(dir: &Path, capacity: usize, mut found: Vec<Spare>) -> SparePool {
-        found.sort_by_key(|spare| spare.bound);
-        let mut pool = SparePool {
+    /// An empty pool for the partition directory `dir`.
+    pub(crate) fn new(dir: &Path, capacity: usize) -> SparePool {
+        SparePool {
             dir: dir.to_path_buf(),
             capacity,
-            spares: found.into(),
+            spares: VecDeque::new(),
             last_used: Instant::now(),
-        };
-        while pool.spares.len() > capacity {
-            pool.delete_oldest();
         }
-        pool
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -74,8 +84,8 @@ impl SparePool {
     }
 
     /// A spare a segment starting at `base_offset` may reuse. Spares whose
-    /// bound is above it (left from before the log's offsets were reset)
-    /// may never be reused, and are deleted.
+    /// bound is above it may never be reused, and are deleted (the log's
+    /// offsets only grow, so this guards against a bug, not a case).
     pub(crate) fn take(&mut self, base_offset: u64) -> Option<PathBuf> {
         while let Some(spare) = self.spares.pop_front() {
             if spare.bound <= base_offset {
@@ -109,14 +119,13 @@ impl SparePool {
         self.last_used = Instant::now();
     }
 
-    /// Deletes the oldest spare when no roll took one for `idle`; returns
-    /// whether it did.
-    pub(crate) fn trim(&mut self, idle: Duration) -> bool {
-        if self.spares.is_empty() || self.last_used.elapsed() < idle {
-            return false;
+    /// Takes the oldest spare out of the pool when no roll took one for
+    /// `idle`, for the caller to delete outside its lock.
+    pub(crate) fn trim(&mut self, idle: Duration) -> Option<PathBuf> {
+        if self.last_used.elapsed() < idle {
+            return None;
         }
-        self.delete_oldest();
-        true
+        self.spares.pop_front().map(|spare| spare.path)
     }
 
     /// Deletes every spare, for a disk that ran full.
@@ -137,7 +146,7 @@ impl SparePool {
 }
 
 /// Deletes a spare; a failure only leaves a file the next open finds again.
-fn delete(path: &Path) {
+pub(crate) fn delete(path: &Path) {
     if let Err(error) = fs::remove_file(path)
         && error.kind() != std::io::ErrorKind::NotFound
     {

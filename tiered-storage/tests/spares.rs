@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use sava_storage::{FsyncMode, LogConfig, PartitionLog};
+use sava_storage::{Error, FsyncMode, GroupCommitter, LogConfig, PartitionLog, SegmentInfo};
 
 fn spares_config(spare_segments: usize) -> LogConfig {
     LogConfig {
@@ -34,6 +34,14 @@ fn files(dir: &Path, extension: &str) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+/// Writes 60 records in pairs to a new log in `dir`, closes it, and
+/// returns its segments.
+fn sixty_records(dir: &Path, committer: &Arc<GroupCommitter>) -> Vec<SegmentInfo> {
+    let log = open(dir, spares_config(4), committer);
+    append_all(&log, 60, 2);
+    log.segments()
 }
 
 fn inode(path: &Path) -> u64 {
@@ -113,7 +121,7 @@ fn a_reused_file_is_cut_to_its_segment_when_sealed() {
 fn a_crash_leaves_a_reused_active_segment_whose_old_batches_recovery_ignores() {
     let dir = tempfile::tempdir().expect("tempdir");
     let committer = committer(FsyncMode::Never);
-    let next = {
+    let (next, active) = {
         let log = open(dir.path(), spares_config(4), &committer);
         append_all(&log, 60, 2);
         log.delete_before(log.segments()[2].base_offset)
@@ -126,17 +134,21 @@ fn a_crash_leaves_a_reused_active_segment_whose_old_batches_recovery_ignores() {
         append_all(&log, 1, 1);
         let active = log.segments().last().expect("active").clone();
         assert!(fs::metadata(&active.path).expect("size").len() > active.bytes);
-        log.next_offset()
+        assert_eq!(files(dir.path(), "spare").len(), 1, "one spare left over");
+        (log.next_offset(), active)
     };
 
     let (log, report) = PartitionLog::open(dir.path(), spares_config(4), Arc::clone(&committer))
         .expect("a leftover is no damage");
 
-    // What follows the new batches is the old life's bytes, cut like a
-    // torn tail; nothing before them is lost.
+    // The old life's bytes after the new batches are cut; nothing before
+    // them is lost, and the spare is not kept across the open.
     assert_eq!(report.next_offset, next);
     assert!(report.damaged_segments.is_empty());
-    assert_eq!(report.spare_segments, 1);
+    let on_disk = fs::metadata(&active.path).expect("size").len();
+    assert_eq!(on_disk, active.bytes);
+    assert!(files(dir.path(), "spare").is_empty());
+    assert_eq!(log.spare_segments(), 0);
     append_all(&log, 30, 3);
     drop(log);
     let log = open(dir.path(), spares_config(4), &committer);
@@ -150,10 +162,7 @@ fn a_reused_segment_whose_seal_a_crash_stopped_is_whole_when_its_data_is() {
     for skip in [0, 10] {
         let dir = tempfile::tempdir().expect("tempdir");
         let committer = committer(FsyncMode::Never);
-        let log = open(dir.path(), spares_config(4), &committer);
-        append_all(&log, 60, 2);
-        let segments = log.segments();
-        drop(log);
+        let segments = sixty_records(dir.path(), &committer);
 
         // As a crash before the seal leaves a reused file: no index, and
         // bytes of its earlier life (lower offsets) after its own batches.
@@ -239,27 +248,86 @@ fn without_spares_retired_segments_are_deleted() {
 }
 
 #[test]
-fn a_spare_that_held_offsets_above_a_new_segment_is_deleted_not_reused() {
+fn spare_files_a_log_finds_when_it_opens_are_deleted() {
     let dir = tempfile::tempdir().expect("tempdir");
     let committer = committer(FsyncMode::Never);
     {
         let log = open(dir.path(), spares_config(4), &committer);
         append_all(&log, 60, 2);
+        log.delete_before(log.segments()[2].base_offset)
+            .expect("retire");
+        assert_eq!(files(dir.path(), "spare").len(), 2);
     }
-    // A spare from a log whose offsets went past where this one rolls next.
-    let stray = dir.path().join(format!("{:020}.spare", 1_000_000));
-    fs::copy(dir.path().join(files(dir.path(), "wal")[0].clone()), &stray).expect("copy");
 
     let (log, report) =
         PartitionLog::open(dir.path(), spares_config(4), committer).expect("reopens");
-    assert_eq!(report.spare_segments, 1);
-    let before = log.segments().len();
-    while log.segments().len() == before {
-        append_all(&log, 2, 2);
-    }
 
-    assert!(!stray.exists());
+    let removed: Vec<_> = report
+        .removed_files
+        .iter()
+        .filter(|p| p.extension() == Some("spare".as_ref()))
+        .collect();
+    assert_eq!(removed.len(), 2, "{:?}", report.removed_files);
+    assert!(files(dir.path(), "spare").is_empty());
     assert_eq!(log.spare_segments(), 0);
-    let next = log.next_offset();
-    assert_records(&read_all(&log, 0), 0..next);
+    let start = log.start_offset();
+    assert_records(&read_all(&log, start), start..60);
+}
+
+#[test]
+fn the_last_segment_is_cut_where_its_data_ends_even_with_later_batches_after_old_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let committer = committer(FsyncMode::Never);
+    let segments = sixty_records(dir.path(), &committer);
+
+    // A power cut kept pages out of order: after the active segment's data,
+    // an old life's batch, then a batch this life wrote and never had
+    // acknowledged (it continues nothing once the hole is cut).
+    let active = segments.last().expect("active");
+    let earlier = fs::read(&segments[0].path).expect("read");
+    let later = fs::read(&segments[1].path).expect("read");
+    let mut bytes = fs::read(&active.path).expect("read");
+    bytes.extend_from_slice(&earlier);
+    bytes.extend_from_slice(&later);
+    fs::write(&active.path, &bytes).expect("write");
+
+    let (log, report) =
+        PartitionLog::open(dir.path(), spares_config(4), Arc::clone(&committer)).expect("reopens");
+
+    assert_eq!(report.next_offset, 60);
+    let on_disk = fs::metadata(&active.path).expect("size").len();
+    assert_eq!(on_disk, active.bytes, "cut to the data");
+    append_all(&log, 20, 4);
+    drop(log);
+    let log = open(dir.path(), spares_config(4), &committer);
+    assert_records(&read_all(&log, 0), 0..80);
+}
+
+#[test]
+fn a_segment_without_index_whose_batches_break_the_offsets_fails_the_open_and_keeps_the_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let committer = committer(FsyncMode::Never);
+    let segments = sixty_records(dir.path(), &committer);
+
+    // Not a torn write: a whole batch from further on, right after the
+    // first batch of a segment whose index is gone.
+    let first = &segments[1];
+    let mut bytes = fs::read(&first.path).expect("read");
+    bytes.truncate(first_batch_len(&bytes));
+    bytes.extend_from_slice(&fs::read(&segments[3].path).expect("read"));
+    fs::write(&first.path, &bytes).expect("write");
+    fs::remove_file(first.path.with_extension("idx")).expect("remove index");
+
+    let error = PartitionLog::open(dir.path(), spares_config(4), committer)
+        .expect_err("a batch that breaks the offsets is no torn write");
+
+    assert!(matches!(error, Error::Corrupt { .. }), "{error}");
+    for segment in &segments[2..] {
+        assert!(segment.path.exists(), "{} kept", segment.path.display());
+    }
+}
+
+/// The length of the first batch of a segment file (bytes 8..12).
+fn first_batch_len(bytes: &[u8]) -> usize {
+    u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) as usize
 }
