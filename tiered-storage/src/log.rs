@@ -38,7 +38,7 @@ use crate::record::{
 use crate::recovery::{self, RecoveryReport};
 use crate::seal::SealJob;
 use crate::segment::{Budget, ReadSpan, Segment, SegmentInfo, SegmentWriter, index_path, sync_dir};
-use crate::spare::SparePool;
+use crate::spare::{Spare, SparePool};
 
 /// Encode buffers above this are dropped after use rather than kept.
 const KEPT_ENCODE_BUFFER: usize = 1024 * 1024;
@@ -618,29 +618,19 @@ impl PartitionLog {
         let mut spares = Vec::new();
         let mut room = self.lock_spares().room();
         for segment in &removed {
+            // The segment file goes first: an index left without it is
+            // removed when the log opens, while a segment left without its
+            // index would be scanned, and read as an unfinished seal if
+            // damaged.
+            if let Some(spare) = self.retire(segment, &mut room) {
+                spares.push(spare);
+            } else if let Err(error) = remove_if_present(segment.path()) {
+                tracing::warn!(segment = %segment.path().display(), error = %error, "cannot delete segment file");
+                first_error.get_or_insert(error);
+            }
             let index = index_path(&self.dir, segment.summary.base_offset);
             if let Err(error) = remove_if_present(&index) {
                 tracing::warn!(segment = %index.display(), error = %error, "cannot delete segment index");
-                first_error.get_or_insert(error);
-            }
-            // No read holds the file once only this list does, and none can
-            // start: the segment has left the log.
-            let unread = Arc::strong_count(&segment.reader) == 1;
-            if room > 0 && unread && segment.damage.is_none() {
-                let bound = segment.summary.next_offset;
-                match SparePool::retire(segment.path(), &self.dir, bound) {
-                    Ok(spare) => {
-                        spares.push(spare);
-                        room -= 1;
-                        continue;
-                    }
-                    Err(error) => {
-                        tracing::warn!(segment = %segment.path().display(), %error, "cannot keep a retired segment as a spare; deleting it")
-                    }
-                }
-            }
-            if let Err(error) = remove_if_present(segment.path()) {
-                tracing::warn!(segment = %segment.path().display(), error = %error, "cannot delete segment file");
                 first_error.get_or_insert(error);
             }
         }
@@ -664,6 +654,28 @@ impl PartitionLog {
         match first_error {
             Some(error) => Err(error),
             None => Ok(removed.iter().map(Segment::info).collect()),
+        }
+    }
+
+    /// Renames a retired segment's file to a spare while the pool has
+    /// `room`; `None` when it must be deleted instead.
+    fn retire(&self, segment: &Segment, room: &mut usize) -> Option<Spare> {
+        // No read holds the file once only the retired list does, and none
+        // can start: the segment has left the log.
+        let unread = Arc::strong_count(&segment.reader) == 1;
+        if *room == 0 || !unread || segment.damage.is_some() {
+            return None;
+        }
+        let bound = segment.summary.next_offset;
+        match SparePool::retire(segment.path(), &self.dir, bound) {
+            Ok(spare) => {
+                *room -= 1;
+                Some(spare)
+            }
+            Err(error) => {
+                tracing::warn!(segment = %segment.path().display(), %error, "cannot keep a retired segment as a spare; deleting it");
+                None
+            }
         }
     }
 
