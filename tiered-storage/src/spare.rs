@@ -16,13 +16,13 @@
 //! relies on this), and a seal cuts the file to its data, so leftovers only
 //! ever follow the data of the active segment.
 //!
-//! Both renames must be durable before a roll writes into the file, or a
-//! power cut could leave new batches under an old name: retention syncs
-//! the directory before a spare joins the pool, and recovery deletes the
-//! spares it finds, since a roll's rename may not have reached the disk
-//! when the batches it wrote did (none of those was acknowledged: the
-//! committer syncs the directory before it acknowledges a new segment's
-//! first batch).
+//! A power cut must never leave new batches under an old name. Retention
+//! syncs the directory before a spare joins the pool, so a retired name
+//! cannot come back over a reused file. A roll's rename may still reach
+//! the disk after the batches written behind it (none of them acknowledged:
+//! the committer syncs the directory before it acknowledges a new
+//! segment's first batch), so recovery deletes the spares it finds rather
+//! than trust their names.
 //!
 //! The pool is bounded (`LogConfig::spare_segments`); retired segments it
 //! has no room for are deleted. Spares no roll asked for in a while are
