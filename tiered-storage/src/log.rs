@@ -22,8 +22,6 @@
 //! one is still empty, a restart forgets it (reports 0), and publish times
 //! then rely on the broker's clock alone.
 
-use std::fs;
-use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -37,8 +35,10 @@ use crate::record::{
 };
 use crate::recovery::{self, RecoveryReport};
 use crate::seal::SealJob;
-use crate::segment::{Budget, ReadSpan, Segment, SegmentInfo, SegmentWriter, index_path, sync_dir};
-use crate::spare::{Spare, SparePool};
+use crate::segment::{
+    Budget, ReadSpan, Segment, SegmentInfo, SegmentWriter, index_path, remove_if_present, sync_dir,
+};
+use crate::spare::{Spare, SparePool, delete};
 
 /// Encode buffers above this are dropped after use rather than kept.
 const KEPT_ENCODE_BUFFER: usize = 1024 * 1024;
@@ -640,10 +640,7 @@ impl PartitionLog {
         let kept = match sync_dir(&self.dir) {
             Ok(()) => spares.len(),
             Err(error) => {
-                spares
-                    .iter()
-                    .for_each(|spare| crate::spare::delete(&spare.path));
-                spares.clear();
+                spares.drain(..).for_each(|spare| delete(&spare.path));
                 first_error.get_or_insert(error);
                 0
             }
@@ -687,7 +684,7 @@ impl PartitionLog {
         let Some(spare) = self.lock_spares().trim(idle) else {
             return;
         };
-        crate::spare::delete(&spare);
+        delete(&spare);
         tracing::debug!(spare = %spare.display(), "deleted an idle spare segment");
     }
 
@@ -704,12 +701,5 @@ impl PartitionLog {
 
     fn lock_spares(&self) -> MutexGuard<'_, SparePool> {
         self.spares.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-fn remove_if_present(path: &Path) -> Result<()> {
-    match fs::remove_file(path) {
-        Err(error) if error.kind() != io::ErrorKind::NotFound => Err(Error::io(path, error)),
-        _ => Ok(()),
     }
 }

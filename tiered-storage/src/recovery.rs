@@ -365,11 +365,12 @@ fn recover_last(
                 reason,
             });
         }
+        debug_assert_eq!(
+            position, scan.end,
+            "a scan stops after its last whole batch"
+        );
         let cut = file_bytes - position;
-        tracing::warn!(segment = %path.display(), position, bytes_cut = cut, reason = %reason, "truncating the last segment after its last whole batch: a torn or corrupt tail, or a reused file's earlier contents");
-        file.set_len(position)
-            .and_then(|()| file.sync_all())
-            .map_err(|e| Error::io(&path, e))?;
+        tracing::warn!(segment = %path.display(), position, bytes_cut = cut, reason = %reason, "truncating torn or corrupt segment tail");
         report.truncated_bytes = cut;
         report.truncation = Some(SegmentDamage {
             segment: path.clone(),
@@ -377,17 +378,17 @@ fn recover_last(
             reason,
         });
     } else if scan.end < file_bytes {
-        // A reused file's earlier life, cut like a torn tail: pages a power
-        // cut kept out of order may hold batches of this life after it.
+        // A reused file's earlier life; cut too, since pages a power cut
+        // kept out of order may hold batches of this life after it.
         tracing::info!(segment = %path.display(), position = scan.end, bytes_cut = file_bytes - scan.end, "cutting the bytes of a reused file after the last segment's data");
-        file.set_len(scan.end)
-            .and_then(|()| file.sync_all())
-            .map_err(|e| Error::io(&path, e))?;
-    } else {
-        // What a killed process wrote may be in the page cache only; it
-        // counts as durable from here on, so sync it.
-        file.sync_data().map_err(|e| Error::io(&path, e))?;
     }
+    // What a killed process wrote may be in the page cache only; it counts
+    // as durable from here on, so sync it (with the new length, if cut).
+    let synced = match scan.end < file_bytes {
+        true => file.set_len(scan.end).and_then(|()| file.sync_all()),
+        false => file.sync_data(),
+    };
+    synced.map_err(|e| Error::io(&path, e))?;
 
     // An index next to the active segment is stale; it is rewritten at seal.
     let stale = index_path(dir, base);

@@ -2,10 +2,11 @@
 //!
 //! A roll only creates the next segment file, so an append that rolls
 //! never waits for the disk. The segment it ended is finished here: a
-//! reused file is cut to the segment's data, the data is synced (usually nothing is left to write, the committer got
-//! there first), then its sparse index is written to a temporary file,
-//! synced and renamed, then the directory is synced, and then it counts as
-//! sealed, so offload and retention may take it. An index on disk
+//! reused file is cut to the segment's data, the data is synced (usually
+//! nothing is left to write, the committer got there first), then its
+//! sparse index is written to a temporary file, synced and renamed, then
+//! the directory is synced, and then it counts as sealed, so offload and
+//! retention may take it. An index on disk
 //! therefore means the segment's data is whole, which is how recovery
 //! tells a finished seal from one a crash interrupted; and a sealed
 //! segment's index and the next segment's file are both durable, so a

@@ -2,10 +2,11 @@
 //!
 //! A partition directory holds `<base offset, 20 digits>.wal` files, each
 //! with a `.idx` sparse index once sealed, and `<bound>.spare` files,
-//! retired segments kept for reuse (see [`crate::spare`]). The partition log owns the list of
-//! [`Segment`]s under its lock; the last one is active and has a writer, the
-//! others are read-only: sealing, between the roll that ended them and the
-//! moment their data is durable and their index written, then sealed.
+//! retired segments kept for reuse (see [`crate::spare`]). The partition
+//! log owns the list of [`Segment`]s under its lock; the last one is active
+//! and has a writer, the others are read-only: sealing, between the roll
+//! that ended them and the moment their data is durable and their index
+//! written, then sealed.
 //! Readers copy a [`ReadSpan`] (an `Arc` to a read-only handle plus a byte
 //! range) out of the lock and read it with `pread`, so reads never hold the
 //! lock during I/O and appends never wait for them. A deleted segment's
@@ -100,6 +101,14 @@ pub(crate) fn classify(name: &str) -> Option<FileKind> {
         "idx" => Some(FileKind::Index(base_offset)),
         "spare" => Some(FileKind::Spare(base_offset)),
         _ => None,
+    }
+}
+
+/// Deletes the file at `path`; one that is already gone is no error.
+pub(crate) fn remove_if_present(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(Error::io(path, error)),
+        _ => Ok(()),
     }
 }
 

@@ -43,7 +43,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::segment::spare_path;
+use crate::segment::{remove_if_present, spare_path};
 
 /// A spare file and the bound of the offsets it held.
 #[derive(Debug)]
@@ -59,7 +59,7 @@ pub(crate) struct SparePool {
     capacity: usize,
     /// Oldest first.
     spares: VecDeque<Spare>,
-    /// When a roll last took a spare, or the pool last filled up.
+    /// When a roll last took a spare, or retention last added some.
     last_used: Instant,
 }
 
@@ -133,23 +133,13 @@ impl SparePool {
         if !self.spares.is_empty() {
             tracing::info!(dir = %self.dir.display(), spares = self.spares.len(), "deleting spare segments to free disk space");
         }
-        while !self.spares.is_empty() {
-            self.delete_oldest();
-        }
-    }
-
-    fn delete_oldest(&mut self) {
-        if let Some(spare) = self.spares.pop_front() {
-            delete(&spare.path);
-        }
+        self.spares.drain(..).for_each(|spare| delete(&spare.path));
     }
 }
 
-/// Deletes a spare; a failure only leaves a file the next open finds again.
+/// Deletes a spare; a failure only leaves a file the next open removes.
 pub(crate) fn delete(path: &Path) {
-    if let Err(error) = fs::remove_file(path)
-        && error.kind() != std::io::ErrorKind::NotFound
-    {
+    if let Err(error) = remove_if_present(path) {
         tracing::warn!(spare = %path.display(), %error, "cannot delete spare segment");
     }
 }
