@@ -44,6 +44,18 @@ fn sixty_records(dir: &Path, committer: &Arc<GroupCommitter>) -> Vec<SegmentInfo
     log.segments()
 }
 
+/// Appends a record at a time until the log rolls to a new segment.
+fn roll_once(log: &PartitionLog) {
+    let before = log.segments().len();
+    while log.segments().len() == before {
+        append_all(log, 1, 1);
+    }
+}
+
+fn file_len(path: &Path) -> u64 {
+    fs::metadata(path).expect("metadata").len()
+}
+
 fn inode(path: &Path) -> u64 {
     fs::metadata(path).expect("metadata").ino()
 }
@@ -69,9 +81,8 @@ fn retired_segments_become_spares_that_the_next_rolls_reuse() {
 
     // The next two rolls take the spares; the data reads back whole.
     let before = log.segments().len();
-    while log.segments().len() < before + 2 {
-        append_all(&log, 2, 2);
-    }
+    roll_once(&log);
+    roll_once(&log);
     assert_eq!(log.spare_segments(), 0);
     assert!(files(dir.path(), "spare").is_empty());
     let reused: Vec<u64> = log.segments()[before - 1..]
@@ -90,21 +101,18 @@ fn a_reused_file_is_cut_to_its_segment_when_sealed() {
     let committer = committer(FsyncMode::Never);
     let log = open(dir.path(), spares_config(4), &committer);
     append_all(&log, 60, 2);
-    let retired_bytes = fs::metadata(&log.segments()[0].path).expect("size").len();
+    let retired_bytes = file_len(&log.segments()[0].path);
     log.delete_before(log.segments()[1].base_offset)
         .expect("retire");
 
     // Roll into the spare and seal it after one record, far shorter than
     // the file's earlier life.
-    let before = log.segments().len();
-    while log.segments().len() == before {
-        append_all(&log, 1, 1);
-    }
+    roll_once(&log);
     assert_eq!(log.spare_segments(), 0);
     let sealed = log.seal_active().expect("seal").expect("non-empty");
     assert_eq!(sealed.next_offset - sealed.base_offset, 1);
 
-    let on_disk = fs::metadata(&sealed.path).expect("size").len();
+    let on_disk = file_len(&sealed.path);
     assert!(sealed.bytes < retired_bytes, "{} bytes", sealed.bytes);
     assert_eq!(on_disk, sealed.bytes);
     drop(log);
@@ -127,13 +135,10 @@ fn a_crash_leaves_a_reused_active_segment_whose_old_batches_recovery_ignores() {
         log.delete_before(log.segments()[2].base_offset)
             .expect("retire");
         // Roll into a spare and write a little: the old life lies behind.
-        let before = log.segments().len();
-        while log.segments().len() == before {
-            append_all(&log, 1, 1);
-        }
+        roll_once(&log);
         append_all(&log, 1, 1);
         let active = log.segments().last().expect("active").clone();
-        assert!(fs::metadata(&active.path).expect("size").len() > active.bytes);
+        assert!(file_len(&active.path) > active.bytes);
         assert_eq!(files(dir.path(), "spare").len(), 1, "one spare left over");
         (log.next_offset(), active)
     };
@@ -145,7 +150,7 @@ fn a_crash_leaves_a_reused_active_segment_whose_old_batches_recovery_ignores() {
     // them is lost, and the spare is not kept across the open.
     assert_eq!(report.next_offset, next);
     assert!(report.damaged_segments.is_empty());
-    let on_disk = fs::metadata(&active.path).expect("size").len();
+    let on_disk = file_len(&active.path);
     assert_eq!(on_disk, active.bytes);
     assert!(files(dir.path(), "spare").is_empty());
     assert_eq!(log.spare_segments(), 0);
@@ -184,7 +189,7 @@ fn a_reused_segment_whose_seal_a_crash_stopped_is_whole_when_its_data_is() {
         );
         assert!(report.damaged_segments.is_empty(), "skip {skip}");
         assert_eq!(log.segments().len(), segments.len(), "no segment dropped");
-        let on_disk = fs::metadata(&middle.path).expect("size").len();
+        let on_disk = file_len(&middle.path);
         assert_eq!(on_disk, middle.bytes, "cut to the segment's data");
         assert_records(&read_all(&log, 0), 0..60);
     }
@@ -295,7 +300,7 @@ fn the_last_segment_is_cut_where_its_data_ends_even_with_later_batches_after_old
         PartitionLog::open(dir.path(), spares_config(4), Arc::clone(&committer)).expect("reopens");
 
     assert_eq!(report.next_offset, 60);
-    let on_disk = fs::metadata(&active.path).expect("size").len();
+    let on_disk = file_len(&active.path);
     assert_eq!(on_disk, active.bytes, "cut to the data");
     append_all(&log, 20, 4);
     drop(log);
