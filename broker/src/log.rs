@@ -337,11 +337,11 @@ impl TopicLog {
             return Box::pin(self.read(local_start, max)).await;
         }
         let from = from.max(segment.base_offset);
-        let records = tier.read(&remote, from, max).await?;
-        let bytes: usize = records.iter().map(|r| r.payload.len()).sum();
+        let messages = tier.read_map(&remote, from, max, message_of).await?;
+        let bytes: usize = messages.iter().map(|m| m.payload.len()).sum();
         self.bytes_read_from_objects
             .fetch_add(bytes as u64, Ordering::Relaxed);
-        Ok(records.into_iter().map(from_record).collect())
+        Ok(messages)
     }
 
     /// The message at `offset`, if it is stored and durable.
@@ -439,6 +439,11 @@ fn to_record(message: &Message) -> Record {
         schema_version: message.schema_version,
         payload: message.payload.clone(),
     }
+}
+
+/// A copy of a record the tier's cache keeps, as a message.
+fn message_of(record: &Record) -> Arc<Message> {
+    from_record(record.clone())
 }
 
 fn from_record(record: Record) -> Arc<Message> {

@@ -27,10 +27,13 @@
 # READER_NICE (default 0) runs the reading client at that nice value: on one
 # machine its own CPU competes with the producer too, where a consumer in a
 # deployment runs elsewhere; 19 leaves mostly the broker's share of the
-# catch-up in the figure. Everything stops at the end.
+# catch-up in the figure. STORE_NICE (default 0) does the same for the S3
+# server of the object runs, a stand-in for object storage on other
+# machines. BIN (default target/release) is where the binaries are, so two
+# builds can be compared. Everything stops at the end.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
-bin="$root/target/release"
+bin="${BIN:-$root/target/release}"
 source="${1:-object}"
 history="${2:-300000}"
 seconds="${3:-5}"
@@ -59,6 +62,7 @@ trap cleanup EXIT
 
 if [ "$source" = object ]; then
   eval "$(bash "$root/localstack/start.sh" moto --port "$(free_port)" --bucket sava)"
+  renice -n "${STORE_NICE:-0}" -p "$(cat "$SAVA_LOCALSTACK_RUN_DIR/moto.pid")" >/dev/null
   export SAVA_STORAGE__OBJECT_STORE=s3://sava/bench
   export SAVA_OFFLOAD__LOCAL_RETENTION_SECS=0
   export SAVA_OFFLOAD__INTERVAL_MS=200

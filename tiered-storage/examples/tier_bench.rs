@@ -7,13 +7,18 @@
 //! eval "$(localstack/start.sh moto)"
 //! cargo run --release -p sava-storage --example tier_bench -- \
 //!     [--megabytes 64] [--segment-megabytes 8] [--row-group-kib 1024] \
-//!     [--rounds 3] [--url s3://sava/bench]
+//!     [--rounds 3] [--payload text|random] [--url s3://sava/bench]
 //! ```
 //!
-//! Messages are 1 KiB of log lines whose ids, numbers and trace tokens
-//! vary, so they compress the way real text payloads do, not better. Each round reads every object twice, alternating the
-//! order: once with plain GETs of whole objects, once through a fresh tier
-//! (empty cache) from offset 0 to the end.
+//! Messages are 1 KiB. `text` (the default) is log lines whose ids,
+//! numbers and trace tokens vary, so they compress the way real text
+//! payloads do, not better: each byte fetched then decodes to about five
+//! bytes of messages. `random` is incompressible bytes (encrypted or
+//! already compressed payloads), which zstd stores as they are, so the
+//! replay's cost per byte fetched is the rest of the decoding. Each round
+//! reads every object twice, alternating the order: once with plain GETs of
+//! whole objects, once through a fresh tier (empty cache) from offset 0 to
+//! the end.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,6 +41,7 @@ struct Options {
     segment_megabytes: u64,
     row_group_kib: usize,
     rounds: usize,
+    random: bool,
     url: String,
 }
 
@@ -45,6 +51,7 @@ fn parse_options() -> Options {
         segment_megabytes: 8,
         row_group_kib: 1024,
         rounds: 3,
+        random: false,
         url: std::env::var("SAVA_STORAGE__OBJECT_STORE")
             .unwrap_or_else(|_| "s3://sava/bench".into()),
     };
@@ -54,6 +61,16 @@ fn parse_options() -> Options {
             "--segment-megabytes" => options.segment_megabytes = flag.parse(),
             "--row-group-kib" => options.row_group_kib = flag.parse(),
             "--rounds" => options.rounds = flag.parse(),
+            "--payload" => {
+                options.random = match flag.value.as_str() {
+                    "text" => false,
+                    "random" => true,
+                    other => {
+                        eprintln!("unknown --payload {other}: expected text or random");
+                        std::process::exit(2);
+                    }
+                }
+            }
             "--url" => options.url = flag.value,
             _ => flag.unknown(),
         }
@@ -61,9 +78,8 @@ fn parse_options() -> Options {
     options
 }
 
-/// A log line of about 1 KiB: fixed words around ids, numbers and a hex
-/// token that vary from message to message, as real logs do.
-fn message(offset: u64) -> Record {
+/// A message of 1 KiB: log lines, or random bytes when `random`.
+fn message(offset: u64, random: bool) -> Record {
     let mut state = offset.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut next = move || {
         state ^= state << 13;
@@ -71,6 +87,30 @@ fn message(offset: u64) -> Record {
         state ^= state << 17;
         state
     };
+    let payload = if random {
+        let words: Vec<u8> = (0..MESSAGE_BYTES / 8)
+            .flat_map(|_| next().to_le_bytes())
+            .collect();
+        Bytes::from(words)
+    } else {
+        Bytes::from(log_lines(next))
+    };
+    Record {
+        offset,
+        publish_time_ms: 1_764_774_000_000 + offset / 10,
+        producer_id: 1,
+        producer_name: "bench".into(),
+        key: Some(format!("user-{}", offset % 5000)),
+        attributes: vec![("service".into(), "orders".into())],
+        schema_id: None,
+        schema_version: None,
+        payload,
+    }
+}
+
+/// About 1 KiB of log lines: fixed words around ids, numbers and a hex
+/// token that vary from message to message, as real logs do.
+fn log_lines(mut next: impl FnMut() -> u64) -> String {
     let mut payload = String::with_capacity(MESSAGE_BYTES + 160);
     while payload.len() < MESSAGE_BYTES {
         let line = format!(
@@ -87,17 +127,7 @@ fn message(offset: u64) -> Record {
         payload.push_str(&line);
     }
     payload.truncate(MESSAGE_BYTES);
-    Record {
-        offset,
-        publish_time_ms: 1_764_774_000_000 + offset / 10,
-        producer_id: 1,
-        producer_name: "bench".into(),
-        key: Some(format!("user-{}", offset % 5000)),
-        attributes: vec![("service".into(), "orders".into())],
-        schema_id: None,
-        schema_version: None,
-        payload: Bytes::from(payload),
-    }
+    payload
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -119,7 +149,9 @@ async fn main() {
     let count = (options.megabytes << 20) / MESSAGE_BYTES as u64;
     let mut offset = 0;
     while offset < count {
-        let batch: Vec<Record> = (offset..(offset + 256).min(count)).map(message).collect();
+        let batch: Vec<Record> = (offset..(offset + 256).min(count))
+            .map(|offset| message(offset, options.random))
+            .collect();
         offset += batch.len() as u64;
         log.append(&batch).expect("append").await.expect("durable");
     }

@@ -16,7 +16,8 @@
 //! each row group sits), plus the object's footer unless the span runs to
 //! the end of the object and brings it along. They decode on the tier's
 //! own low-priority threads (`read_pool.rs`) into a cache bounded in
-//! bytes. Row groups before the offset are never fetched. A read also
+//! bytes, and the copies a read hands out of that cache are made there
+//! too. Row groups before the offset are never fetched. A read also
 //! starts fetching the next two objects (fewer when their messages would
 //! fill more than a quarter of the cache), so in a sequential replay one
 //! downloads while another decodes; a second reader of an object being
@@ -370,6 +371,25 @@ impl Tier {
         from: u64,
         max: usize,
     ) -> Result<Vec<Record>> {
+        self.read_map(segments, from, max, Record::clone).await
+    }
+
+    /// [`Tier::read`], with each record turned into what the caller keeps
+    /// by `convert`. The copies are made on the tier's low-priority read
+    /// threads, as the decoding is, so a replay's per-message work stays
+    /// off the threads that serve producers; and straight from the cached
+    /// row group, with no intermediate [`Record`].
+    pub async fn read_map<T, F>(
+        self: &Arc<Self>,
+        segments: &[SegmentDescriptor],
+        from: u64,
+        max: usize,
+        convert: F,
+    ) -> Result<Vec<T>>
+    where
+        T: Send + 'static,
+        F: Fn(&Record) -> T + Send + 'static,
+    {
         let Some(position) = segments.iter().position(|s| s.contains(from)) else {
             return Ok(Vec::new());
         };
@@ -381,7 +401,10 @@ impl Tier {
         let rows = self.row_group(segment, group).await?;
 
         let skip = (from - segment.row_groups[group].first_offset) as usize;
-        let records: Vec<Record> = rows.iter().skip(skip).take(max).cloned().collect();
+        let records = self
+            .read_pool
+            .run(move || rows.iter().skip(skip).take(max).map(convert).collect())
+            .await?;
 
         // Readahead: the next row group of this object (when the span
         // fetched stopped short of it) and the start of the next objects,

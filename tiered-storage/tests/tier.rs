@@ -110,6 +110,38 @@ fn offloaded_segments_are_catalogued_in_order_and_read_back_whole() {
 }
 
 #[test]
+fn a_mapped_read_converts_the_same_window_on_the_tier_read_threads() {
+    let fixture = offloaded(300, 4096, small_tier());
+    let segments = fixture
+        .runtime
+        .block_on(fixture.tier.segments(TOPIC))
+        .unwrap();
+
+    let plain = fixture
+        .runtime
+        .block_on(fixture.tier.read(&segments, 123, 20))
+        .unwrap();
+    let mapped = fixture
+        .runtime
+        .block_on(fixture.tier.read_map(&segments, 123, 20, |record| {
+            let thread = std::thread::current().name().map(str::to_owned);
+            (record.offset, thread)
+        }))
+        .unwrap();
+
+    assert!(!plain.is_empty());
+    let offsets: Vec<u64> = mapped.iter().map(|(offset, _)| *offset).collect();
+    assert_eq!(offsets, plain.iter().map(|r| r.offset).collect::<Vec<_>>());
+    for (offset, thread) in mapped {
+        let thread = thread.unwrap_or_default();
+        assert!(
+            thread.starts_with("sava-tierrd"),
+            "offset {offset} was converted on thread {thread:?}"
+        );
+    }
+}
+
+#[test]
 fn reads_come_from_the_cache_once_fetched() {
     let fixture = offloaded(200, 64 * 1024, small_tier());
     fixture.read_all(0);
