@@ -16,8 +16,9 @@
 #
 # Then, in alternating rounds, it runs `sava bench produce --reliable`
 # alone, and again while a new subscription reads the history from the
-# earliest offset (`sava bench consume`); and last times that read on its
-# own. The measured topics live in /default, which keeps nothing no
+# earliest offset (`sava bench consume`), counting what the broker
+# delivered to that subscription meanwhile; and last times that read on
+# its own. The measured topics live in /default, which keeps nothing no
 # subscription needs, so they do not pile up between rounds. Choose a
 # history the read takes longer than SECONDS + 1 to get through; a round
 # whose read ended early says so. The bound on
@@ -100,16 +101,24 @@ for where in ("local", "object"):
 echo "history stored (bytes): $stored" >&2
 
 rate() { python3 -c 'import json,sys; print(json.load(sys.stdin)["msgs_per_sec"])'; }
+# Messages the broker delivered to a catch-up subscription so far.
+delivered() {
+  admin --output json subscriptions describe /hist/history "$1" |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["delivered"])'
+}
 # Alternating rounds, so both sides see the same state of a disk whose
 # speed changes with what was written before.
-alone=(); during=()
+alone=(); during=(); read_during=()
 for round in $(seq "$rounds"); do
   alone+=("$("$bin/sava" bench produce --topic "/default/alone-$round" --reliable --duration "$seconds" --output json | rate)")
   nice -n "${READER_NICE:-0}" "$bin/sava" bench consume --topic /hist/history --subscription "catch-up-$round" \
     --count "$history" --output json >/dev/null &
   reader=$!
   sleep 1
+  before="$(delivered "catch-up-$round")"
+  started="$(date +%s.%N)"
   during+=("$("$bin/sava" bench produce --topic "/default/during-$round" --reliable --duration "$seconds" --output json | rate)")
+  read_during+=("$(python3 -c "import sys; print(($(delivered "catch-up-$round") - $before) / ($(date +%s.%N) - $started))")")
   kill "$reader" 2>/dev/null || echo "round $round: the catch-up ended before the produce run did" >&2
   wait "$reader" 2>/dev/null || true
 done
@@ -118,15 +127,17 @@ done
 read_alone="$("$bin/sava" bench consume --topic /hist/history --subscription timed \
   --count "$history" --output json | rate)"
 
-python3 - "$source" "$history" "$read_alone" "${alone[*]}" "${during[*]}" <<'PY'
+python3 - "$source" "$history" "$read_alone" "${alone[*]}" "${during[*]}" "${read_during[*]}" <<'PY'
 import statistics, sys
 source, history, read_alone = sys.argv[1], *map(float, sys.argv[2:4])
 alone = [float(x) for x in sys.argv[4].split()]
 during = [float(x) for x in sys.argv[5].split()]
+read_during = [float(x) for x in sys.argv[6].split()]
 show = lambda rates: ", ".join(f"{r:,.0f}" for r in rates)
 print(f"reliable produce alone (msgs/s):            {show(alone)}; median {statistics.median(alone):,.0f}")
 print(f"reliable produce during catch-up (msgs/s):  {show(during)}; median {statistics.median(during):,.0f}")
 print(f"ratio of medians: {statistics.median(during) / statistics.median(alone):.2f}")
 where = "object storage" if source == "object" else "local segments"
+print(f"catch-up from {where} during the produce runs (msgs/s): {show(read_during)}")
 print(f"catch-up from {where} alone: {history:,.0f} messages at {read_alone:,.0f} msgs/s")
 PY
