@@ -248,7 +248,8 @@ GAUGES = ["sava_topic_producers", "sava_topic_consumers", "sava_topic_subscripti
           "sava_subscription_backlog_messages", "sava_subscription_backlog_bytes",
           "sava_subscription_oldest_unacked_age_seconds", "sava_broker_topics_loaded",
           "sava_broker_topics_owned", "sava_broker_leader", "sava_broker_lease_holds",
-          "sava_connected_producers", "sava_connected_consumers", "sava_offload_lag_messages"]
+          "sava_connected_producers", "sava_connected_consumers", "sava_offload_lag_messages",
+          "sava_topic_local_bytes", "sava_topic_spare_bytes"]
 HISTOGRAMS = ["sava_group_commit_batch_bytes", "sava_fsync_duration_seconds",
               "sava_object_store_request_duration_seconds",
               "sava_metadata_transaction_duration_seconds"]

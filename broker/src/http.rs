@@ -226,10 +226,10 @@ fn broker_metrics(broker: &Broker, topics: &[Arc<Topic>], out: &mut Exposition) 
     );
 }
 
-/// Per topic: rates in and out, clients.
+/// Per topic: rates in and out, clients, local disk use.
 fn topic_metrics(topics: &[Arc<Topic>], out: &mut Exposition) {
     type Figure = fn(&Topic) -> u64;
-    let families: [(&str, &str, &str, Figure); 7] = [
+    let families: [(&str, &str, &str, Figure); 9] = [
         (
             "sava_topic_messages_in_total",
             "counter",
@@ -276,6 +276,18 @@ fn topic_metrics(topics: &[Arc<Topic>], out: &mut Exposition) {
             "gauge",
             "Subscriptions of a topic.",
             |t| t.subscriptions().len() as u64,
+        ),
+        (
+            "sava_topic_local_bytes",
+            "gauge",
+            "Bytes of a reliable topic's segment files and indexes on local disk.",
+            |t| t.local_bytes(),
+        ),
+        (
+            "sava_topic_spare_bytes",
+            "gauge",
+            "Bytes of retired segment files a reliable topic keeps on local disk for later segments to reuse.",
+            |t| t.spare_bytes(),
         ),
     ];
     for (name, kind, help, figure) in families {

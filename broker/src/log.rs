@@ -413,6 +413,11 @@ impl TopicLog {
         self.disk.disk_bytes()
     }
 
+    /// Bytes of retired segment files kept for reuse on local disk.
+    pub fn spare_bytes(&self) -> u64 {
+        self.disk.spare_bytes()
+    }
+
     /// Payload bytes catch-up reads fetched from segment files.
     pub fn bytes_read_from_disk(&self) -> u64 {
         self.bytes_read_from_disk.load(Ordering::Relaxed)

@@ -527,6 +527,11 @@ impl Topic {
         self.log.as_ref().map_or(0, |log| log.local_bytes())
     }
 
+    /// Bytes of spare segment files this topic keeps on local disk.
+    pub fn spare_bytes(&self) -> u64 {
+        self.log.as_ref().map_or(0, |log| log.spare_bytes())
+    }
+
     pub fn existing_subscription(&self, name: &str) -> Option<Arc<Subscription>> {
         read(&self.subscriptions).get(name).cloned()
     }

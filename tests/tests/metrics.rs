@@ -98,6 +98,12 @@ async fn counts_in_equal_counts_out_and_the_backlog_rises_and_falls() {
             &series("sava_subscription_backlog_bytes", &sub_label)
         ) > 0.0
     );
+    // The segment file holds every payload, key and attribute, and more.
+    assert!(value(&before, &series("sava_topic_local_bytes", &topic_label)) > bytes as f64);
+    assert_eq!(
+        value(&before, &series("sava_topic_spare_bytes", &topic_label)),
+        0.0
+    );
     assert!(value(&before, "sava_fsync_duration_seconds_count") > 0.0);
     assert!(value(&before, "sava_group_commit_batch_bytes_sum") >= bytes as f64);
     assert!(value(&before, "sava_metadata_transaction_duration_seconds_count") > 0.0);

@@ -7,7 +7,7 @@
 //! eval "$(localstack/start.sh moto)"
 //! cargo run --release -p sava-storage --example tier_bench -- \
 //!     [--megabytes 64] [--segment-megabytes 8] [--row-group-kib 1024] \
-//!     [--rounds 3] [--payload text|random] [--url s3://sava/bench]
+//!     [--rounds 3] [--payload text|random] [--cache-mib 64] [--url s3://sava/bench]
 //! ```
 //!
 //! Messages are 1 KiB. `text` (the default) is log lines whose ids,
@@ -42,6 +42,7 @@ struct Options {
     row_group_kib: usize,
     rounds: usize,
     random: bool,
+    cache_mib: usize,
     url: String,
 }
 
@@ -52,6 +53,7 @@ fn parse_options() -> Options {
         row_group_kib: 1024,
         rounds: 3,
         random: false,
+        cache_mib: TierConfig::default().cache_bytes >> 20,
         url: std::env::var("SAVA_STORAGE__OBJECT_STORE")
             .unwrap_or_else(|_| "s3://sava/bench".into()),
     };
@@ -71,6 +73,7 @@ fn parse_options() -> Options {
                     }
                 }
             }
+            "--cache-mib" => options.cache_mib = flag.parse(),
             "--url" => options.url = flag.value,
             _ => flag.unknown(),
         }
@@ -162,6 +165,7 @@ async fn main() {
         ObjectTier::open(&options.url, &ObjectStoreConfig::default()).expect("object store");
     let tier_config = TierConfig {
         row_group_bytes: options.row_group_kib * 1024,
+        cache_bytes: options.cache_mib << 20,
         ..TierConfig::default()
     };
     let catalog = Catalog::new(Arc::new(EmbeddedStore::open_temporary().expect("catalog")));

@@ -549,7 +549,8 @@ impl PartitionLog {
         self.lock().segments.iter().map(Segment::info).collect()
     }
 
-    /// Bytes on disk: segment files plus sealed indexes.
+    /// Bytes on disk: segment files plus sealed indexes (spare files not
+    /// included: see [`PartitionLog::spare_bytes`]).
     pub fn disk_bytes(&self) -> u64 {
         let inner = self.lock();
         let segments = inner.segments.iter();
@@ -664,7 +665,7 @@ impl PartitionLog {
             return None;
         }
         let bound = segment.summary.next_offset;
-        match SparePool::retire(segment.path(), &self.dir, bound) {
+        match SparePool::retire(segment.path(), &self.dir, bound, segment.summary.bytes) {
             Ok(spare) => {
                 *room -= 1;
                 Some(spare)
@@ -691,6 +692,12 @@ impl PartitionLog {
     /// Spare segment files kept for reuse.
     pub fn spare_segments(&self) -> usize {
         self.lock_spares().len()
+    }
+
+    /// Bytes the spare segment files take on disk, beside
+    /// [`PartitionLog::disk_bytes`].
+    pub fn spare_bytes(&self) -> u64 {
+        self.lock_spares().bytes()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {

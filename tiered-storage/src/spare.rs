@@ -50,6 +50,8 @@ use crate::segment::{remove_if_present, spare_path};
 pub(crate) struct Spare {
     pub(crate) path: PathBuf,
     pub(crate) bound: u64,
+    /// The file's length when it was retired.
+    pub(crate) bytes: u64,
 }
 
 /// The spares of one partition directory.
@@ -78,6 +80,11 @@ impl SparePool {
         self.spares.len()
     }
 
+    /// Bytes the spares take on disk.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.spares.iter().map(|spare| spare.bytes).sum()
+    }
+
     /// How many more spares the pool takes.
     pub(crate) fn room(&self) -> usize {
         self.capacity.saturating_sub(self.spares.len())
@@ -98,13 +105,17 @@ impl SparePool {
         None
     }
 
-    /// Renames the retired segment file at `path`, whose offsets were all
-    /// below `bound`, to a spare. The caller checked [`SparePool::room`]
-    /// and that nothing reads the file any more.
-    pub(crate) fn retire(path: &Path, dir: &Path, bound: u64) -> Result<Spare> {
+    /// Renames the retired segment file at `path`, `bytes` long, whose
+    /// offsets were all below `bound`, to a spare. The caller checked
+    /// [`SparePool::room`] and that nothing reads the file any more.
+    pub(crate) fn retire(path: &Path, dir: &Path, bound: u64, bytes: u64) -> Result<Spare> {
         let spare = spare_path(dir, bound);
         fs::rename(path, &spare).map_err(|e| Error::io(path, e))?;
-        Ok(Spare { path: spare, bound })
+        Ok(Spare {
+            path: spare,
+            bound,
+            bytes,
+        })
     }
 
     /// Adds spares [`SparePool::retire`] made.

@@ -74,7 +74,16 @@ fn retired_segments_become_spares_that_the_next_rolls_reuse() {
 
     assert_eq!(deleted, segments[..2].to_vec());
     assert_eq!(log.spare_segments(), 2);
-    assert_eq!(files(dir.path(), "spare").len(), 2);
+    let spares = files(dir.path(), "spare");
+    assert_eq!(spares.len(), 2);
+    assert_eq!(
+        log.spare_bytes(),
+        spares
+            .iter()
+            .map(|name| file_len(&dir.path().join(name)))
+            .sum::<u64>()
+    );
+    assert!(log.spare_bytes() > 0);
     for info in &deleted {
         assert!(!info.path.exists() && !info.path.with_extension("idx").exists());
     }
@@ -84,6 +93,7 @@ fn retired_segments_become_spares_that_the_next_rolls_reuse() {
     roll_once(&log);
     roll_once(&log);
     assert_eq!(log.spare_segments(), 0);
+    assert_eq!(log.spare_bytes(), 0);
     assert!(files(dir.path(), "spare").is_empty());
     let reused: Vec<u64> = log.segments()[before - 1..]
         .iter()
