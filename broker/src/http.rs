@@ -286,7 +286,7 @@ fn topic_metrics(topics: &[Arc<Topic>], out: &mut Exposition) {
         (
             "sava_topic_spare_bytes",
             "gauge",
-            "Bytes of retired segment files a reliable topic keeps on local disk for later segments to reuse.",
+            "Bytes of retired segment files a reliable topic keeps on local disk for reuse.",
             |t| t.spare_bytes(),
         ),
     ];

@@ -448,7 +448,17 @@ fn to_record(message: &Message) -> Record {
 
 /// A copy of a record the tier's cache keeps, as a message.
 fn message_of(record: &Record) -> Arc<Message> {
-    from_record(record.clone())
+    Arc::new(Message {
+        offset: record.offset,
+        publish_time_ms: record.publish_time_ms,
+        producer_id: record.producer_id,
+        producer_name: Arc::clone(&record.producer_name),
+        key: record.key.clone(),
+        attributes: record.attributes.clone(),
+        payload: record.payload.clone(),
+        schema_id: record.schema_id,
+        schema_version: record.schema_version,
+    })
 }
 
 fn from_record(record: Record) -> Arc<Message> {

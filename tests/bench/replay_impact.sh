@@ -51,7 +51,9 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 work="$(mktemp -d)"
 export SAVA_LOCALSTACK_RUN_DIR="$work/run"
 broker_pid=""
+reader=""
 cleanup() {
+  [ -n "$reader" ] && kill "$reader" 2>/dev/null || true
   if [ -n "$broker_pid" ]; then
     kill "$broker_pid" 2>/dev/null || true
     wait "$broker_pid" 2>/dev/null || true
@@ -101,10 +103,19 @@ for where in ("local", "object"):
 echo "history stored (bytes): $stored" >&2
 
 rate() { python3 -c 'import json,sys; print(json.load(sys.stdin)["msgs_per_sec"])'; }
-# Messages the broker delivered to a catch-up subscription so far.
+# Messages the broker delivered to a catch-up subscription so far, once
+# the reading client has created it (within 10 s).
 delivered() {
-  admin --output json subscriptions describe /hist/history "$1" |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["delivered"])'
+  local tries=0 answer
+  until answer="$(admin --output json subscriptions describe /hist/history "$1" 2>/dev/null)"; do
+    tries=$((tries + 1))
+    if [ "$tries" -ge 50 ]; then
+      echo "subscription $1 did not appear" >&2
+      return 1
+    fi
+    sleep 0.2
+  done
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["delivered"])' <<<"$answer"
 }
 # Alternating rounds, so both sides see the same state of a disk whose
 # speed changes with what was written before.
@@ -118,9 +129,14 @@ for round in $(seq "$rounds"); do
   before="$(delivered "catch-up-$round")"
   started="$(date +%s.%N)"
   during+=("$("$bin/sava" bench produce --topic "/default/during-$round" --reliable --duration "$seconds" --output json | rate)")
-  read_during+=("$(python3 -c "import sys; print(($(delivered "catch-up-$round") - $before) / ($(date +%s.%N) - $started))")")
-  kill "$reader" 2>/dev/null || echo "round $round: the catch-up ended before the produce run did" >&2
+  after="$(delivered "catch-up-$round")"
+  ended="$(date +%s.%N)"
+  read_during+=("$(python3 -c "print(($after - $before) / ($ended - $started))")")
+  if ! kill "$reader" 2>/dev/null; then
+    echo "round $round: the catch-up ended before the produce run did; its rates understate both" >&2
+  fi
   wait "$reader" 2>/dev/null || true
+  reader=""
 done
 
 # The catch-up read on its own.

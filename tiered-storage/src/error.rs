@@ -82,6 +82,11 @@ pub enum Error {
     #[error("group committer is closed")]
     Closed,
 
+    /// A read thread's job ended without a result: it panicked (on data it
+    /// could not handle), or the read pool was gone.
+    #[error("a catch-up read stopped before it finished")]
+    ReadAborted,
+
     /// A Parquet object that cannot be written or read back.
     #[error("parquet object `{object}`: {source}")]
     Parquet {

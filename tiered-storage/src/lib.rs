@@ -41,7 +41,7 @@ pub use group_commit::{
 };
 pub use log::{LogConfig, PartitionLog, ReadPlan};
 pub use objects::{ObjectStoreConfig, ObjectTier};
-pub use read_pool::ReadPool;
+pub use read_pool::{Lane, ReadPool};
 pub use record::{BatchHeader, FormatError, Record};
 pub use recovery::RecoveryReport;
 pub use segment::{SegmentDamage, SegmentInfo};

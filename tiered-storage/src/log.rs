@@ -550,12 +550,19 @@ impl PartitionLog {
     }
 
     /// Bytes on disk: segment files plus sealed indexes (spare files not
-    /// included: see [`PartitionLog::spare_bytes`]).
+    /// included: see [`PartitionLog::spare_bytes`]). A reused file counts
+    /// its whole length until its seal cuts the leftovers off.
     pub fn disk_bytes(&self) -> u64 {
         let inner = self.lock();
         let segments = inner.segments.iter();
         segments
-            .map(|segment| segment.summary.bytes + segment.index_file_bytes)
+            .map(|segment| {
+                let leftovers = match segment.is_sealed() {
+                    true => 0,
+                    false => segment.reused_file_bytes,
+                };
+                segment.summary.bytes.max(leftovers) + segment.index_file_bytes
+            })
             .sum()
     }
 

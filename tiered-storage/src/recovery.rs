@@ -334,6 +334,7 @@ fn sealed_segment(
         damage: None,
         first_write_at: None,
         index_file_bytes,
+        reused_file_bytes: 0,
         sealed: Arc::new(AtomicBool::new(true)),
     }
 }
@@ -411,6 +412,7 @@ fn recover_last(
         damage: None,
         first_write_at,
         index_file_bytes: 0,
+        reused_file_bytes: 0,
         sealed: Arc::new(AtomicBool::new(false)),
     })
 }

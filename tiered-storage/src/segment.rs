@@ -26,6 +26,7 @@ use crate::index::{SegmentSummary, SparseIndex};
 use crate::record::{
     BATCH_HEADER_LEN, BatchHeader, FormatError, Record, decode_verified, verify_batch,
 };
+use crate::spare::Spare;
 
 /// What a segment holds and where, as the broker and retention see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,6 +184,10 @@ pub(crate) struct Segment {
     pub(crate) first_write_at: Option<Instant>,
     /// Bytes of the `.idx` file, 0 while the segment is active.
     pub(crate) index_file_bytes: u64,
+    /// The length of a reused spare file when the roll took it: what the
+    /// file takes on disk, leftovers included, until its seal cuts it to
+    /// its data. 0 for a file created empty.
+    pub(crate) reused_file_bytes: u64,
     /// Set once the segment's data is durable and its index written (at
     /// once for segments recovery found sealed). Until then the segment is
     /// sealing: readable, but neither offloaded nor deleted.
@@ -209,20 +214,26 @@ impl Segment {
     /// blocks the file system already allocated. What lies past the data
     /// written is a leftover of the file's earlier life, below
     /// `base_offset` (see [`crate::spare`]).
-    pub(crate) fn reuse(dir: &Path, base_offset: u64, spare: &Path) -> Result<Segment> {
+    pub(crate) fn reuse(dir: &Path, base_offset: u64, spare: &Spare) -> Result<Segment> {
         let path = wal_path(dir, base_offset);
-        fs::rename(spare, &path).map_err(|e| Error::io(spare, e))?;
+        fs::rename(&spare.path, &path).map_err(|e| Error::io(&spare.path, e))?;
         let opened = OpenOptions::new()
             .read(true)
             .write(true)
             .open(&path)
             .map_err(|e| Error::io(&path, e))
             .and_then(|file| Segment::active(file, path.clone(), base_offset));
-        if opened.is_err() {
-            // The next roll creates a file of this name.
-            drop(fs::remove_file(&path));
+        match opened {
+            Ok(mut segment) => {
+                segment.reused_file_bytes = spare.bytes;
+                Ok(segment)
+            }
+            Err(error) => {
+                // The next roll creates a file of this name.
+                drop(fs::remove_file(&path));
+                Err(error)
+            }
         }
-        opened
     }
 
     fn active(file: File, path: PathBuf, base_offset: u64) -> Result<Segment> {
@@ -234,6 +245,7 @@ impl Segment {
             damage: None,
             first_write_at: None,
             index_file_bytes: 0,
+            reused_file_bytes: 0,
             sealed: Arc::new(AtomicBool::new(false)),
         })
     }

@@ -50,7 +50,7 @@ use crate::segment::{remove_if_present, spare_path};
 pub(crate) struct Spare {
     pub(crate) path: PathBuf,
     pub(crate) bound: u64,
-    /// The file's length when it was retired.
+    /// Bytes of the retired segment, which its seal cut the file to.
     pub(crate) bytes: u64,
 }
 
@@ -93,11 +93,11 @@ impl SparePool {
     /// A spare a segment starting at `base_offset` may reuse. Spares whose
     /// bound is above it may never be reused, and are deleted (the log's
     /// offsets only grow, so this guards against a bug, not a case).
-    pub(crate) fn take(&mut self, base_offset: u64) -> Option<PathBuf> {
+    pub(crate) fn take(&mut self, base_offset: u64) -> Option<Spare> {
         while let Some(spare) = self.spares.pop_front() {
             if spare.bound <= base_offset {
                 self.last_used = Instant::now();
-                return Some(spare.path);
+                return Some(spare);
             }
             tracing::warn!(spare = %spare.path.display(), bound = spare.bound, base_offset, "deleting a spare segment that held offsets above the new segment's");
             delete(&spare.path);

@@ -17,7 +17,7 @@
 //! the end of the object and brings it along. They decode on the tier's
 //! own low-priority threads (`read_pool.rs`) into a cache bounded in
 //! bytes, and the copies a read hands out of that cache are made there
-//! too. Row groups before the offset are never fetched. A read also
+//! too; what a reader waits for runs before readahead. Row groups before the offset are never fetched. A read also
 //! starts fetching the next two objects (fewer when their messages would
 //! fill more than a quarter of the cache), so in a sequential replay one
 //! downloads while another decodes; a second reader of an object being
@@ -37,7 +37,7 @@ use crate::columnar::{self, EncodedSegment, FOOTER_FETCH_BYTES, PartialObject};
 use crate::error::{Error, Result};
 use crate::log::PartitionLog;
 use crate::objects::ObjectTier;
-use crate::read_pool::ReadPool;
+use crate::read_pool::{Lane, ReadPool};
 use crate::record::Record;
 use crate::segment::SegmentInfo;
 
@@ -375,10 +375,10 @@ impl Tier {
     }
 
     /// [`Tier::read`], with each record turned into what the caller keeps
-    /// by `convert`. The copies are made on the tier's low-priority read
-    /// threads, as the decoding is, so a replay's per-message work stays
-    /// off the threads that serve producers; and straight from the cached
-    /// row group, with no intermediate [`Record`].
+    /// by `convert`, straight from the cached row group. The conversions run
+    /// on the tier's low-priority read threads, as the decoding does, ahead
+    /// of queued readahead, so a replay's per-message work stays off the
+    /// threads that serve producers.
     pub async fn read_map<T, F>(
         self: &Arc<Self>,
         segments: &[SegmentDescriptor],
@@ -388,7 +388,7 @@ impl Tier {
     ) -> Result<Vec<T>>
     where
         T: Send + 'static,
-        F: Fn(&Record) -> T + Send + 'static,
+        F: FnMut(&Record) -> T + Send + 'static,
     {
         let Some(position) = segments.iter().position(|s| s.contains(from)) else {
             return Ok(Vec::new());
@@ -398,13 +398,7 @@ impl Tier {
             .row_groups
             .partition_point(|g| g.first_offset <= from)
             .saturating_sub(1);
-        let rows = self.row_group(segment, group).await?;
-
-        let skip = (from - segment.row_groups[group].first_offset) as usize;
-        let records = self
-            .read_pool
-            .run(move || rows.iter().skip(skip).take(max).map(convert).collect())
-            .await?;
+        let rows = self.row_group(segment, group, Lane::Wanted).await?;
 
         // Readahead: the next row group of this object (when the span
         // fetched stopped short of it) and the start of the next objects,
@@ -416,7 +410,11 @@ impl Tier {
         for next in segments.iter().skip(position + 1).take(ahead) {
             self.prefetch(next.clone(), 0);
         }
-        Ok(records)
+
+        let skip = (from - segment.row_groups[group].first_offset) as usize;
+        self.read_pool
+            .run(move || rows.iter().skip(skip).take(max).map(convert).collect())
+            .await
     }
 
     /// The first offset published at or after `time_ms` among `segments`,
@@ -430,7 +428,7 @@ impl Tier {
             return Ok(None);
         };
         for group in 0..segment.row_groups.len() {
-            let rows = self.row_group(segment, group).await?;
+            let rows = self.row_group(segment, group, Lane::Wanted).await?;
             if let Some(record) = rows.iter().find(|r| r.publish_time_ms >= time_ms) {
                 return Ok(Some(record.offset));
             }
@@ -465,19 +463,20 @@ impl Tier {
         }
         let tier = Arc::clone(self);
         tokio::spawn(async move {
-            if let Err(error) = tier.row_group(&segment, group).await {
+            if let Err(error) = tier.row_group(&segment, group, Lane::Ahead).await {
                 tracing::debug!(object = %segment.object_key, group, %error, "readahead failed");
             }
         });
     }
 
-    /// Row group `group` of `segment`, from the cache or the store. One
-    /// fetch per object at a time: a reader that finds one under way waits
-    /// for it, then looks in the cache again.
+    /// Row group `group` of `segment`, from the cache or the store, decoded
+    /// in `lane`. One fetch per object at a time: a reader that finds one
+    /// under way waits for it, then looks in the cache again.
     async fn row_group(
         &self,
         segment: &SegmentDescriptor,
         group: usize,
+        lane: Lane,
     ) -> Result<Arc<Vec<Record>>> {
         let key = (segment.object_key.clone(), group);
         loop {
@@ -513,7 +512,7 @@ impl Tier {
                         key: &key.0,
                     };
                     self.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
-                    return self.fetch_span(segment, group).await;
+                    return self.fetch_span(segment, group, lane).await;
                 }
             }
         }
@@ -527,6 +526,7 @@ impl Tier {
         &self,
         segment: &SegmentDescriptor,
         first: usize,
+        lane: Lane,
     ) -> Result<Arc<Vec<Record>>> {
         let groups = &segment.row_groups;
         let (last, _) = span_from(segment, first, self.decoded_budget());
@@ -556,8 +556,9 @@ impl Tier {
         };
         let decodes = halves.into_iter().map(|(from, to)| {
             let (object, name) = (object.clone(), segment.object_key.clone());
-            self.read_pool
-                .run(move || columnar::decode_row_groups(object, from..=to, &name))
+            self.read_pool.run_in(lane, move || {
+                columnar::decode_row_groups(object, from..=to, &name)
+            })
         });
         let mut decoded = Vec::with_capacity(last - first + 1);
         for half in futures::future::join_all(decodes).await {

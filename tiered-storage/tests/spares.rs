@@ -56,6 +56,14 @@ fn file_len(path: &Path) -> u64 {
     fs::metadata(path).expect("metadata").len()
 }
 
+/// Bytes of every file in `dir`: what the log should account for.
+fn dir_bytes(dir: &Path) -> u64 {
+    fs::read_dir(dir)
+        .expect("list")
+        .map(|entry| entry.expect("entry").metadata().expect("metadata").len())
+        .sum()
+}
+
 fn inode(path: &Path) -> u64 {
     fs::metadata(path).expect("metadata").ino()
 }
@@ -84,6 +92,7 @@ fn retired_segments_become_spares_that_the_next_rolls_reuse() {
             .sum::<u64>()
     );
     assert!(log.spare_bytes() > 0);
+    assert_eq!(log.disk_bytes() + log.spare_bytes(), dir_bytes(dir.path()));
     for info in &deleted {
         assert!(!info.path.exists() && !info.path.with_extension("idx").exists());
     }
@@ -92,8 +101,11 @@ fn retired_segments_become_spares_that_the_next_rolls_reuse() {
     let before = log.segments().len();
     roll_once(&log);
     roll_once(&log);
+    log.wait_for_seals();
     assert_eq!(log.spare_segments(), 0);
     assert_eq!(log.spare_bytes(), 0);
+    // The active segment is a reused file, leftovers and all.
+    assert_eq!(log.disk_bytes(), dir_bytes(dir.path()));
     assert!(files(dir.path(), "spare").is_empty());
     let reused: Vec<u64> = log.segments()[before - 1..]
         .iter()
