@@ -10,7 +10,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use sava_metadata::{Catalog, DispatchMode, SubscriptionRecord, TopicRecord, TopicSchema};
-use sava_storage::{CommitConfig, FsyncMode, GroupCommitter, LogConfig, ReadPool, Tier};
+use sava_storage::{
+    CommitConfig, FsyncMode, GroupCommitter, LogConfig, ReadPool, SpareBudget, Tier,
+};
 
 use crate::cluster::{Cluster, Owner};
 use crate::config::{Config, FsyncSetting};
@@ -131,6 +133,8 @@ pub struct Broker {
     committer: Arc<GroupCommitter>,
     /// Low-priority threads for catch-up reads of local segments.
     disk_reads: Arc<ReadPool>,
+    /// Bytes of spare segment files all reliable partitions keep together.
+    spare_budget: SpareBudget,
     /// This broker, for the dead-letter sinks its subscriptions hold.
     me: std::sync::Weak<Broker>,
     /// The object storage tier, unless offload is off.
@@ -174,6 +178,7 @@ impl Broker {
         let tier = crate::offload::open_tier(&config, &catalog)?;
         let threads = std::thread::available_parallelism().map_or(2, usize::from);
         let disk_reads = Arc::new(ReadPool::start("sava-diskrd", threads, storage.read_nice));
+        let spare_budget = SpareBudget::new(storage.spare_bytes);
         let advertised_url = config.advertised_url();
         let broker_id = advertised_url
             .trim_start_matches("http://")
@@ -206,6 +211,7 @@ impl Broker {
             stopping: AtomicBool::new(false),
             committer,
             disk_reads,
+            spare_budget,
         }))
     }
 
@@ -485,6 +491,7 @@ impl Broker {
             max_batch_bytes: (self.config.limits.max_message_bytes * 4).max(16 << 20),
             first_offset,
             spare_segments: storage.spare_segments,
+            spare_budget: self.spare_budget.clone(),
             ..LogConfig::default()
         };
         let committer = Arc::clone(&self.committer);

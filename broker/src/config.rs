@@ -242,6 +242,9 @@ pub struct StorageSection {
     /// to reuse, instead of deleting them and creating new ones; 0 deletes
     /// them at once.
     pub spare_segments: usize,
+    /// Bytes of such spare files the broker keeps across all its
+    /// partitions; a retired segment past it is deleted.
+    pub spare_bytes: u64,
     /// Newest messages of each reliable topic kept in memory, so consumers
     /// that keep up never read from disk.
     pub tail_cache_bytes: usize,
@@ -275,6 +278,7 @@ impl Default for StorageSection {
             segment_bytes: 8 * 1024 * 1024,
             segment_age_secs: 10,
             spare_segments: 32,
+            spare_bytes: 4 * 1024 * 1024 * 1024,
             tail_cache_bytes: 8 * 1024 * 1024,
             read_nice: 10,
             cursor_flush_ms: 100,

@@ -45,6 +45,7 @@ pub use read_pool::{Lane, ReadPool};
 pub use record::{BatchHeader, FormatError, Record};
 pub use recovery::RecoveryReport;
 pub use segment::{SegmentDamage, SegmentInfo};
+pub use spare::SpareBudget;
 pub use tier::{EncodedForUpload, Tier, TierConfig, TierStats};
 
 #[cfg(test)]

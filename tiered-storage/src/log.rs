@@ -38,7 +38,7 @@ use crate::seal::SealJob;
 use crate::segment::{
     Budget, ReadSpan, Segment, SegmentInfo, SegmentWriter, index_path, remove_if_present, sync_dir,
 };
-use crate::spare::{Spare, SparePool, delete};
+use crate::spare::{Spare, SpareBudget, SparePool, delete};
 
 /// Encode buffers above this are dropped after use rather than kept.
 const KEPT_ENCODE_BUFFER: usize = 1024 * 1024;
@@ -66,6 +66,10 @@ pub struct LogConfig {
     /// deleting them and creating new ones (see [`crate::spare`]); 0 deletes
     /// them at once. Default 32.
     pub spare_segments: usize,
+    /// The bytes of spare files this log may keep, shared with the other
+    /// logs given a clone of it (a broker gives all of its own one).
+    /// Default: a budget of this log's own with no limit.
+    pub spare_budget: SpareBudget,
 }
 
 impl Default for LogConfig {
@@ -77,6 +81,7 @@ impl Default for LogConfig {
             max_batch_bytes: 16 * 1024 * 1024,
             first_offset: 0,
             spare_segments: 32,
+            spare_budget: SpareBudget::default(),
         }
     }
 }
@@ -245,7 +250,7 @@ impl PartitionLog {
             encode_buffer: Vec::new(),
         };
         let durability = PartitionDurability::new(dir.to_path_buf(), report.next_offset);
-        let spares = SparePool::new(dir, config.spare_segments);
+        let spares = SparePool::new(dir, config.spare_segments, config.spare_budget.clone());
         let log = PartitionLog {
             dir: dir.to_path_buf(),
             config,
@@ -648,7 +653,7 @@ impl PartitionLog {
         let kept = match sync_dir(&self.dir) {
             Ok(()) => spares.len(),
             Err(error) => {
-                spares.drain(..).for_each(|spare| delete(&spare.path));
+                self.lock_spares().discard(std::mem::take(&mut spares));
                 first_error.get_or_insert(error);
                 0
             }
@@ -671,13 +676,17 @@ impl PartitionLog {
         if *room == 0 || !unread || segment.damage.is_some() {
             return None;
         }
-        let bound = segment.summary.next_offset;
-        match SparePool::retire(segment.path(), &self.dir, bound, segment.summary.bytes) {
+        let (bound, bytes) = (segment.summary.next_offset, segment.summary.bytes);
+        if !self.lock_spares().reserve(bytes) {
+            return None;
+        }
+        match SparePool::retire(segment.path(), &self.dir, bound, bytes) {
             Ok(spare) => {
                 *room -= 1;
                 Some(spare)
             }
             Err(error) => {
+                self.lock_spares().unreserve(bytes);
                 tracing::warn!(segment = %segment.path().display(), %error, "cannot keep a retired segment as a spare; deleting it");
                 None
             }

@@ -24,10 +24,11 @@
 //! segment's first batch), so recovery deletes the spares it finds rather
 //! than trust their names.
 //!
-//! The pool is bounded (`LogConfig::spare_segments`); retired segments it
-//! has no room for are deleted. Spares no roll asked for in a while are
-//! deleted one at a time, so an idle partition gives its disk space back
-//! without a burst of deletions.
+//! The pool is bounded in files per partition (`LogConfig::spare_segments`)
+//! and in bytes across every partition sharing a [`SpareBudget`] (a
+//! broker's); retired segments neither has room for are deleted. Spares no
+//! roll asked for in a while are deleted one at a time, so an idle
+//! partition gives its disk space back without a burst of deletions.
 //!
 //! Known gap: telling a leftover from data by offset assumes the bytes at
 //! the end of a segment's data are either batches this partition wrote or
@@ -40,10 +41,87 @@
 use std::collections::VecDeque;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::segment::{remove_if_present, spare_path};
+
+/// The bytes of spare files that the partitions sharing it may keep
+/// together. Clones share one count; equal when they are the same budget.
+#[derive(Clone)]
+pub struct SpareBudget {
+    shared: Arc<Budget>,
+}
+
+struct Budget {
+    max_bytes: u64,
+    used_bytes: AtomicU64,
+}
+
+impl SpareBudget {
+    /// A budget of `max_bytes`, to share between partitions.
+    pub fn new(max_bytes: u64) -> SpareBudget {
+        SpareBudget {
+            shared: Arc::new(Budget {
+                max_bytes,
+                used_bytes: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Bytes of spare files kept under this budget now.
+    pub fn used_bytes(&self) -> u64 {
+        self.shared.used_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Takes `bytes` from the budget; false when they would pass it.
+    pub(crate) fn reserve(&self, bytes: u64) -> bool {
+        let max = self.shared.max_bytes;
+        self.shared
+            .used_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|total| *total <= max)
+            })
+            .is_ok()
+    }
+
+    /// Gives back what [`SpareBudget::reserve`] took.
+    pub(crate) fn release(&self, bytes: u64) {
+        let _ = self
+            .shared
+            .used_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                Some(used.saturating_sub(bytes))
+            });
+    }
+}
+
+impl Default for SpareBudget {
+    /// A budget of its own with no limit: the files per partition alone
+    /// bound the spares.
+    fn default() -> Self {
+        SpareBudget::new(u64::MAX)
+    }
+}
+
+impl PartialEq for SpareBudget {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+}
+
+impl Eq for SpareBudget {}
+
+impl std::fmt::Debug for SpareBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpareBudget")
+            .field("max_bytes", &self.shared.max_bytes)
+            .field("used_bytes", &self.used_bytes())
+            .finish()
+    }
+}
 
 /// A spare file and the bound of the offsets it held.
 #[derive(Debug)]
@@ -59,6 +137,8 @@ pub(crate) struct Spare {
 pub(crate) struct SparePool {
     dir: PathBuf,
     capacity: usize,
+    /// Holds the bytes of every spare in `spares`.
+    budget: SpareBudget,
     /// Oldest first.
     spares: VecDeque<Spare>,
     /// When a roll last took a spare, or retention last added some.
@@ -67,10 +147,11 @@ pub(crate) struct SparePool {
 
 impl SparePool {
     /// An empty pool for the partition directory `dir`.
-    pub(crate) fn new(dir: &Path, capacity: usize) -> SparePool {
+    pub(crate) fn new(dir: &Path, capacity: usize, budget: SpareBudget) -> SparePool {
         SparePool {
             dir: dir.to_path_buf(),
             capacity,
+            budget,
             spares: VecDeque::new(),
             last_used: Instant::now(),
         }
@@ -95,6 +176,7 @@ impl SparePool {
     /// offsets only grow, so this guards against a bug, not a case).
     pub(crate) fn take(&mut self, base_offset: u64) -> Option<Spare> {
         while let Some(spare) = self.spares.pop_front() {
+            self.budget.release(spare.bytes);
             if spare.bound <= base_offset {
                 self.last_used = Instant::now();
                 return Some(spare);
@@ -105,9 +187,16 @@ impl SparePool {
         None
     }
 
+    /// Takes `bytes` for a spare from the shared budget; false when the
+    /// partitions sharing it keep enough already.
+    pub(crate) fn reserve(&self, bytes: u64) -> bool {
+        self.budget.reserve(bytes)
+    }
+
     /// Renames the retired segment file at `path`, `bytes` long, whose
     /// offsets were all below `bound`, to a spare. The caller checked
-    /// [`SparePool::room`] and that nothing reads the file any more.
+    /// [`SparePool::room`], reserved the bytes, and that nothing reads the
+    /// file any more.
     pub(crate) fn retire(path: &Path, dir: &Path, bound: u64, bytes: u64) -> Result<Spare> {
         let spare = spare_path(dir, bound);
         fs::rename(path, &spare).map_err(|e| Error::io(path, e))?;
@@ -116,6 +205,20 @@ impl SparePool {
             bound,
             bytes,
         })
+    }
+
+    /// Deletes spares that were reserved and renamed but will not join
+    /// the pool, and gives their bytes back.
+    pub(crate) fn discard(&self, spares: Vec<Spare>) {
+        for spare in spares {
+            self.budget.release(spare.bytes);
+            delete(&spare.path);
+        }
+    }
+
+    /// Gives back the bytes reserved for a spare that was never made.
+    pub(crate) fn unreserve(&self, bytes: u64) {
+        self.budget.release(bytes);
     }
 
     /// Adds spares [`SparePool::retire`] made.
@@ -136,7 +239,9 @@ impl SparePool {
         if self.last_used.elapsed() < idle {
             return None;
         }
-        self.spares.pop_front().map(|spare| spare.path)
+        let spare = self.spares.pop_front()?;
+        self.budget.release(spare.bytes);
+        Some(spare.path)
     }
 
     /// Deletes every spare, for a disk that ran full.
@@ -144,7 +249,20 @@ impl SparePool {
         if !self.spares.is_empty() {
             tracing::info!(dir = %self.dir.display(), spares = self.spares.len(), "deleting spare segments to free disk space");
         }
-        self.spares.drain(..).for_each(|spare| delete(&spare.path));
+        for spare in self.spares.drain(..) {
+            self.budget.release(spare.bytes);
+            delete(&spare.path);
+        }
+    }
+}
+
+impl Drop for SparePool {
+    /// A log closed with spares left gives their bytes back; the files
+    /// stay until the partition opens again, whose recovery deletes them.
+    fn drop(&mut self) {
+        for spare in &self.spares {
+            self.budget.release(spare.bytes);
+        }
     }
 }
 

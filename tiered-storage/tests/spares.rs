@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use sava_storage::{Error, FsyncMode, GroupCommitter, LogConfig, PartitionLog, SegmentInfo};
+use sava_storage::{
+    Error, FsyncMode, GroupCommitter, LogConfig, PartitionLog, SegmentInfo, SpareBudget,
+};
 
 fn spares_config(spare_segments: usize) -> LogConfig {
     LogConfig {
@@ -115,6 +117,50 @@ fn retired_segments_become_spares_that_the_next_rolls_reuse() {
     assert_eq!(reused, retired_inodes, "the new segments are the old files");
     let next = log.next_offset();
     assert_records(&read_all(&log, third), third..next);
+}
+
+#[test]
+fn logs_sharing_a_budget_keep_no_more_spare_bytes_than_it_allows() {
+    let (first_dir, second_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let committer = committer(FsyncMode::Never);
+    // Sized from a first log's segments: room for one and a half.
+    let probe = open(first_dir.path(), spares_config(4), &committer);
+    append_all(&probe, 60, 2);
+    let segment_bytes = probe.segments()[0].bytes;
+    drop(probe);
+    let budget = SpareBudget::new(segment_bytes * 3 / 2);
+    let config = LogConfig {
+        spare_budget: budget.clone(),
+        ..spares_config(4)
+    };
+    let first = open(first_dir.path(), config.clone(), &committer);
+    let second = open(second_dir.path(), config, &committer);
+    append_all(&first, 60, 2);
+    append_all(&second, 60, 2);
+
+    // Two segments retire, one fits the budget; the other is deleted.
+    first
+        .delete_before(first.segments()[2].base_offset)
+        .expect("retire");
+    assert_eq!(first.spare_segments(), 1);
+    assert_eq!(budget.used_bytes(), first.spare_bytes());
+    second
+        .delete_before(second.segments()[1].base_offset)
+        .expect("retire");
+    assert_eq!(second.spare_segments(), 0, "the budget is spent");
+    assert_eq!(files(second_dir.path(), "spare").len(), 0);
+
+    // A roll that takes the spare gives its bytes back to the budget.
+    roll_once(&first);
+    assert_eq!(budget.used_bytes(), 0);
+    second
+        .delete_before(second.segments()[1].base_offset)
+        .expect("retire");
+    assert_eq!(second.spare_segments(), 1);
+
+    // So does a log closed with spares left.
+    drop(second);
+    assert_eq!(budget.used_bytes(), 0);
 }
 
 #[test]

@@ -26,6 +26,7 @@ pub fn small_config(segment_bytes: u64) -> LogConfig {
         max_batch_bytes: 1024 * 1024,
         first_offset: 0,
         spare_segments: 4,
+        ..LogConfig::default()
     }
 }
 
