@@ -337,7 +337,9 @@ impl TopicLog {
             return Box::pin(self.read(local_start, max)).await;
         }
         let from = from.max(segment.base_offset);
-        let messages = tier.read_map(&remote, from, max, message_of).await?;
+        let messages = tier
+            .read_map(&remote, from, max, |record| from_record(record.clone()))
+            .await?;
         let bytes: usize = messages.iter().map(|m| m.payload.len()).sum();
         self.bytes_read_from_objects
             .fetch_add(bytes as u64, Ordering::Relaxed);
@@ -444,21 +446,6 @@ fn to_record(message: &Message) -> Record {
         schema_version: message.schema_version,
         payload: message.payload.clone(),
     }
-}
-
-/// A copy of a record the tier's cache keeps, as a message.
-fn message_of(record: &Record) -> Arc<Message> {
-    Arc::new(Message {
-        offset: record.offset,
-        publish_time_ms: record.publish_time_ms,
-        producer_id: record.producer_id,
-        producer_name: Arc::clone(&record.producer_name),
-        key: record.key.clone(),
-        attributes: record.attributes.clone(),
-        payload: record.payload.clone(),
-        schema_id: record.schema_id,
-        schema_version: record.schema_version,
-    })
 }
 
 fn from_record(record: Record) -> Arc<Message> {

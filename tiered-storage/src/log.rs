@@ -562,9 +562,10 @@ impl PartitionLog {
         let segments = inner.segments.iter();
         segments
             .map(|segment| {
-                let leftovers = match segment.is_sealed() {
-                    true => 0,
-                    false => segment.reused_file_bytes,
+                let leftovers = if segment.is_sealed() {
+                    0
+                } else {
+                    segment.reused_file_bytes
                 };
                 segment.summary.bytes.max(leftovers) + segment.index_file_bytes
             })
@@ -677,7 +678,7 @@ impl PartitionLog {
             return None;
         }
         let (bound, bytes) = (segment.summary.next_offset, segment.summary.bytes);
-        if !self.lock_spares().reserve(bytes) {
+        if !self.config.spare_budget.reserve(bytes) {
             return None;
         }
         match SparePool::retire(segment.path(), &self.dir, bound, bytes) {
@@ -686,7 +687,7 @@ impl PartitionLog {
                 Some(spare)
             }
             Err(error) => {
-                self.lock_spares().unreserve(bytes);
+                self.config.spare_budget.release(bytes);
                 tracing::warn!(segment = %segment.path().display(), %error, "cannot keep a retired segment as a spare; deleting it");
                 None
             }

@@ -187,12 +187,6 @@ impl SparePool {
         None
     }
 
-    /// Takes `bytes` for a spare from the shared budget; false when the
-    /// partitions sharing it keep enough already.
-    pub(crate) fn reserve(&self, bytes: u64) -> bool {
-        self.budget.reserve(bytes)
-    }
-
     /// Renames the retired segment file at `path`, `bytes` long, whose
     /// offsets were all below `bound`, to a spare. The caller checked
     /// [`SparePool::room`], reserved the bytes, and that nothing reads the
@@ -214,11 +208,6 @@ impl SparePool {
             self.budget.release(spare.bytes);
             delete(&spare.path);
         }
-    }
-
-    /// Gives back the bytes reserved for a spare that was never made.
-    pub(crate) fn unreserve(&self, bytes: u64) {
-        self.budget.release(bytes);
     }
 
     /// Adds spares [`SparePool::retire`] made.

@@ -17,11 +17,12 @@
 //! the end of the object and brings it along. They decode on the tier's
 //! own low-priority threads (`read_pool.rs`) into a cache bounded in
 //! bytes, and the copies a read hands out of that cache are made there
-//! too; what a reader waits for runs before readahead. Row groups before the offset are never fetched. A read also
-//! starts fetching the next two objects (fewer when their messages would
-//! fill more than a quarter of the cache), so in a sequential replay one
-//! downloads while another decodes; a second reader of an object being
-//! fetched waits for that fetch instead of repeating it.
+//! too; what a reader waits for runs before readahead. Row groups before
+//! the offset are never fetched. A read also starts fetching the next two
+//! objects (fewer when their messages would fill more than a quarter of
+//! the cache), so in a sequential replay one downloads while another
+//! decodes; a second reader of an object being fetched waits for that
+//! fetch instead of repeating it.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
